@@ -1,0 +1,155 @@
+"""Messages between devices and the fleet: status, telemetry, update events, commands, desired state."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import Field, ValidationError
+
+from protocol.errors import MessageError
+from protocol.schema import DeviceId, ModelRef, Sha256Hex, VersionedMessage, WireModel
+
+
+class Presence(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class DeviceStatus(VersionedMessage):
+    """Retained on ``devices/{id}/status``; the broker publishes the offline form as the last will."""
+
+    kind: Literal["status"] = "status"
+    device_id: DeviceId
+    presence: Presence
+    ts: datetime
+    agent_version: str
+    runtime: str | None = None
+    """The inference runtime in use, e.g. ``tflite-runtime 2.14.0``."""
+    model: ModelRef | None = None
+    update_state: str | None = None
+
+
+class LatencySummary(WireModel):
+    """Latency of the window's requests, in milliseconds, from a histogram."""
+
+    p50: float = Field(ge=0)
+    p95: float = Field(ge=0)
+    p99: float = Field(ge=0)
+    max: float = Field(ge=0)
+
+
+class ResourceUsage(WireModel):
+    cpu_percent: float = Field(ge=0)
+    """System-wide CPU use over the window, 0-100 times the number of cores."""
+    process_rss_bytes: int = Field(ge=0)
+    memory_used_percent: float = Field(ge=0, le=100)
+    memory_available_bytes: int = Field(ge=0)
+    disk_free_bytes: int | None = Field(default=None, ge=0)
+    temperature_c: float | None = None
+    """None when the board has no temperature sensor."""
+
+
+class PredictionHealth(WireModel):
+    """How the window's predictions compare with the manifest's baseline."""
+
+    predictions: int = Field(ge=0)
+    mean_confidence: float | None = None
+    low_confidence_share: float | None = None
+    class_counts: list[int] | None = None
+    drift_psi: float | None = None
+    out_of_range_share: float | None = None
+    nonfinite_inputs: int = 0
+
+
+class TelemetryWindow(VersionedMessage):
+    """One window of aggregates on ``devices/{id}/telemetry``."""
+
+    kind: Literal["telemetry"] = "telemetry"
+    device_id: DeviceId
+    seq: int = Field(ge=0)
+    """Increases by one per window for the life of the device's state directory."""
+    window_start: datetime
+    window_end: datetime
+    model: ModelRef | None = None
+    requests: int = Field(ge=0)
+    errors: dict[str, int] = Field(default_factory=dict)
+    """Failed requests by kind, e.g. ``bad_request``, ``inference``."""
+    latency_ms: LatencySummary | None = None
+    """None when the window had no requests."""
+    resources: ResourceUsage
+    uptime_s: float = Field(ge=0)
+    prediction: PredictionHealth | None = None
+    dropped_messages: int = Field(default=0, ge=0)
+    """Messages the device's outbox dropped since the last window because it was full."""
+
+
+class UpdateEvent(VersionedMessage):
+    """One transition of the agent's update state machine, on ``devices/{id}/events``."""
+
+    kind: Literal["update"] = "update"
+    device_id: DeviceId
+    ts: datetime
+    update_id: str
+    """Identifies one attempt to install one target; shared by all its transitions."""
+    state: str
+    """The state entered, e.g. ``download``, ``verify``, ``smoke``, ``activate``, ``commit``."""
+    target: ModelRef
+    previous: ModelRef | None = None
+    ok: bool = True
+    reason: str | None = None
+    """Why the transition happened when it was not the happy path: the error, in words."""
+
+
+class CommandKind(StrEnum):
+    CHECK_UPDATE = "check-update"
+
+
+class Command(VersionedMessage):
+    """Fleet to device, on ``devices/{id}/cmd``."""
+
+    kind: Literal["command"] = "command"
+    command: CommandKind
+    command_id: str
+    issued_at: datetime
+
+
+class DesiredModel(WireModel):
+    """The model a device should run, and where its bundle is."""
+
+    name: str
+    version: str
+    sha256: Sha256Hex
+    """sha256 of the whole bundle file, checked after download."""
+    size: int = Field(ge=0)
+    url: str
+    """Bundle URL; relative URLs are resolved against the fleet's base URL."""
+
+
+class DesiredState(VersionedMessage):
+    """``GET /api/v1/devices/{id}/desired``: the source of truth for what a device should run."""
+
+    kind: Literal["desired"] = "desired"
+    device_id: DeviceId
+    model: DesiredModel | None = None
+    updated_at: datetime | None = None
+
+
+_M = TypeVar("_M", bound=VersionedMessage)
+
+DeviceMessage = Annotated[TelemetryWindow | DeviceStatus | UpdateEvent, Field(discriminator="kind")]
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "message"
+    return f"{where}: {first['msg']}"
+
+
+def parse_message(model: type[_M], payload: bytes) -> _M:
+    """Parse one JSON payload as ``model``; raise MessageError naming the first problem."""
+    try:
+        return model.model_validate_json(payload)
+    except ValidationError as exc:
+        raise MessageError(f"not a valid {model.__name__}: {_first_error(exc)}") from exc

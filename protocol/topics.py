@@ -1,0 +1,91 @@
+"""MQTT topic names under a configurable prefix (default ``edgefleet/v1``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from protocol.errors import TopicError
+from protocol.schema import DEVICE_ID_RE
+
+DEFAULT_PREFIX = "edgefleet/v1"
+
+
+class DeviceChannel(StrEnum):
+    STATUS = "status"
+    TELEMETRY = "telemetry"
+    EVENTS = "events"
+    CMD = "cmd"
+
+
+# QoS and retain per channel, as DESIGN.md's topic table says.
+CHANNEL_QOS = {
+    DeviceChannel.STATUS: 1,
+    DeviceChannel.TELEMETRY: 1,
+    DeviceChannel.EVENTS: 1,
+    DeviceChannel.CMD: 1,
+}
+CHANNEL_RETAINED = {DeviceChannel.STATUS}
+
+
+@dataclass(frozen=True)
+class DeviceTopic:
+    device_id: str
+    channel: DeviceChannel
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Builds and parses every edgefleet topic for one prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if not self.prefix or self.prefix.startswith("/") or self.prefix.endswith("/"):
+            raise TopicError(f"topic prefix {self.prefix!r} must be non-empty without a leading or trailing /")
+        if any(c in self.prefix for c in "#+\0"):
+            raise TopicError(f"topic prefix {self.prefix!r} must not contain wildcards")
+
+    def device(self, device_id: str, channel: DeviceChannel) -> str:
+        if not DEVICE_ID_RE.match(device_id):
+            raise TopicError(f"device id {device_id!r} is not valid (letters, digits, _ . -; at most 64)")
+        return f"{self.prefix}/devices/{device_id}/{channel.value}"
+
+    def status(self, device_id: str) -> str:
+        return self.device(device_id, DeviceChannel.STATUS)
+
+    def telemetry(self, device_id: str) -> str:
+        return self.device(device_id, DeviceChannel.TELEMETRY)
+
+    def events(self, device_id: str) -> str:
+        return self.device(device_id, DeviceChannel.EVENTS)
+
+    def cmd(self, device_id: str) -> str:
+        return self.device(device_id, DeviceChannel.CMD)
+
+    def all_devices(self, channel: DeviceChannel) -> str:
+        """Subscription filter for one channel of every device."""
+        return f"{self.prefix}/devices/+/{channel.value}"
+
+    @property
+    def fleet_summary(self) -> str:
+        return f"{self.prefix}/fleet/summary"
+
+    def device_health(self, device_id: str) -> str:
+        return f"{self.prefix}/fleet/devices/{device_id}/health"
+
+    def parse_device_topic(self, topic: str) -> DeviceTopic:
+        """Split ``{prefix}/devices/{id}/{channel}``; TopicError for anything else."""
+        head = f"{self.prefix}/devices/"
+        if not topic.startswith(head):
+            raise TopicError(f"topic {topic!r} is not under {head}")
+        parts = topic[len(head) :].split("/")
+        if len(parts) != 2:
+            raise TopicError(f"topic {topic!r} is not {head}<device-id>/<channel>")
+        device_id, channel = parts
+        if not DEVICE_ID_RE.match(device_id):
+            raise TopicError(f"topic {topic!r} carries an invalid device id {device_id!r}")
+        try:
+            return DeviceTopic(device_id, DeviceChannel(channel))
+        except ValueError as exc:
+            raise TopicError(f"topic {topic!r} names an unknown channel {channel!r}") from exc

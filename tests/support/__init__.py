@@ -1,0 +1,1 @@
+"""Shared test helpers: real brokers, real models, real processes."""
