@@ -1,0 +1,28 @@
+"""Quantization arithmetic shared by the converter (which records outputs) and the agent
+(which must reproduce them): one implementation, so the two can never disagree."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from protocol.manifest import TensorSpec
+
+_INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
+
+
+def quantize(values: npt.NDArray[np.floating], spec: TensorSpec) -> npt.NDArray[np.generic]:
+    """Real-valued input -> the tensor's storage dtype (affine quantization when it has one)."""
+    if spec.quantization is None or spec.dtype not in _INT_RANGES:
+        return np.asarray(values, dtype=spec.dtype)
+    low, high = _INT_RANGES[spec.dtype]
+    scaled = np.round(np.asarray(values, dtype=np.float64) / spec.quantization.scale) + spec.quantization.zero_point
+    return np.clip(scaled, low, high).astype(spec.dtype)
+
+
+def dequantize(values: npt.NDArray[np.generic], spec: TensorSpec) -> npt.NDArray[np.float32]:
+    """The tensor's storage dtype -> float32 real values."""
+    if spec.quantization is None or spec.dtype not in _INT_RANGES:
+        return np.asarray(values, dtype=np.float32)
+    q = spec.quantization
+    return ((np.asarray(values, dtype=np.float32) - q.zero_point) * q.scale).astype(np.float32)
