@@ -1,0 +1,129 @@
+"""Tables of the fleet database (SQLAlchemy Core). ``metadata.create_all`` builds them for now."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT ids.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+FLEET_DEFAULT = "*"
+"""The ``desired.target`` of the fleet-wide default; per-device rows override it."""
+
+models = Table(
+    "models",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False),
+    Column("version", String(128), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("task", String(32), nullable=False),
+    Column("quantization", String(32), nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("uploaded_at", DateTime(timezone=True), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("manifest", JSON, nullable=False),
+    UniqueConstraint("name", "version", name="uq_models_name_version"),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("device_id", String(64), primary_key=True),
+    Column("presence", String(16), nullable=False),
+    Column("status_ts", DateTime(timezone=True), nullable=True),
+    Column("first_seen", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=False),
+    Column("agent_version", String(64), nullable=True),
+    Column("runtime", String(128), nullable=True),
+    Column("model_name", String(64), nullable=True),
+    Column("model_version", String(128), nullable=True),
+    Column("model_sha256", String(64), nullable=True),
+    Column("update_state", String(32), nullable=True),
+)
+
+desired = Table(
+    "desired",
+    metadata,
+    Column("target", String(64), primary_key=True),  # a device id, or FLEET_DEFAULT
+    Column("model_name", String(64), nullable=False),
+    Column("model_version", String(128), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+telemetry = Table(
+    "telemetry",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("device_id", String(64), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("window_start", DateTime(timezone=True), nullable=False),
+    Column("window_end", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("model_name", String(64), nullable=True),
+    Column("model_version", String(128), nullable=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),
+    Column("latency_p50", Float, nullable=True),
+    Column("latency_p95", Float, nullable=True),
+    Column("latency_p99", Float, nullable=True),
+    Column("cpu_percent", Float, nullable=False),
+    Column("process_rss_bytes", BigInteger, nullable=False),
+    Column("memory_used_percent", Float, nullable=False),
+    Column("temperature_c", Float, nullable=True),
+    Column("payload", JSON, nullable=False),
+    # A redelivered window (QoS 1 after a reconnect) is stored once.
+    UniqueConstraint("device_id", "seq", "window_start", name="uq_telemetry_window"),
+    Index("ix_telemetry_device", "device_id", "id"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("device_id", String(64), nullable=False),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("update_id", String(128), nullable=False),
+    Column("state", String(32), nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("target_name", String(64), nullable=False),
+    Column("target_version", String(128), nullable=False),
+    Column("target_sha256", String(64), nullable=True),
+    Column("previous_name", String(64), nullable=True),
+    Column("previous_version", String(128), nullable=True),
+    Column("payload", JSON, nullable=False),
+    UniqueConstraint("device_id", "update_id", "state", "ts", name="uq_events_transition"),
+    Index("ix_events_device", "device_id", "id"),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("topic", Text, nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("payload_prefix", Text, nullable=False),
+    Column("payload_size", BigInteger, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+)
