@@ -30,7 +30,9 @@ class MqttSettings(BaseModel):
     keepalive_s: int = Field(30, ge=5, description="MQTT keepalive")
     reconnect_min_s: int = Field(1, ge=1, description="first reconnect delay; doubles up to the maximum")
     reconnect_max_s: int = Field(30, ge=1, description="longest reconnect delay")
-    max_payload_bytes: int = Field(MAX_MQTT_PAYLOAD_BYTES, ge=1, description="larger payloads are dead-lettered")
+    max_payload_bytes: int = Field(
+        MAX_MQTT_PAYLOAD_BYTES, ge=1, description="larger payloads are dead-lettered"
+    )
     batch_size: int = Field(200, ge=1, description="most messages stored in one transaction")
     manual_ack: bool = Field(True, description="acknowledge QoS 1 messages only after they are committed")
 
@@ -44,10 +46,12 @@ class FleetConfig(BaseModel):
     host: str = Field("127.0.0.1", description="HTTP listen address")
     port: int = Field(8080, ge=0, le=65535, description="HTTP listen port; 0 picks a free one")
     public_url: str | None = Field(None, description="base of bundle URLs handed to devices")
-    trusted_keys: list[Path] = Field(description="public keys (files or directories of *.pub) bundles must be signed by")
+    trusted_keys: list[Path] = Field(
+        description="public keys (files or directories of *.pub) bundles must be signed by"
+    )
     artifacts: Path = Field(Path("./artifacts"), description="where uploaded bundles are stored")
     max_bundle_bytes: int = Field(DEFAULT_MAX_BUNDLE_BYTES, ge=1, description="upload size limit")
-    mqtt: MqttSettings = Field(default_factory=MqttSettings)  # type: ignore[arg-type]
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
 
     def base_url(self, port: int | None = None) -> str:
         """``public_url`` when given, else ``http://HOST:PORT`` of the listener."""

@@ -86,7 +86,9 @@ def decode(item: Received, topics: Topics, max_payload_bytes: int) -> Decoded | 
         return dead_letter(item, DeadReason.BAD_TOPIC, str(exc))
     kind = _CHANNEL_TYPES.get(where.channel)
     if kind is None:
-        return dead_letter(item, DeadReason.BAD_TOPIC, f"the fleet does not ingest {where.channel.value} messages")
+        return dead_letter(
+            item, DeadReason.BAD_TOPIC, f"the fleet does not ingest {where.channel.value} messages"
+        )
     try:
         json.loads(item.payload)
     except (ValueError, UnicodeDecodeError) as exc:

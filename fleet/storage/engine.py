@@ -31,7 +31,9 @@ def create_engine_for_url(url: str, create_schema: bool = True) -> Engine:
     try:
         engine = create_engine(url, **kwargs)
     except (ArgumentError, ImportError) as exc:
-        raise StorageError(f"cannot use database {parsed.render_as_string(hide_password=True)}: {exc}") from exc
+        raise StorageError(
+            f"cannot use database {parsed.render_as_string(hide_password=True)}: {exc}"
+        ) from exc
     if is_sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
     if create_schema:
@@ -39,10 +41,9 @@ def create_engine_for_url(url: str, create_schema: bool = True) -> Engine:
             metadata.create_all(engine)
         except SQLAlchemyError as exc:
             engine.dispose()
-            raise StorageError(
-                f"cannot open database {parsed.render_as_string(hide_password=True)}: {exc.__class__.__name__}: "
-                f"{exc.orig if hasattr(exc, 'orig') else exc}"
-            ) from exc
+            where = parsed.render_as_string(hide_password=True)
+            cause = getattr(exc, "orig", None) or exc
+            raise StorageError(f"cannot open database {where}: {cause}") from exc
     return engine
 
 

@@ -1,0 +1,36 @@
+"""What the routers need, handed to the app once (no globals, nothing read at import time)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from fastapi import Request
+from sqlalchemy import Engine
+
+from fleet.deploy import Publisher
+from fleet.registry import Registry
+from fleet.views import IngestStats
+from protocol.topics import Topics
+
+
+class IngestLink(Publisher, Protocol):
+    """The MQTT side as the API sees it: publish commands, report counters."""
+
+    def stats(self) -> IngestStats: ...
+
+
+@dataclass
+class FleetContext:
+    engine: Engine
+    registry: Registry
+    link: IngestLink
+    topics: Topics
+    max_bundle_bytes: int
+    base_url: str = field(default="")
+    """Base of the bundle URLs in desired states; set once the listener's port is known."""
+
+
+def get_context(request: Request) -> FleetContext:
+    context: FleetContext = request.app.state.fleet
+    return context

@@ -1,0 +1,103 @@
+"""``/api/v1/models``: upload, list, describe and download signed bundles."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from fleet.api.context import FleetContext, get_context
+from fleet.api.ranges import RangeNotSatisfiable, parse_range
+from fleet.errors import InvalidBundleError, NotFoundError, TooLargeError
+from fleet.storage import repository
+from fleet.views import ModelDetail, ModelInfo
+
+router = APIRouter(prefix="/api/v1/models", tags=["models"])
+Context = Annotated[FleetContext, Depends(get_context)]
+CHUNK = 256 * 1024
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLargeError(f"the bundle is {declared} bytes; the fleet accepts at most {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise TooLargeError(f"the bundle is larger than the fleet's {limit} byte limit")
+    return bytes(body)
+
+
+@router.post("", status_code=201, response_model=ModelInfo, responses={200: {"model": ModelInfo}})
+async def upload_model(request: Request, context: Context) -> JSONResponse:
+    """Body: the raw bundle file (``application/octet-stream``). 201 stored, 200 already stored."""
+    data = await _read_limited(request, context.max_bundle_bytes)
+    if not data:
+        raise InvalidBundleError(
+            "the request body is empty: send the bundle file as application/octet-stream"
+        )
+    result = await run_in_threadpool(context.registry.upload, data)
+    return JSONResponse(result.model.model_dump(mode="json"), status_code=201 if result.created else 200)
+
+
+@router.get("", response_model=list[ModelInfo])
+def list_models(context: Context) -> list[ModelInfo]:
+    with context.engine.begin() as conn:
+        return repository.list_models(conn)
+
+
+@router.get("/{name}/{version}", response_model=ModelDetail)
+def get_model(name: str, version: str, context: Context) -> ModelDetail:
+    with context.engine.begin() as conn:
+        detail = repository.get_model_detail(conn, name, version)
+    if detail is None:
+        raise NotFoundError(f"no model {name} {version} in the registry")
+    return detail
+
+
+def _file_chunks(path: Path, start: int, length: int) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        remaining = length
+        while remaining > 0:
+            chunk = handle.read(min(CHUNK, remaining))
+            if not chunk:
+                return
+            remaining -= len(chunk)
+            yield chunk
+
+
+@router.get("/{name}/{version}/bundle", response_class=Response)
+def download_bundle(name: str, version: str, request: Request, context: Context) -> Response:
+    """The bundle bytes; ``ETag`` is the quoted sha256; one ``Range`` (``bytes=a-b``, ``a-``, ``-n``)."""
+    info, path = context.registry.bundle_path(name, version)
+    etag = f'"{info.sha256}"'
+    headers = {"ETag": etag, "Accept-Ranges": "bytes"}
+    if etag in [tag.strip() for tag in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers=headers)
+    range_header = request.headers.get("range")
+    if_range = request.headers.get("if-range")
+    if if_range is not None and if_range.strip() != etag:
+        range_header = None  # the client's partial copy is of other bytes: send them all
+    try:
+        wanted = parse_range(range_header, info.size)
+    except RangeNotSatisfiable:
+        return JSONResponse(
+            {"detail": f"range {range_header!r} is outside the bundle's {info.size} bytes"},
+            status_code=416,
+            headers={**headers, "Content-Range": f"bytes */{info.size}"},
+        )
+    media = "application/octet-stream"
+    if wanted is None:
+        headers["Content-Length"] = str(info.size)
+        return StreamingResponse(_file_chunks(path, 0, info.size), media_type=media, headers=headers)
+    headers["Content-Range"] = wanted.content_range(info.size)
+    headers["Content-Length"] = str(wanted.length)
+    return StreamingResponse(
+        _file_chunks(path, wanted.start, wanted.length), status_code=206, media_type=media, headers=headers
+    )

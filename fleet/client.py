@@ -1,0 +1,83 @@
+"""A thin HTTP client of the fleet API for the operator CLI. Errors become FleetError with one line."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from fleet.errors import FleetError, FleetUnreachableError
+
+FLEET_URL_ENV = "EDGEFLEET_FLEET_URL"
+DEFAULT_FLEET_URL = "http://127.0.0.1:8080"
+
+
+def default_fleet_url(environ: Mapping[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    return env.get(FLEET_URL_ENV) or DEFAULT_FLEET_URL
+
+
+class FleetClient:
+    def __init__(
+        self, base_url: str, session: requests.Session | None = None, timeout_s: float = 60.0
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.session = session or requests.Session()
+        self.timeout_s = timeout_s
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        url = f"{self.base_url}{path}"
+        try:
+            response = self.session.request(method, url, timeout=self.timeout_s, **kwargs)
+        except requests.ConnectionError as exc:
+            raise FleetUnreachableError(
+                f"cannot reach the fleet at {self.base_url}: is `edgefleet fleet serve` running there? "
+                f"(set --fleet or {FLEET_URL_ENV})"
+            ) from exc
+        except requests.Timeout as exc:
+            raise FleetUnreachableError(
+                f"the fleet at {self.base_url} did not answer within {self.timeout_s:.0f}s"
+            ) from exc
+        except requests.RequestException as exc:
+            raise FleetUnreachableError(f"request to {url} failed: {exc}") from exc
+        if response.status_code >= 400:
+            raise FleetError(f"the fleet answered {response.status_code}: {_detail(response)}")
+        return response
+
+    def push(self, bundle: Path) -> tuple[dict[str, Any], bool]:
+        """Upload a bundle; (model info, True if newly stored, False if it was already there)."""
+        try:
+            data = bundle.read_bytes()
+        except OSError as exc:
+            raise FleetError(f"cannot read {bundle}: {exc.strerror or exc}") from exc
+        response = self._request(
+            "POST", "/api/v1/models", data=data, headers={"Content-Type": "application/octet-stream"}
+        )
+        info: dict[str, Any] = response.json()
+        return info, response.status_code == 201
+
+    def models(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._request("GET", "/api/v1/models").json()
+        return result
+
+    def deploy(self, name: str, version: str, device_id: str | None) -> dict[str, Any]:
+        body = {"name": name, "version": version, "device_id": device_id}
+        result: dict[str, Any] = self._request("POST", "/api/v1/deployments", json=body).json()
+        return result
+
+    def devices(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._request("GET", "/api/v1/devices").json()
+        return result
+
+
+def _detail(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        text = response.text.strip()
+        return text.splitlines()[0] if text else response.reason
+    detail = body.get("detail") if isinstance(body, dict) else None
+    return str(detail) if detail is not None else str(body)

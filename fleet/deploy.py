@@ -1,0 +1,90 @@
+"""Deployments: set the desired model of one device or of the whole fleet, then tell devices to check."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Protocol
+
+from sqlalchemy import Engine
+
+from fleet.errors import NotFoundError
+from fleet.storage import repository
+from fleet.storage.schema import FLEET_DEFAULT
+from fleet.views import DeploymentResult
+from protocol.messages import Command, CommandKind, DesiredModel, DesiredState
+from protocol.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> bool: ...
+
+
+def bundle_path(name: str, version: str) -> str:
+    return f"/api/v1/models/{name}/{version}/bundle"
+
+
+def deploy(
+    engine: Engine,
+    publisher: Publisher,
+    topics: Topics,
+    *,
+    name: str,
+    version: str,
+    device_id: str | None,
+) -> DeploymentResult:
+    """Record the assignment, then publish ``check-update`` (QoS 1) to every device it affects."""
+    target = FLEET_DEFAULT if device_id is None else device_id
+    with engine.begin() as conn:
+        if repository.get_model(conn, name, version) is None:
+            raise NotFoundError(f"no model {name} {version} in the registry; push it first")
+        repository.set_desired(conn, target, name, version)
+        affected = repository.device_ids_following(conn, target)
+    notified: list[str] = []
+    missed: list[str] = []
+    for device in affected:
+        command = Command(
+            command=CommandKind.CHECK_UPDATE, command_id=uuid.uuid4().hex, issued_at=datetime.now(UTC)
+        )
+        if publisher.publish(topics.cmd(device), command.model_dump_json().encode(), qos=1):
+            notified.append(device)
+        else:
+            missed.append(device)
+    log.info(
+        "deployed %s %s to %s; notified %d device(s)%s",
+        name,
+        version,
+        device_id or "the whole fleet",
+        len(notified),
+        f", could not notify {len(missed)}" if missed else "",
+    )
+    return DeploymentResult(
+        name=name,
+        version=version,
+        device_id=device_id,
+        devices_notified=notified,
+        devices_not_notified=missed,
+    )
+
+
+def desired_state(engine: Engine, device_id: str, base_url: str) -> DesiredState:
+    """What ``device_id`` should run: its own assignment, else the fleet default, else nothing."""
+    with engine.begin() as conn:
+        assignment = repository.desired_for(conn, device_id)
+    if assignment is None:
+        return DesiredState(device_id=device_id)
+    model = assignment.model
+    return DesiredState(
+        device_id=device_id,
+        model=DesiredModel(
+            name=model.name,
+            version=model.version,
+            sha256=model.sha256,
+            size=model.size,
+            url=f"{base_url}{bundle_path(model.name, model.version)}",
+        ),
+        updated_at=assignment.updated_at,
+    )

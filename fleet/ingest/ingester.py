@@ -1,0 +1,307 @@
+"""The MQTT ingester: the network thread only enqueues; a writer thread validates and stores batches.
+
+QoS 1 messages are acknowledged (``manual_ack``) only after the transaction holding them has
+committed, so a crash or a database outage loses nothing: the broker redelivers what was not
+acknowledged when the persistent session (``clean_start=False``) resumes. Redeliveries are
+stored once (unique keys on telemetry windows and update transitions).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from fleet.config import MqttSettings
+from fleet.ingest.decode import DeadLetter, DeadReason, Decoded, Received, dead_letter, decode
+from fleet.storage import repository
+from fleet.views import IngestStats
+from protocol.topics import DeviceChannel, Topics
+
+log = logging.getLogger(__name__)
+
+INGESTED_CHANNELS = (DeviceChannel.STATUS, DeviceChannel.TELEMETRY, DeviceChannel.EVENTS)
+RECEIVE_MAXIMUM = 1000
+"""Unacknowledged QoS 1 messages the broker may have in flight to us: bounds the queue."""
+STORE_RETRY_MAX_S = 10.0
+
+
+class _QuietShutdown(logging.Filter):
+    """paho 2.2 logs "Client is not connected" at ERROR when its loop ends after our own disconnect."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Client is not connected")
+
+
+class Ingester:
+    """Subscribe to every device's status, telemetry and events; store them; publish commands."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        engine: Engine,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.topics = Topics(settings.topic_prefix)
+        self._clock = clock
+        self._queue: queue.Queue[Received] = queue.Queue()
+        self._stop = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._connected = threading.Event()
+        self._generation = 0
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._dead: Counter[str] = Counter()
+        self._client = self._make_client()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def _make_client(self) -> mqtt.Client:
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.settings.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=self.settings.manual_ack,
+        )
+        paho_log = logging.getLogger("fleet.mqtt.paho")
+        if not any(isinstance(f, _QuietShutdown) for f in paho_log.filters):
+            paho_log.addFilter(_QuietShutdown())
+        client.enable_logger(paho_log)
+        client.reconnect_delay_set(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def start(self) -> None:
+        """Start the writer thread and the MQTT network thread (which connects and reconnects)."""
+        self._stop.clear()
+        self._writer = threading.Thread(target=self._write_loop, name="fleet-ingest-writer", daemon=True)
+        self._writer.start()
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = self.settings.session_expiry_s
+        properties.ReceiveMaximum = RECEIVE_MAXIMUM
+        self._client.connect_async(
+            self.settings.host,
+            self.settings.port,
+            keepalive=self.settings.keepalive_s,
+            clean_start=False,
+            properties=properties,
+        )
+        self._client.loop_start()
+        log.info(
+            "ingester connecting to mqtt://%s:%d as %s",
+            self.settings.host,
+            self.settings.port,
+            self.settings.client_id,
+        )
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Store what is queued (acking it while still connected), then disconnect."""
+        deadline = time.monotonic() + timeout_s
+        self._stop.set()
+        if self._writer is not None:
+            self._writer.join(timeout=max(0.0, deadline - time.monotonic()))
+            if self._writer.is_alive():
+                log.warning(
+                    "ingest writer did not finish within %.0fs; unacked messages will be redelivered",
+                    timeout_s,
+                )
+            self._writer = None
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+        # A fresh client for a later start(): same id, so the broker resumes the session.
+        self._client = self._make_client()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self._connected.wait(timeout_s)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    # ------------------------------------------------------------ MQTT callbacks (network thread)
+
+    def _on_connect(
+        self, client: mqtt.Client, _userdata: Any, flags: Any, reason: Any, _properties: Any
+    ) -> None:
+        if reason.is_failure:
+            log.warning("broker refused the connection: %s", reason)
+            return
+        self._generation += 1
+        options = SubscribeOptions(qos=1)
+        client.subscribe([(self.topics.all_devices(channel), options) for channel in INGESTED_CHANNELS])
+        self._connected.set()
+        log.info(
+            "ingester connected to mqtt://%s:%d (session %s)",
+            self.settings.host,
+            self.settings.port,
+            "resumed" if getattr(flags, "session_present", False) else "new",
+        )
+
+    def _on_disconnect(
+        self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _properties: Any
+    ) -> None:
+        self._connected.clear()
+        if not self._stop.is_set():
+            log.warning("ingester lost the broker (%s); reconnecting with backoff", reason)
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        # Never touch the database here, and never raise: paho would end its network thread.
+        try:
+            self._queue.put(
+                Received(
+                    topic=message.topic,
+                    payload=bytes(message.payload),
+                    received_at=self._clock(),
+                    mid=message.mid,
+                    qos=message.qos,
+                    generation=self._generation,
+                )
+            )
+            with self._lock:
+                self._counts["received"] += 1
+        except Exception:
+            log.exception("cannot enqueue a message on %r", getattr(message, "_topic", b""))
+
+    # ------------------------------------------------------------ writer thread
+
+    def _write_loop(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if not batch:
+                if self._stop.is_set():
+                    return
+                continue
+            try:
+                self._write(batch)
+            except Exception:  # the ingester never dies; unacked messages come back on reconnect
+                log.exception("ingest batch of %d messages failed", len(batch))
+
+    def _take_batch(self) -> list[Received]:
+        try:
+            first = self._queue.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        while len(batch) < self.settings.batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _write(self, batch: list[Received]) -> None:
+        items: list[Decoded | DeadLetter] = [
+            decode(item, self.topics, self.settings.max_payload_bytes) for item in batch
+        ]
+        for item in items:
+            if isinstance(item, DeadLetter):
+                log.warning(
+                    "dead-lettered a message on %s (%s): %s", item.topic, item.reason.value, item.detail
+                )
+        stored, duplicates, letters = self._store(batch, items)
+        with self._lock:
+            self._counts["stored"] += stored
+            self._counts["duplicates"] += duplicates
+            for letter in letters:
+                self._dead[letter.reason.value] += 1
+        self._ack(batch)
+
+    def _store(
+        self, batch: list[Received], items: list[Decoded | DeadLetter]
+    ) -> tuple[int, int, list[DeadLetter]]:
+        delay = 0.2
+        while True:
+            try:
+                with self.engine.begin() as conn:
+                    stored, duplicates = repository.store_batch(conn, items)
+                return stored, duplicates, [item for item in items if isinstance(item, DeadLetter)]
+            except OperationalError as exc:
+                # The database is unavailable or locked: retry the whole batch, unacked meanwhile.
+                if self._stop.is_set():
+                    raise
+                log.warning("database unavailable (%s); retrying the batch in %.1fs", exc.orig, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX_S)
+            except SQLAlchemyError:
+                log.exception("storing a batch failed; storing its messages one by one")
+                return self._store_one_by_one(batch, items)
+
+    def _store_one_by_one(
+        self, batch: list[Received], items: list[Decoded | DeadLetter]
+    ) -> tuple[int, int, list[DeadLetter]]:
+        stored = duplicates = 0
+        letters: list[DeadLetter] = []
+        for received, item in zip(batch, items, strict=True):
+            try:
+                with self.engine.begin() as conn:
+                    if isinstance(item, DeadLetter):
+                        repository.store_dead_letter(conn, item)
+                        letters.append(item)
+                    elif repository.store_decoded(conn, item):
+                        stored += 1
+                    else:
+                        duplicates += 1
+            except SQLAlchemyError as exc:
+                letter = dead_letter(
+                    received, DeadReason.STORE_FAILED, f"{exc.__class__.__name__}: {exc}"[:500]
+                )
+                log.error("cannot store a message on %s: %s", received.topic, letter.detail)
+                with self.engine.begin() as conn:
+                    repository.store_dead_letter(conn, letter)
+                letters.append(letter)
+        return stored, duplicates, letters
+
+    def _ack(self, batch: list[Received]) -> None:
+        if not self.settings.manual_ack:
+            return
+        generation = self._generation
+        acked = 0
+        for item in batch:
+            # A message from an earlier connection is redelivered by the broker; its mid may now
+            # belong to another message, so it is never acknowledged on the new connection.
+            if item.qos > 0 and item.generation == generation:
+                self._client.ack(item.mid, item.qos)
+                acked += 1
+        with self._lock:
+            self._counts["acked"] += acked
+
+    # ------------------------------------------------------------ commands and stats
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> bool:
+        """Queue a publish; False (and a log line) when the broker is not connected or refuses it."""
+        info = self._client.publish(topic, payload, qos=qos)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            log.warning("could not publish to %s: %s", topic, mqtt.error_string(info.rc))
+            return False
+        return True
+
+    def stats(self) -> IngestStats:
+        with self._lock:
+            return IngestStats(
+                connected=self.connected,
+                received=self._counts["received"],
+                stored=self._counts["stored"],
+                duplicates=self._counts["duplicates"],
+                dead_lettered=dict(self._dead),
+                queue_depth=self._queue.qsize(),
+                acked=self._counts["acked"],
+                manual_ack=self.settings.manual_ack,
+            )

@@ -1,0 +1,138 @@
+"""Fixtures for the fleet tests: a fleet server over real HTTP with a real broker, or an in-process app."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from edgefleet.mosquitto import MosquittoBroker
+from fleet.api.app import create_app
+from fleet.api.context import FleetContext
+from fleet.config import FleetConfig, MqttSettings
+from fleet.registry import Registry
+from fleet.server import FleetServer
+from fleet.storage import create_engine_for_url
+from fleet.views import IngestStats
+from protocol.signing import TrustedKeys
+from protocol.topics import Topics
+from tests.fleet.mqtt_helpers import TestClient as MqttTestClient
+
+with warnings.catch_warnings():
+    # starlette 1.x prefers httpx2 for its TestClient and warns about httpx, which is what is installed.
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+
+@dataclass
+class FakeLink:
+    """Stands in for the ingester in in-process API tests: records the commands published."""
+
+    published: list[tuple[str, bytes]] = field(default_factory=list)
+    connected: bool = True
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> bool:
+        if not self.connected:
+            return False
+        self.published.append((topic, payload))
+        return True
+
+    def stats(self) -> IngestStats:
+        return IngestStats(
+            connected=self.connected,
+            received=0,
+            stored=0,
+            duplicates=0,
+            dead_lettered={},
+            queue_depth=0,
+            acked=0,
+            manual_ack=True,
+        )
+
+
+@dataclass
+class InProcessFleet:
+    client: TestClient
+    context: FleetContext
+    link: FakeLink
+    artifacts: Path
+
+
+@pytest.fixture
+def api(tmp_path: Path, signing_keys: tuple[Path, Path]) -> Iterator[InProcessFleet]:
+    """The FastAPI app with a real SQLite file and artifacts dir, no broker (commands are recorded)."""
+    engine = create_engine_for_url(f"sqlite:///{tmp_path / 'fleet.db'}")
+    artifacts = tmp_path / "artifacts"
+    link = FakeLink()
+    context = FleetContext(
+        engine=engine,
+        registry=Registry(engine, artifacts, TrustedKeys.from_paths([signing_keys[1]])),
+        link=link,
+        topics=Topics(),
+        max_bundle_bytes=1024 * 1024,
+        base_url="http://fleet.test",
+    )
+    with TestClient(create_app(context)) as client:
+        yield InProcessFleet(client, context, link, artifacts)
+    engine.dispose()
+
+
+@dataclass
+class RunningFleet:
+    server: FleetServer
+    url: str
+    config: FleetConfig
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return requests.get(f"{self.url}{path}", timeout=10, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return requests.post(f"{self.url}{path}", timeout=10, **kwargs)
+
+    def json(self, path: str) -> Any:
+        response = self.get(path)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+def fleet_config(tmp_path: Path, broker: MosquittoBroker, signing_keys: tuple[Path, Path]) -> FleetConfig:
+    return FleetConfig(
+        db_url=f"sqlite:///{tmp_path / 'fleet.db'}",
+        host="127.0.0.1",
+        port=0,
+        trusted_keys=[signing_keys[1].parent],
+        artifacts=tmp_path / "artifacts",
+        mqtt=MqttSettings(host=broker.host, port=broker.port, client_id=f"fleet-test-{uuid.uuid4().hex[:8]}"),
+    )
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, broker: MosquittoBroker, signing_keys: tuple[Path, Path]) -> Iterator[RunningFleet]:
+    """``FleetServer`` (uvicorn + ingester) in a thread on a free port, against the test's broker."""
+    config = fleet_config(tmp_path, broker, signing_keys)
+    server = FleetServer(config)
+    thread = threading.Thread(target=server.run, name="fleet-under-test", daemon=True)
+    thread.start()
+    assert server.listening.wait(10), "the fleet did not start listening"
+    assert server.ingester.wait_connected(10), "the ingester did not connect to the broker"
+    try:
+        yield RunningFleet(server, server.url, config)
+    finally:
+        server.stop()
+        thread.join(15)
+        assert not thread.is_alive(), "the fleet did not stop"
+
+
+@pytest.fixture
+def device(broker: MosquittoBroker) -> Iterator[MqttTestClient]:
+    """A paho client publishing as a device would."""
+    client = MqttTestClient(broker.host, broker.port)
+    yield client
+    client.close()

@@ -1,0 +1,153 @@
+"""The operator CLI against a real fleet over HTTP, and ``fleet serve`` as a real process."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from edgefleet.mosquitto import MosquittoBroker, free_port
+from fleet.__main__ import main as fleet_main
+from protocol.topics import Topics
+from tests.fleet.bundles import build_bundle
+from tests.fleet.conftest import RunningFleet
+from tests.fleet.mqtt_helpers import TestClient, status, telemetry, wait_for
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = fleet_main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_register_adds_the_subcommands() -> None:
+    from fleet.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["model", "deploy", "digits", "1.0.0", "--device", "pi-1", "--fleet", "http://x"]
+    )
+    assert (args.name, args.version, args.device, args.fleet) == ("digits", "1.0.0", "pi-1", "http://x")
+
+
+def test_push_list_deploy_and_device_list(
+    fleet: RunningFleet,
+    device: TestClient,
+    signing_keys: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bundle = tmp_path / "digits-1.0.0.bundle"
+    bundle.write_bytes(build_bundle(signing_keys[0], "digits", "1.0.0"))
+    url = ("--fleet", fleet.url)
+
+    code, out, _ = run(capsys, "model", "push", str(bundle), *url)
+    assert code == 0 and out.startswith("stored: digits 1.0.0")
+    code, out, _ = run(capsys, "model", "push", str(bundle), *url)
+    assert code == 0 and out.startswith("already stored: digits 1.0.0")
+
+    other = tmp_path / "other.bundle"
+    other.write_bytes(build_bundle(signing_keys[0], "digits", "1.0.0"))
+    code, _, err = run(capsys, "model", "push", str(other), *url)
+    assert code == 2 and "409" in err and "already stored" in err and len(err.strip().splitlines()) == 1
+
+    code, out, _ = run(capsys, "model", "list", *url)
+    assert code == 0 and "digits" in out and "1.0.0" in out and "int8" in out
+
+    topics = Topics()
+    device.publish(topics.status("pi-9"), status("pi-9"), retain=True)
+    device.publish(topics.telemetry("pi-9"), telemetry("pi-9", p50=4.0, cpu=12.0))
+    wait_for(lambda: (fleet.json("/api/v1/devices") or [{}])[0].get("telemetry"))
+
+    code, out, _ = run(capsys, "model", "deploy", "digits", "1.0.0", "--device", "pi-9", *url)
+    assert code == 0 and "device pi-9" in out and "notified: pi-9" in out
+    code, _, err = run(capsys, "model", "deploy", "digits", "7.0.0", *url)
+    assert code == 2 and "404" in err and "no model digits 7.0.0" in err
+
+    code, out, _ = run(capsys, "device", "list", *url)
+    assert code == 0
+    line = next(row for row in out.splitlines() if row.startswith("pi-9"))
+    assert "online" in line and "digits 1.0.0" in line and "4.0/8.0/12.0" in line and "12.0%" in line
+
+
+def test_unreachable_fleet_is_one_line_naming_the_url(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    code, _, err = run(capsys, "model", "list", "--fleet", url)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and url in err
+
+
+def test_fleet_url_from_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("EDGEFLEET_FLEET_URL", url)
+    code, _, err = run(capsys, "device", "list")
+    assert code == 2 and url in err
+
+
+def test_serve_process_logs_ready_and_stops_on_sigterm(
+    tmp_path: Path, broker: MosquittoBroker, signing_keys: tuple[Path, Path]
+) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fleet",
+                "fleet",
+                "serve",
+                "--db",
+                f"sqlite:///{tmp_path / 'fleet.db'}",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--mqtt-host",
+                broker.host,
+                "--mqtt-port",
+                str(broker.port),
+                "--mqtt-client-id",
+                "fleet-serve-test",
+                "--trusted-keys",
+                str(signing_keys[1]),
+                "--artifacts",
+                str(tmp_path / "artifacts"),
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[2],
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        wait_for(lambda: f"fleet listening on http://127.0.0.1:{port}" in log.read_text(), 20)
+        assert requests.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=5).json() == {"ok": True}
+        page = requests.get(f"http://127.0.0.1:{port}/", timeout=5)
+        assert page.status_code == 200 and "/static/app.js" in page.text
+        script = requests.get(f"http://127.0.0.1:{port}/static/app.js", timeout=5).text
+        assert "/api/v1/devices" in script and "2000" in script
+        wait_for(lambda: "ingester connected" in log.read_text(), 10)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = log.read_text()
+    assert "fleet stopped" in text and "Traceback" not in text, text
+
+
+def test_serve_without_keys_fails_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "keys"
+    empty.mkdir()
+    code, _, err = run(
+        capsys, "fleet", "serve", "--trusted-keys", str(empty), "--db", f"sqlite:///{tmp_path / 'f.db'}"
+    )
+    assert code == 2 and "no public keys" in err
