@@ -49,7 +49,7 @@ def generate_key_pair(out_dir: Path, name: str = "operator", force: bool = False
 
 
 def signing_key_id(private_path: Path) -> str:
-    """Load a private key (raising ``KeyError_`` with a clear message) and return its key id."""
+    """Load a private key (raising ``KeyFileError`` with a clear message) and return its key id."""
     return key_id(load_private_key(private_path).public_key())
 
 

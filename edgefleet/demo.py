@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import requests
 
 from edgefleet.mosquitto import MosquittoBroker
@@ -46,9 +47,20 @@ def train(out: Path, seed: int, filters: int, log: Path) -> None:
     if (out / "model.keras").exists():
         return
     completed = subprocess.run(
-        [sys.executable, "-m", "converter.examples", "digits", str(out), "--seed", str(seed),
-         "--filters", str(filters)],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "converter.examples",
+            "digits",
+            str(out),
+            "--seed",
+            str(seed),
+            "--filters",
+            str(filters),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     with log.open("a") as handle:
         handle.write(completed.stdout + completed.stderr)
@@ -61,13 +73,28 @@ def convert(model_dir: Path, version: str, key: Path, out: Path, log: Path) -> P
     bundle = out / f"digits-{version}.bundle"
     if not bundle.exists():
         output = run_edgefleet(
-            ["convert", str(model_dir / "model.keras"),
-             "--calibration", str(model_dir / "calibration.npz"),
-             "--evaluation", str(model_dir / "evaluation.npz"),
-             "--labels", str(model_dir / "labels.txt"),
-             "--mode", "int8", "--task", "classification",
-             "--name", "digits", "--version", version,
-             "--key", str(key), "--out", str(bundle)],
+            [
+                "convert",
+                str(model_dir / "model.keras"),
+                "--calibration",
+                str(model_dir / "calibration.npz"),
+                "--evaluation",
+                str(model_dir / "evaluation.npz"),
+                "--labels",
+                str(model_dir / "labels.txt"),
+                "--mode",
+                "int8",
+                "--task",
+                "classification",
+                "--name",
+                "digits",
+                "--version",
+                version,
+                "--key",
+                str(key),
+                "--out",
+                str(bundle),
+            ],
             log=log,
         )
         print("    " + "\n    ".join(line for line in output.splitlines() if line.strip())[-3000:])
@@ -79,12 +106,13 @@ class TelemetryPrinter:
 
     def __init__(self, host: str, port: int, topics: Topics) -> None:
         import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
 
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="edgefleet-demo-watch")
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="edgefleet-demo-watch")
         self._client.on_connect = lambda client, *_: client.subscribe(
             topics.all_devices(DeviceChannel.TELEMETRY), qos=1
         )
-        self._client.on_message = lambda _c, _u, message: self._print(message.payload)
+        self._client.on_message = lambda _c, _u, message: self._print(bytes(message.payload))
         self._client.connect(host, port)
         self.enabled = threading.Event()
 
@@ -98,8 +126,11 @@ class TelemetryPrinter:
             return
         model = f"{window.model.name} {window.model.version}" if window.model else "no model"
         latency = window.latency_ms
-        lat = f"p50 {latency.p50:6.2f} ms  p95 {latency.p95:6.2f} ms  p99 {latency.p99:6.2f} ms" if latency else (
-            "no requests" + " " * 30)
+        lat = (
+            f"p50 {latency.p50:6.2f} ms  p95 {latency.p95:6.2f} ms  p99 {latency.p99:6.2f} ms"
+            if latency
+            else ("no requests" + " " * 30)
+        )
         res = window.resources
         print(
             f"    [telemetry] {window.device_id:<8} {model:<14} {window.requests:4d} req  {lat}  "
@@ -117,7 +148,9 @@ class TelemetryPrinter:
         self._client.loop_stop()
 
 
-def send_predictions(agents: list[AgentProcess], x: np.ndarray, y: np.ndarray, batch: int = 16) -> dict[str, float]:
+def send_predictions(
+    agents: list[AgentProcess], x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], batch: int = 16
+) -> dict[str, float]:
     """Send the evaluation set to every agent in small batches; return accuracy per device."""
     accuracy = {}
     for agent in agents:
@@ -125,11 +158,11 @@ def send_predictions(agents: list[AgentProcess], x: np.ndarray, y: np.ndarray, b
         with requests.Session() as session:
             for start in range(0, len(x), batch):
                 response = session.post(
-                    f"{agent.url}/v1/predict", json={"inputs": x[start:start + batch].tolist()}, timeout=10
+                    f"{agent.url}/v1/predict", json={"inputs": x[start : start + batch].tolist()}, timeout=10
                 )
                 response.raise_for_status()
                 predicted = [p["class"] for p in response.json()["predictions"]]
-                correct += int(np.sum(np.asarray(predicted) == y[start:start + batch]))
+                correct += int(np.sum(np.asarray(predicted) == y[start : start + batch]))
         accuracy[agent.device_id] = correct / len(x)
     return accuracy
 
@@ -137,18 +170,23 @@ def send_predictions(agents: list[AgentProcess], x: np.ndarray, y: np.ndarray, b
 def deploy(fleet_url: str, bundle: Path, version: str) -> None:
     with bundle.open("rb") as handle:
         response = requests.post(
-            f"{fleet_url}/api/v1/models", data=handle, timeout=60,
+            f"{fleet_url}/api/v1/models",
+            data=handle,
+            timeout=60,
             headers={"Content-Type": "application/octet-stream"},
         )
     if response.status_code not in (200, 201):
         raise StackError(f"the fleet refused {bundle.name}: {response.status_code} {response.text}")
     response = requests.post(
-        f"{fleet_url}/api/v1/deployments", json={"name": "digits", "version": version, "device_id": None},
+        f"{fleet_url}/api/v1/deployments",
+        json={"name": "digits", "version": version, "device_id": None},
         timeout=10,
     )
     if response.status_code != 200:
         raise StackError(f"deploying digits {version} failed: {response.status_code} {response.text}")
-    print(f"    deployed digits {version} to all devices; notified: {response.json().get('devices_notified')}")
+    print(
+        f"    deployed digits {version} to all devices; notified: {response.json().get('devices_notified')}"
+    )
 
 
 def run_demo(options: DemoOptions, stop: Callable[[], bool] = lambda: False) -> None:
@@ -186,8 +224,14 @@ def run_demo(options: DemoOptions, stop: Callable[[], bool] = lambda: False) -> 
 
         say(f"starting {options.devices} agents")
         agents = [
-            AgentProcess(f"dev-{i + 1}", work / "devices", fleet.url, broker.port, public,
-                         telemetry_interval_s=options.telemetry_interval_s)
+            AgentProcess(
+                f"dev-{i + 1}",
+                work / "devices",
+                fleet.url,
+                broker.port,
+                public,
+                telemetry_interval_s=options.telemetry_interval_s,
+            )
             for i in range(options.devices)
         ]
         for agent in agents:
@@ -224,9 +268,12 @@ def run_demo(options: DemoOptions, stop: Callable[[], bool] = lambda: False) -> 
 
         devices = requests.get(f"{fleet.url}/api/v1/devices", timeout=5).json()
         say("the fleet's view:")
-        print(json.dumps(
-            [{k: d.get(k) for k in ("device_id", "presence", "model", "desired")} for d in devices], indent=2
-        ))
+        print(
+            json.dumps(
+                [{k: d.get(k) for k in ("device_id", "presence", "model", "desired")} for d in devices],
+                indent=2,
+            )
+        )
         if not options.stay:
             say("demo complete; stopping everything")
             return

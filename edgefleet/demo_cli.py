@@ -19,7 +19,9 @@ def register(commands: Any) -> None:
             "in the work folder and reused on the next run (use --fresh to start over)."
         ),
     )
-    parser.add_argument("--workdir", type=Path, default=Path("demo-run"), help="work folder (default: ./demo-run)")
+    parser.add_argument(
+        "--workdir", type=Path, default=Path("demo-run"), help="work folder (default: ./demo-run)"
+    )
     parser.add_argument("--devices", type=int, default=2, help="number of agents to start (default: 2)")
     parser.add_argument("--fleet-port", type=int, default=None, help="fleet HTTP port (default: a free port)")
     parser.add_argument("--telemetry-interval", type=float, default=2.0, help="seconds per telemetry window")

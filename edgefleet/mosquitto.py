@@ -6,6 +6,7 @@ break its own broker without touching any other.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -70,8 +71,11 @@ class MosquittoBroker:
         return self.workdir / "mosquitto.log"
 
     def _write_config(self) -> None:
+        # Started as root, Mosquitto drops to the `mosquitto` user and then cannot write its log
+        # or persistence file in our private folder; stay the user we are.
+        run_as = "user root\n" if os.geteuid() == 0 else ""
         self.config_path.write_text(
-            f"listener {self.port} {self.host}\n"
+            run_as + f"listener {self.port} {self.host}\n"
             "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"
@@ -94,7 +98,9 @@ class MosquittoBroker:
         if not wait_for_port(self.host, self.port, timeout_s):
             self.stop()
             log = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
-            raise BrokerError(f"mosquitto did not listen on {self.host}:{self.port} within {timeout_s}s\n{log}")
+            raise BrokerError(
+                f"mosquitto did not listen on {self.host}:{self.port} within {timeout_s}s\n{log}"
+            )
         return self
 
     @property

@@ -39,14 +39,18 @@ def run_edgefleet(args: Sequence[str], log: Path | None = None, timeout_s: float
         with log.open("a") as handle:
             handle.write(f"$ edgefleet {' '.join(args)}\n{output}\n")
     if completed.returncode != 0:
-        raise StackError(f"`edgefleet {' '.join(args)}` failed (exit {completed.returncode}):\n{output.strip()}")
+        raise StackError(
+            f"`edgefleet {' '.join(args)}` failed (exit {completed.returncode}):\n{output.strip()}"
+        )
     return output
 
 
 class ManagedProcess:
     """A long-running edgefleet program with its output in a log file."""
 
-    def __init__(self, name: str, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.args = list(args)
         self.log_path = log_path
@@ -121,13 +125,20 @@ class FleetProcess(ManagedProcess):
         super().__init__(
             "fleet",
             [
-                "fleet", "serve",
-                "--db", f"sqlite:///{self.db_path}",
-                "--listen", f"127.0.0.1:{self.port}",
-                "--mqtt-host", "127.0.0.1",
-                "--mqtt-port", str(mqtt_port),
-                "--trusted-keys", str(trusted_key),
-                "--artifacts", str(workdir / "artifacts"),
+                "fleet",
+                "serve",
+                "--db",
+                f"sqlite:///{self.db_path}",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--mqtt-host",
+                "127.0.0.1",
+                "--mqtt-port",
+                str(mqtt_port),
+                "--trusted-keys",
+                str(trusted_key),
+                "--artifacts",
+                str(workdir / "artifacts"),
             ],
             workdir / "fleet.log",
         )
@@ -145,6 +156,7 @@ class AgentProcess(ManagedProcess):
         fleet_url: str,
         mqtt_port: int,
         trusted_key: Path,
+        *,
         telemetry_interval_s: float = 2,
         poll_interval_s: float = 30,
         env: dict[str, str] | None = None,
@@ -164,8 +176,12 @@ class AgentProcess(ManagedProcess):
             f'[api]\nhost = "127.0.0.1"\nport = {self.port}\n'
             f"[telemetry]\ninterval_s = {telemetry_interval_s}\n"
         )
-        super().__init__(device_id, ["agent", "run", "--config", str(self.config_path)],
-                         workdir / device_id / "agent.log", env)
+        super().__init__(
+            device_id,
+            ["agent", "run", "--config", str(self.config_path)],
+            workdir / device_id / "agent.log",
+            env,
+        )
 
     def start_and_wait(self, timeout_s: float = 60) -> None:
         self.start()

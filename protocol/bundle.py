@@ -76,7 +76,9 @@ def parse_manifest(data: bytes) -> Manifest:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "manifest"
-        raise BundleError(f"manifest.json is not a valid edgefleet manifest: {where}: {first['msg']}") from exc
+        raise BundleError(
+            f"manifest.json is not a valid edgefleet manifest: {where}: {first['msg']}"
+        ) from exc
 
 
 def read_bundle(source: Path | BinaryIO, max_bytes: int = DEFAULT_MAX_BUNDLE_BYTES) -> Bundle:
@@ -86,9 +88,9 @@ def read_bundle(source: Path | BinaryIO, max_bytes: int = DEFAULT_MAX_BUNDLE_BYT
         if isinstance(source, Path):
             if source.stat().st_size > max_bytes:
                 raise BundleError(f"{label} is larger than the {max_bytes} byte limit")
-            archive = tarfile.open(source, mode="r:")
+            archive = tarfile.open(source, mode="r:")  # noqa: SIM115 - closed by the with below
         else:
-            archive = tarfile.open(fileobj=source, mode="r:")
+            archive = tarfile.open(fileobj=source, mode="r:")  # noqa: SIM115 - closed by the with below
     except FileNotFoundError as exc:
         raise BundleError(f"{label} does not exist") from exc
     except (tarfile.TarError, OSError, EOFError) as exc:

@@ -29,5 +29,5 @@ class SignatureError(BundleError):
     """A bundle whose signature is missing, invalid or made by a key that is not trusted."""
 
 
-class KeyError_(ProtocolError):  # noqa: N801 - KeyError would shadow the builtin
+class KeyFileError(ProtocolError):
     """A key file that is missing or is not an Ed25519 key of the expected kind."""

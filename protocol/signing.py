@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import ValidationError
 
-from protocol.errors import KeyError_, SignatureError
+from protocol.errors import KeyFileError, SignatureError
 from protocol.schema import WireModel
 
 PUBLIC_KEY_SUFFIX = ".pub"
@@ -52,15 +52,15 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise KeyError_(f"cannot read signing key {path}: {exc.strerror}") from exc
+        raise KeyFileError(f"cannot read signing key {path}: {exc.strerror}") from exc
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
-        raise KeyError_(
+        raise KeyFileError(
             f"{path} is not an unencrypted PEM private key; make one with `edgefleet keys generate`"
         ) from exc
     if not isinstance(key, Ed25519PrivateKey):
-        raise KeyError_(f"{path} holds a {type(key).__name__}, not an Ed25519 private key")
+        raise KeyFileError(f"{path} holds a {type(key).__name__}, not an Ed25519 private key")
     return key
 
 
@@ -68,9 +68,9 @@ def load_public_key(data: bytes, source: str) -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:
-        raise KeyError_(f"{source} is not a PEM public key") from exc
+        raise KeyFileError(f"{source} is not a PEM public key") from exc
     if not isinstance(key, Ed25519PublicKey):
-        raise KeyError_(f"{source} holds a {type(key).__name__}, not an Ed25519 public key")
+        raise KeyFileError(f"{source} holds a {type(key).__name__}, not an Ed25519 public key")
     return key
 
 
@@ -85,7 +85,9 @@ def parse_signature(data: bytes) -> Signature:
     try:
         return Signature.model_validate_json(data)
     except ValidationError as exc:
-        raise SignatureError(f"manifest.sig is not a valid signature record: {exc.errors()[0]['msg']}") from exc
+        raise SignatureError(
+            f"manifest.sig is not a valid signature record: {exc.errors()[0]['msg']}"
+        ) from exc
 
 
 class TrustedKeys:
@@ -104,7 +106,7 @@ class TrustedKeys:
                 try:
                     data = file.read_bytes()
                 except OSError as exc:
-                    raise KeyError_(f"cannot read trusted key {file}: {exc.strerror}") from exc
+                    raise KeyFileError(f"cannot read trusted key {file}: {exc.strerror}") from exc
                 keys.append(load_public_key(data, str(file)))
         return cls(keys)
 

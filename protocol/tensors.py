@@ -11,16 +11,19 @@ from protocol.manifest import TensorSpec
 _INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
 
 
-def quantize(values: npt.NDArray[np.floating], spec: TensorSpec) -> npt.NDArray[np.generic]:
+def quantize(values: npt.ArrayLike, spec: TensorSpec) -> npt.NDArray[np.generic]:
     """Real-valued input -> the tensor's storage dtype (affine quantization when it has one)."""
     if spec.quantization is None or spec.dtype not in _INT_RANGES:
-        return np.asarray(values, dtype=spec.dtype)
+        plain: npt.NDArray[np.generic] = np.asarray(values, dtype=spec.dtype)
+        return plain
     low, high = _INT_RANGES[spec.dtype]
-    scaled = np.round(np.asarray(values, dtype=np.float64) / spec.quantization.scale) + spec.quantization.zero_point
-    return np.clip(scaled, low, high).astype(spec.dtype)
+    q = spec.quantization
+    scaled = np.round(np.asarray(values, dtype=np.float64) / q.scale) + q.zero_point
+    quantized: npt.NDArray[np.generic] = np.clip(scaled, low, high).astype(spec.dtype)
+    return quantized
 
 
-def dequantize(values: npt.NDArray[np.generic], spec: TensorSpec) -> npt.NDArray[np.float32]:
+def dequantize(values: npt.ArrayLike, spec: TensorSpec) -> npt.NDArray[np.float32]:
     """The tensor's storage dtype -> float32 real values."""
     if spec.quantization is None or spec.dtype not in _INT_RANGES:
         return np.asarray(values, dtype=np.float32)

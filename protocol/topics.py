@@ -42,7 +42,9 @@ class Topics:
 
     def __post_init__(self) -> None:
         if not self.prefix or self.prefix.startswith("/") or self.prefix.endswith("/"):
-            raise TopicError(f"topic prefix {self.prefix!r} must be non-empty without a leading or trailing /")
+            raise TopicError(
+                f"topic prefix {self.prefix!r} must be non-empty without a leading or trailing /"
+            )
         if any(c in self.prefix for c in "#+\0"):
             raise TopicError(f"topic prefix {self.prefix!r} must not contain wildcards")
 

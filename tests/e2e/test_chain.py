@@ -25,12 +25,28 @@ pytestmark = pytest.mark.slow
 def _convert(model_dir: Path, version: str, key: Path, out: Path) -> Path:
     bundle = out / f"digits-{version}.bundle"
     run_edgefleet(
-        ["convert", str(model_dir / "model.keras"),
-         "--calibration", str(model_dir / "calibration.npz"),
-         "--evaluation", str(model_dir / "evaluation.npz"),
-         "--labels", str(model_dir / "labels.txt"),
-         "--mode", "int8", "--task", "classification",
-         "--name", "digits", "--version", version, "--key", str(key), "--out", str(bundle)]
+        [
+            "convert",
+            str(model_dir / "model.keras"),
+            "--calibration",
+            str(model_dir / "calibration.npz"),
+            "--evaluation",
+            str(model_dir / "evaluation.npz"),
+            "--labels",
+            str(model_dir / "labels.txt"),
+            "--mode",
+            "int8",
+            "--task",
+            "classification",
+            "--name",
+            "digits",
+            "--version",
+            version,
+            "--key",
+            str(key),
+            "--out",
+            str(bundle),
+        ]
     )
     return bundle
 
@@ -51,7 +67,9 @@ def stack(
 ) -> Iterator[tuple[FleetProcess, AgentProcess]]:
     _, public = signing_keys
     fleet = FleetProcess(tmp_path / "fleet", broker.port, public)
-    agent = AgentProcess("dev-1", tmp_path / "devices", fleet.url, broker.port, public, telemetry_interval_s=1)
+    agent = AgentProcess(
+        "dev-1", tmp_path / "devices", fleet.url, broker.port, public, telemetry_interval_s=1
+    )
     try:
         fleet.start_and_wait()
         agent.start_and_wait()
@@ -63,13 +81,18 @@ def stack(
 
 def _push(fleet: FleetProcess, data: bytes) -> requests.Response:
     return requests.post(
-        f"{fleet.url}/api/v1/models", data=data, headers={"Content-Type": "application/octet-stream"}, timeout=30
+        f"{fleet.url}/api/v1/models",
+        data=data,
+        headers={"Content-Type": "application/octet-stream"},
+        timeout=30,
     )
 
 
 def _deploy(fleet: FleetProcess, version: str) -> None:
     response = requests.post(
-        f"{fleet.url}/api/v1/deployments", json={"name": "digits", "version": version, "device_id": None}, timeout=10
+        f"{fleet.url}/api/v1/deployments",
+        json={"name": "digits", "version": version, "device_id": None},
+        timeout=10,
     )
     assert response.status_code == 200, response.text
 
@@ -77,7 +100,7 @@ def _deploy(fleet: FleetProcess, version: str) -> None:
 def _telemetry_latencies(db: Path, device_id: str) -> list[float]:
     with sqlite3.connect(db) as connection:
         rows = connection.execute(
-            "SELECT latency_p50_ms FROM telemetry WHERE device_id = ? AND requests > 0", (device_id,)
+            "SELECT latency_p50 FROM telemetry WHERE device_id = ? AND requests > 0", (device_id,)
         ).fetchall()
     return [row[0] for row in rows if row[0] is not None]
 
@@ -141,7 +164,9 @@ def test_convert_deploy_watch_update_and_refuse_a_tampered_bundle(
 
     def refusal() -> dict[str, Any] | None:
         events = requests.get(f"{fleet.url}/api/v1/devices/dev-1/events?limit=50", timeout=5).json()
-        failed = [e for e in events if e.get("target", {}).get("version") == "3.0.0" and not e.get("ok", True)]
+        failed = [
+            e for e in events if e.get("target", {}).get("version") == "3.0.0" and not e.get("ok", True)
+        ]
         return failed[0] if failed else None
 
     event = _eventually(refusal, "the agent to report refusing 3.0.0")

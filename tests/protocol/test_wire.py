@@ -20,8 +20,12 @@ def test_topics_round_trip_and_reject_foreign_topics() -> None:
     parsed = topics.parse_device_topic("acme/edge/devices/dev-1/events")
     assert (parsed.device_id, parsed.channel) == ("dev-1", DeviceChannel.EVENTS)
     assert topics.all_devices(DeviceChannel.STATUS) == "acme/edge/devices/+/status"
-    for bad in ["other/devices/d/status", "acme/edge/devices/d/x", "acme/edge/devices/a/b/status",
-                "acme/edge/devices/bad id/status"]:
+    for bad in [
+        "other/devices/d/status",
+        "acme/edge/devices/d/x",
+        "acme/edge/devices/a/b/status",
+        "acme/edge/devices/bad id/status",
+    ]:
         with pytest.raises(TopicError):
             topics.parse_device_topic(bad)
     with pytest.raises(TopicError, match="not valid"):
@@ -51,7 +55,9 @@ def test_bad_messages_name_the_problem(payload: bytes, fragment: str) -> None:
 
 
 def test_quantize_and_dequantize_invert_within_one_step() -> None:
-    spec = TensorSpec(name="x", shape=[1, 3], dtype="int8", quantization=Quantization(scale=0.5, zero_point=-3))
+    spec = TensorSpec(
+        name="x", shape=[1, 3], dtype="int8", quantization=Quantization(scale=0.5, zero_point=-3)
+    )
     values = np.array([[-10.0, 0.0, 1000.0]], dtype=np.float32)
     q = quantize(values, spec)
     assert q.dtype == np.int8

@@ -1,0 +1,143 @@
+"""``edgefleet keys generate`` and ``edgefleet convert``: argument parsing only.
+
+Handlers import their modules when they run, so building the ``edgefleet`` parser stays cheap
+and never imports numpy or TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+MODES = ("int8", "float16", "dynamic", "none")
+TASKS = ("classification", "regression", "forecast")
+RUNTIMES = ("tflite-runtime", "litert", "any")
+
+
+def register(commands: Any) -> None:
+    """Add the converter's subcommands to the ``edgefleet`` subparsers object."""
+    keys = commands.add_parser("keys", help="manage operator signing keys")
+    key_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    generate = key_commands.add_parser("generate", help="write a new Ed25519 key pair (NAME.key, NAME.pub)")
+    generate.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="directory for the key files"
+    )
+    generate.add_argument("--name", default="operator", help="file name stem (default: operator)")
+    generate.add_argument("--force", action="store_true", help="replace an existing key pair")
+    generate.set_defaults(handler=_keys_generate)
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert a model to a validated, signed TFLite bundle",
+        description="Convert a Keras model to quantized TFLite, validate it against the source model in "
+        "the agent's runtimes, record baseline statistics and smoke samples, and write a signed bundle.",
+    )
+    convert.add_argument("model", type=Path, help="the source model (.keras)")
+    convert.add_argument(
+        "--calibration",
+        type=Path,
+        required=True,
+        metavar="CAL.npz",
+        help="representative inputs (array x) for int8 calibration",
+    )
+    convert.add_argument(
+        "--evaluation",
+        type=Path,
+        required=True,
+        metavar="EVAL.npz",
+        help="inputs x and labels/targets y to validate against the source model",
+    )
+    convert.add_argument("--mode", choices=MODES, required=True, help="quantization mode")
+    convert.add_argument("--name", required=True, help="model name (lower case, digits, _ . -)")
+    convert.add_argument("--version", required=True, help="semantic version, e.g. 1.0.0")
+    convert.add_argument("--task", choices=TASKS, required=True)
+    convert.add_argument("--labels", type=Path, metavar="labels.txt", help="class names, one per line")
+    convert.add_argument("--description", default="", help="free text stored in the manifest")
+    convert.add_argument(
+        "--key", type=Path, required=True, metavar="PRIVATE.key", help="operator signing key"
+    )
+    convert.add_argument("--out", type=Path, required=True, metavar="OUT.bundle", help="the bundle to write")
+    convert.add_argument("--force", action="store_true", help="replace an existing --out")
+    convert.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="tflite-runtime",
+        help="runtime the model must load in (default tflite-runtime; any: at least one)",
+    )
+    convert.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="time limit for the conversion and for each runtime check (default 300)",
+    )
+    convert.add_argument("--report-json", type=Path, metavar="PATH", help="also write the report as JSON")
+    convert.add_argument(
+        "--smoke-samples",
+        type=int,
+        default=8,
+        metavar="N",
+        help="evaluation samples recorded for the device's smoke test (default 8)",
+    )
+    convert.set_defaults(handler=_convert)
+
+
+def _keys_generate(args: argparse.Namespace) -> int:
+    from converter.keys import generate_key_pair
+
+    pair = generate_key_pair(args.out, name=args.name, force=args.force)
+    print(f"private key {pair.private_path} (keep it secret; mode 0600)")
+    print(f"public key  {pair.public_path} (give it to the fleet and the devices)")
+    print(pair.key_id)
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from converter.pipeline import ConversionRequest, convert
+    from converter.report import report_table, write_report_json
+
+    request = ConversionRequest.build(
+        model=args.model,
+        calibration=args.calibration,
+        evaluation=args.evaluation,
+        mode=args.mode,
+        name=args.name,
+        version=args.version,
+        task=args.task,
+        labels=args.labels,
+        description=args.description,
+        key=args.key,
+        out=args.out,
+        force=args.force,
+        runtime=args.runtime,
+        timeout=args.timeout,
+        smoke_samples=args.smoke_samples,
+    )
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    result = convert(request, progress=progress)
+    print(report_table(result))
+    if args.report_json is not None:
+        write_report_json(result, args.report_json)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The converter's commands alone (``python -m converter``), with the ``edgefleet`` error contract."""
+    from protocol.errors import EdgefleetError
+
+    parser = argparse.ArgumentParser(prog="python -m converter")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    register(commands)
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.handler(args)
+    except EdgefleetError as exc:
+        print(f"edgefleet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return result

@@ -1,0 +1,129 @@
+"""Calibration and evaluation data, labels, and the checks made before anything is converted."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from converter.errors import InputError
+from protocol.manifest import TaskKind
+
+MIN_CALIBRATION_SAMPLES = 100
+"""Fewer calibration samples than this give int8 ranges that may not cover real inputs."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    x: npt.NDArray[np.float32]
+    y: npt.NDArray[Any] | None
+
+
+def load_npz(path: Path, role: str, need_y: bool) -> Dataset:
+    """Read ``x`` (or the single array inside) and, when asked, ``y`` from an ``.npz`` file."""
+    if not path.is_file():
+        raise InputError(f"{role} file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise InputError(f"{role} file {path} is not a readable .npz archive: {exc}") from exc
+    if "x" in arrays:
+        x = arrays["x"]
+    elif len(arrays) == 1 and not need_y:
+        x = next(iter(arrays.values()))
+    else:
+        raise InputError(
+            f"{role} file {path} must hold an array named 'x'"
+            + (" and one named 'y'" if need_y else " (or exactly one array)")
+            + f"; it holds {', '.join(sorted(arrays)) or 'nothing'}"
+        )
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise InputError(f"{role} x in {path} has dtype {x.dtype}; real numbers are needed")
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise InputError(f"{role} x in {path} holds no samples")
+    y = None
+    if need_y:
+        if "y" not in arrays:
+            raise InputError(
+                f"{role} file {path} has no 'y' (labels or targets); it holds {', '.join(sorted(arrays))}"
+            )
+        y = arrays["y"]
+        if y.shape[:1] != x.shape[:1]:
+            raise InputError(
+                f"{role} file {path}: x has {x.shape[0]} samples but y has {y.shape[0] if y.ndim else 0}"
+            )
+    return Dataset(x=np.ascontiguousarray(x, dtype=np.float32), y=y)
+
+
+def check_against_input(data: Dataset, role: str, input_shape: list[int | None]) -> None:
+    """Shape (batch dimension free) and finiteness of ``data.x`` for a model input."""
+    expected = input_shape[1:]
+    actual = list(data.x.shape[1:])
+    compatible = len(expected) == len(actual) and all(
+        e is None or e == a for e, a in zip(expected, actual, strict=True)
+    )
+    if not compatible:
+        shown = "(N, " + ", ".join("?" if e is None else str(e) for e in expected) + ")"
+        raise InputError(f"{role} x has shape {tuple(data.x.shape)} but the model takes {shown}")
+    check_finite(data.x, f"{role} x")
+
+
+def check_finite(values: npt.NDArray[Any], what: str) -> None:
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad = int(values.size - np.count_nonzero(finite))
+        first = int(np.argwhere(~finite.reshape(len(values), -1).all(axis=1))[0][0])
+        raise InputError(
+            f"{what} holds {bad} non-finite values (NaN or inf), first in sample {first}; clean the data"
+        )
+
+
+def check_targets(data: Dataset, task: TaskKind, output_shape: list[int | None]) -> npt.NDArray[Any]:
+    """Evaluation ``y`` in the form the metrics need: class indices, or float targets."""
+    assert data.y is not None
+    y = data.y
+    if task is TaskKind.CLASSIFICATION:
+        classes = output_shape[-1]
+        if y.ndim == 2 and y.shape[1] > 1:  # one-hot
+            y = np.argmax(y, axis=1)
+        y = y.reshape(len(y))
+        if not np.issubdtype(y.dtype, np.integer):
+            if not np.all(np.isfinite(y)) or not np.all(np.equal(np.mod(y, 1), 0)):
+                raise InputError(
+                    "evaluation y must hold integer class labels (or one-hot rows) for classification"
+                )
+            y = y.astype(np.int64)
+        if classes is not None and (y.min() < 0 or y.max() >= classes):
+            raise InputError(
+                f"evaluation y holds class labels outside 0..{classes - 1}, the model's {classes} classes"
+            )
+        return y.astype(np.int64)
+    if not np.issubdtype(y.dtype, np.number):
+        raise InputError(f"evaluation y has dtype {y.dtype}; {task.value} needs numeric targets")
+    y = y.astype(np.float32)
+    check_finite(y, "evaluation y")
+    return y.reshape(len(y), -1)
+
+
+def load_labels(path: Path) -> list[str]:
+    if not path.is_file():
+        raise InputError(f"labels file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"labels file {path} is not readable UTF-8 text: {exc}") from exc
+    labels = [line.strip() for line in text.splitlines()]
+    while labels and not labels[-1]:
+        labels.pop()
+    if not labels or any(not label for label in labels):
+        raise InputError(f"labels file {path} must hold one non-empty label per line")
+    return labels
+
+
+def labels_text(labels: list[str]) -> bytes:
+    return "".join(f"{label}\n" for label in labels).encode("utf-8")
