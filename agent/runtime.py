@@ -29,7 +29,7 @@ _RUNTIMES: dict[RuntimeName, tuple[str, str]] = {
 }
 
 
-class RuntimeError_(EdgefleetError):  # noqa: N801 - RuntimeError would shadow the builtin
+class RuntimeError_(EdgefleetError):  # noqa: N801, N818 - RuntimeError would shadow the builtin
     """No runtime is installed, or the model cannot be loaded or run in the chosen one."""
 
 

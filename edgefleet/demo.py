@@ -278,6 +278,10 @@ def run_demo(options: DemoOptions, stop: Callable[[], bool] = lambda: False) -> 
             say("demo complete; stopping everything")
             return
         say(f"running: dashboard at {fleet.url}/ — press Ctrl-C to stop everything")
-        while not stop():
-            send_predictions(agents, x[:32], y[:32])
-            time.sleep(1)
+        try:
+            while not stop():
+                send_predictions(agents, x[:32], y[:32])
+                time.sleep(1)
+        except KeyboardInterrupt:
+            say("stopping the agents, the fleet and Mosquitto")
+            raise

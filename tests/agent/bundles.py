@@ -17,14 +17,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.runtime import TensorDetail, load_model
 from protocol.bundle import LABELS, MODEL, SAMPLES, bundle_bytes, file_entries
 from protocol.manifest import (
     Manifest,
-    QuantizationMode,
     Quantization,
+    QuantizationMode,
     SmokeTest,
     TaskKind,
     TensorSpec,
@@ -83,14 +84,14 @@ def _spec(detail: TensorDetail) -> TensorSpec:
     return TensorSpec(
         name=detail.name,
         shape=[-1, *detail.shape[1:]],
-        dtype=str(detail.dtype),  # type: ignore[arg-type]
+        dtype=str(detail.dtype),
         quantization=Quantization(scale=detail.scale, zero_point=detail.zero_point) if quantized else None,
     )
 
 
 def build_bundle(
     tflite: bytes,
-    samples_x: np.ndarray,
+    samples_x: npt.NDArray[np.float32],
     key: Ed25519PrivateKey,
     *,
     name: str = "digits",
@@ -111,7 +112,11 @@ def build_bundle(
     buffer = io.BytesIO()
     np.savez(buffer, x=x, y=y.astype(np.float32))
     labels = labels if labels is not None else [str(d) for d in range(10)]
-    files = {MODEL: tflite, SAMPLES: buffer.getvalue(), LABELS: "".join(f"{label}\n" for label in labels).encode()}
+    files = {
+        MODEL: tflite,
+        SAMPLES: buffer.getvalue(),
+        LABELS: "".join(f"{label}\n" for label in labels).encode(),
+    }
     manifest = Manifest(
         name=name,
         version=version,

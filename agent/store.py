@@ -1,0 +1,173 @@
+"""The state directory: verified models by bundle digest, and the pointer to the active one.
+
+Layout::
+
+    state_dir/
+      models/<bundle-sha256>/   manifest.json, manifest.sig, model.tflite, samples.npz, labels.txt
+      downloads/                bundles being fetched (<sha256>.part, then <sha256>.bundle)
+      active.json               {"active": sha|null, "previous": sha|null}
+      update.json               the update state machine's record (agent.update.persist)
+
+Every file is written to a temporary name, fsynced and renamed, so a power cut leaves either
+the old or the new file, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from agent.errors import StoreError
+from protocol.bundle import LABELS, MANIFEST, MODEL, SIGNATURE, parse_manifest, sha256_hex, write_atomically
+from protocol.errors import BundleError
+from protocol.manifest import Manifest
+from protocol.schema import ModelRef
+
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ActivePointer(BaseModel):
+    """``active.json``: the bundle digest being served and the one before it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    active: str | None = None
+    previous: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """A model read back from the store, its files checked against its manifest."""
+
+    sha256: str
+    path: Path
+    manifest: Manifest
+    model: bytes
+    labels: list[str] | None
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(name=self.manifest.name, version=self.manifest.version, sha256=self.sha256)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Atomically replace ``path`` with ``value`` as JSON, and fsync the directory entry."""
+    write_atomically(path, json.dumps(value, indent=2, sort_keys=True).encode())
+    fsync_dir(path.parent)
+
+
+class ModelStore:
+    def __init__(self, state_dir: Path) -> None:
+        self.root = state_dir
+        self.models_dir = state_dir / "models"
+        self.downloads_dir = state_dir / "downloads"
+        self.pointer_path = state_dir / "active.json"
+
+    def open(self) -> ModelStore:
+        """Create the directories; fail in words when the state directory is not writable."""
+        try:
+            for folder in (self.root, self.models_dir, self.downloads_dir):
+                folder.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise StoreError(
+                f"state directory {self.root} is not usable ({exc.strerror or exc}); "
+                "create it and make it writable for the agent's user"
+            ) from exc
+        return self
+
+    # -- the active pointer ------------------------------------------------------------------
+    def read_pointer(self) -> ActivePointer:
+        try:
+            return ActivePointer.model_validate_json(self.pointer_path.read_bytes())
+        except FileNotFoundError:
+            return ActivePointer()
+        except (OSError, ValidationError) as exc:
+            raise StoreError(f"{self.pointer_path} is unreadable or corrupt: {exc}") from exc
+
+    def write_pointer(self, pointer: ActivePointer) -> None:
+        write_json(self.pointer_path, pointer.model_dump())
+
+    # -- model slots -------------------------------------------------------------------------
+    def model_dir(self, sha256: str) -> Path:
+        if not _SHA_RE.match(sha256):
+            raise StoreError(f"{sha256!r} is not a bundle sha256")
+        return self.models_dir / sha256
+
+    def has(self, sha256: str) -> bool:
+        return (self.model_dir(sha256) / MANIFEST).is_file()
+
+    def stage(
+        self, sha256: str, manifest_bytes: bytes, signature_bytes: bytes, members: dict[str, bytes]
+    ) -> Path:
+        """Write a verified bundle's files into ``models/<sha256>/`` (manifest last)."""
+        folder = self.model_dir(sha256)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in sorted(members.items()):
+            write_atomically(folder / name, data)
+        write_atomically(folder / SIGNATURE, signature_bytes)
+        write_atomically(folder / MANIFEST, manifest_bytes)
+        fsync_dir(folder)
+        fsync_dir(self.models_dir)
+        return folder
+
+    def read(self, sha256: str) -> StoredModel:
+        """Read a stored model and check every file against its manifest's sha256."""
+        folder = self.model_dir(sha256)
+        try:
+            manifest = parse_manifest((folder / MANIFEST).read_bytes())
+            files = {name: (folder / name).read_bytes() for name in manifest.files}
+        except FileNotFoundError as exc:
+            raise StoreError(f"stored model {sha256[:12]} is incomplete: {exc.filename} is missing") from exc
+        except (OSError, BundleError) as exc:
+            raise StoreError(f"stored model {sha256[:12]} is unreadable: {exc}") from exc
+        for name, entry in manifest.files.items():
+            if len(files[name]) != entry.size or sha256_hex(files[name]) != entry.sha256:
+                raise StoreError(
+                    f"stored model {sha256[:12]}: {name} does not match its manifest (disk damage?)"
+                )
+        labels = None
+        if LABELS in files:
+            labels = [line for line in files[LABELS].decode("utf-8").splitlines() if line.strip()]
+        if manifest.labels is not None:
+            labels = list(manifest.labels)
+        return StoredModel(sha256=sha256, path=folder, manifest=manifest, model=files[MODEL], labels=labels)
+
+    def remove(self, sha256: str) -> None:
+        shutil.rmtree(self.model_dir(sha256), ignore_errors=True)
+
+    def stored(self) -> list[str]:
+        return sorted(p.name for p in self.models_dir.iterdir() if p.is_dir() and _SHA_RE.match(p.name))
+
+    def prune(self, keep: set[str]) -> list[str]:
+        """Remove every stored model not in ``keep``; return the digests removed."""
+        removed = [sha for sha in self.stored() if sha not in keep]
+        for sha in removed:
+            self.remove(sha)
+        return removed
+
+    # -- downloads ---------------------------------------------------------------------------
+    def download_path(self, sha256: str) -> Path:
+        return self.downloads_dir / f"{self.model_dir(sha256).name}.bundle"
+
+    def clear_downloads(self, keep: str | None = None) -> None:
+        for path in self.downloads_dir.iterdir():
+            if keep is None or not path.name.startswith(keep):
+                path.unlink(missing_ok=True)

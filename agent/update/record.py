@@ -1,0 +1,50 @@
+"""``update.json``: the machine's state and what it needs to resume, saved before every step."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from agent.store import ActivePointer, write_json
+from protocol.messages import DesiredModel
+from protocol.schema import ModelRef
+
+log = logging.getLogger(__name__)
+
+
+class UpdateRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    state: str = "idle"
+    """A ``State`` value; anything else (a corrupt or future record) resumes as rollback."""
+    state_saves: int = 0
+    """Times this state has been saved in a row: more than one means the process restarted in it."""
+    update_id: str | None = None
+    target: DesiredModel | None = None
+    prior: ActivePointer | None = None
+    """The active pointer when the update began: what a rollback restores."""
+    previous_ref: ModelRef | None = None
+    reason: str | None = None
+    """Why the update is rolling back or failed."""
+    failed_sha256: str | None = None
+    """A bundle that failed; not retried until the desired state names another."""
+    failed_reason: str | None = None
+
+
+class RecordFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> UpdateRecord:
+        try:
+            return UpdateRecord.model_validate_json(self.path.read_bytes())
+        except FileNotFoundError:
+            return UpdateRecord()
+        except (OSError, ValidationError) as exc:
+            log.error("%s is unreadable (%s): resuming as a rollback", self.path, exc)
+            return UpdateRecord(state="corrupt")
+
+    def save(self, record: UpdateRecord) -> None:
+        write_json(self.path, record.model_dump(mode="json"))

@@ -1,0 +1,125 @@
+"""Config loading, ``check-config``, the docs' config reference, sd_notify and the light import path."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.__main__ import main
+from agent.config import reference_markdown
+from agent.systemd import Notifier
+from tests.agent.conftest import config_toml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_check_config_ok(tmp_path: Path, trusted_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(config_toml(tmp_path / "state", trusted_dir, "http://127.0.0.1:8080"))
+    assert main(["check-config", "--config", str(path)]) == 0
+    assert "config OK" in capsys.readouterr().out
+
+
+def test_check_config_names_each_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        'device_id = "bad id!"\n[fleet]\nurl = "ftp://x"\n[mqtt]\nport = 70000\ncolour = "red"\n'
+        '[runtime]\nkind = "tensorflow"\n'
+    )
+    assert main(["check-config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    for where in (
+        "device_id:",
+        "fleet.url:",
+        "mqtt.port:",
+        "mqtt.colour: Extra inputs are not permitted",
+        "runtime.kind:",
+    ):
+        assert where in err
+
+
+def test_check_config_bad_toml_and_missing_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text("device_id = \n")
+    assert main(["check-config", "--config", str(path)]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+    path.write_text('device_id = "d"\ntrusted_keys = ["/nonexistent/k.pub"]\n[fleet]\nurl = "http://f"\n')
+    assert main(["check-config", "--config", str(path)]) == 2
+    assert "trusted_keys" in capsys.readouterr().err
+    assert main(["check-config", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert "cannot read config file" in capsys.readouterr().err
+
+
+def test_docs_carry_the_generated_config_reference() -> None:
+    docs = (ROOT / "docs" / "agent.md").read_text()
+    assert reference_markdown() in docs, "regenerate: python -c 'from agent.config import reference_markdown'"
+
+
+def test_notifier_abstract_socket_and_unset() -> None:
+    name = f"edgefleet-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(2)
+        notifier = Notifier({"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "2000000"})
+        assert notifier.watchdog_s == 1.0
+        assert notifier.ready("up")
+        assert sock.recv(1024) == b"READY=1\nSTATUS=up"
+    quiet = Notifier({})
+    assert not quiet.enabled and not quiet.watchdog() and quiet.watchdog_s is None
+    assert Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}).watchdog_s is None
+
+
+def test_importing_the_agent_stays_light() -> None:
+    modules = [
+        "agent",
+        "agent.app",
+        "agent.cli",
+        "agent.config",
+        "agent.errors",
+        "agent.http_api",
+        "agent.mqtt_link",
+        "agent.runtime",
+        "agent.serving",
+        "agent.store",
+        "agent.systemd",
+        "agent.telemetry",
+        "agent.update",
+        "agent.update.machine",
+        "agent.update.record",
+        "agent.update.steps",
+        "agent.update.updater",
+        "agent.__main__",
+    ]
+    script = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        "from agent.runtime import load_model\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'tensorflow', 'keras', 'fastapi', 'uvicorn', 'starlette', 'sqlalchemy'})\n"
+        "print(','.join(heavy))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert result.stdout.strip() == "", f"heavy modules imported: {result.stdout}"
+
+
+def test_the_edgefleet_command_line_stays_light_for_the_agent() -> None:
+    """``edgefleet agent run`` builds the whole parser: no part may import heavy modules for it."""
+    script = (
+        "import sys\n"
+        "from edgefleet.cli import build_parser\n"
+        "build_parser().parse_args(['agent', 'check-config', '--config', 'x'])\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'tensorflow', 'keras', 'fastapi', 'uvicorn', 'starlette', 'sqlalchemy'})\n"
+        "print(','.join(heavy))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert result.stdout.strip() == "", f"heavy modules imported: {result.stdout}"

@@ -1,0 +1,132 @@
+"""Telemetry windows: the aggregation logic with injected clocks, and a window on the real broker."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from agent.app import Agent
+from agent.config import load_config
+from agent.telemetry import LatencyHistogram, RequestMetrics, Telemetry, sample_temperature
+from edgefleet.mosquitto import MosquittoBroker
+from protocol.messages import ResourceUsage, TelemetryWindow
+from protocol.topics import Topics
+from tests.agent.conftest import DEVICE, Bundles, config_toml
+from tests.agent.mqtt_watch import Watcher
+from tests.agent.peer import FleetPeer
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, int, bool]] = []
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        self.sent.append((topic, payload, qos, retain))
+
+
+def test_histogram_percentiles_are_close_and_bounded() -> None:
+    histogram = LatencyHistogram()
+    for ms in range(1, 101):
+        histogram.record(float(ms))
+    summary = histogram.summary()
+    assert summary is not None
+    assert 50 <= summary.p50 <= 50 * 1.13
+    assert 95 <= summary.p95 <= 100 and 99 <= summary.p99 <= 100
+    assert summary.max == 100
+    assert LatencyHistogram().summary() is None
+
+
+def test_window_with_injected_clocks(tmp_path: Path) -> None:
+    now = [100.0]
+    wall = [datetime(2030, 1, 1, tzinfo=UTC)]
+    sink, metrics = ListSink(), RequestMetrics()
+    fixed = ResourceUsage(cpu_percent=1, process_rss_bytes=1, memory_used_percent=1, memory_available_bytes=1)
+    telemetry = Telemetry(
+        DEVICE,
+        Topics(),
+        sink,
+        metrics=metrics,
+        state_dir=tmp_path,
+        model_ref=lambda: None,
+        dropped=lambda: 2,
+        monotonic=lambda: now[0],
+        wall=lambda: wall[0],
+        resources=lambda _: fixed,
+    )
+    metrics.record_success(3.0, [1, 1], [0.9, 0.4])
+    metrics.record_error("bad_request", nonfinite=True)
+    now[0] += 60
+    wall[0] += timedelta(seconds=60)
+    first = telemetry.publish_window()
+    assert (first.seq, first.requests, first.errors, first.uptime_s) == (0, 2, {"bad_request": 1}, 60)
+    assert first.dropped_messages == 2 and first.latency_ms is not None and first.latency_ms.max == 3.0
+    assert first.prediction is not None
+    assert first.prediction.class_counts == [0, 2] and first.prediction.low_confidence_share == 0.5
+    assert first.prediction.nonfinite_inputs == 1
+    topic, payload, qos, retain = sink.sent[0]
+    assert topic == Topics().telemetry(DEVICE) and qos == 1 and not retain
+    assert TelemetryWindow.model_validate_json(payload) == first
+    second = telemetry.publish_window()
+    assert second.seq == 1 and second.requests == 0 and second.latency_ms is None
+    assert second.window_start == first.window_end
+    # seq survives a restart of the agent (same state directory)
+    again = Telemetry(
+        DEVICE,
+        Topics(),
+        sink,
+        metrics=metrics,
+        state_dir=tmp_path,
+        model_ref=lambda: None,
+        resources=lambda _: fixed,
+    )
+    assert again.publish_window().seq == 2
+
+
+def test_temperature_copes_with_missing_or_failing_sensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom() -> dict[str, object]:
+        raise OSError("sysfs read failed")
+
+    monkeypatch.setattr(psutil, "sensors_temperatures", boom, raising=False)
+    assert sample_temperature() is None
+    monkeypatch.setattr(psutil, "sensors_temperatures", lambda: {}, raising=False)
+    assert sample_temperature() is None
+    monkeypatch.delattr(psutil, "sensors_temperatures", raising=False)
+    assert sample_temperature() is None
+
+
+def test_window_on_the_real_broker_after_requests(
+    tmp_path: Path, broker: MosquittoBroker, fleet_peer: FleetPeer, trusted_dir: Path, bundles: Bundles
+) -> None:
+    fleet_peer.deploy(DEVICE, bundles.v1, "digits", "1.0.0")
+    path = tmp_path / "agent.toml"
+    path.write_text(config_toml(tmp_path / "state", trusted_dir, fleet_peer.url, mqtt_port=broker.port))
+    watcher = Watcher(broker.host, broker.port, Topics().telemetry(DEVICE))
+    agent = Agent(load_config(path)).start()
+    try:
+        assert agent.api is not None and agent.mqtt is not None and agent.telemetry is not None
+        deadline = time.monotonic() + 20
+        while agent.holder.current is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert agent.holder.current is not None, "v1 was not installed by the start-up check"
+        assert agent.mqtt.connected.wait(10)
+        for row in bundles.samples_x[:5]:
+            response = requests.post(f"{agent.api.url}/v1/predict", json={"inputs": row.tolist()}, timeout=5)
+            assert response.status_code == 200
+        requests.post(f"{agent.api.url}/v1/predict", data=b"nope", timeout=5)
+        agent.telemetry.publish_window()
+        window = watcher.wait_for(lambda m: m["requests"] > 0)
+    finally:
+        agent.stop()
+        watcher.close()
+    assert window["device_id"] == DEVICE and window["requests"] == 6
+    assert window["errors"] == {"bad_request": 1}
+    assert window["latency_ms"]["p50"] > 0 and window["latency_ms"]["max"] >= window["latency_ms"]["p99"]
+    assert window["model"]["version"] == "1.0.0"
+    assert window["prediction"]["predictions"] == 5 and sum(window["prediction"]["class_counts"]) == 5
+    resources = window["resources"]
+    assert resources["process_rss_bytes"] > 0 and resources["disk_free_bytes"] > 0
