@@ -29,7 +29,7 @@ import requests
 
 from agent.runtime import load_model
 from edgefleet.mosquitto import MosquittoBroker
-from edgefleet.stack import AgentProcess, FleetProcess, run_edgefleet
+from edgefleet.stack import AgentProcess, FleetProcess, convert_digits, run_edgefleet
 from protocol.bundle import read_bundle
 from protocol.signing import TrustedKeys
 from protocol.tensors import quantize
@@ -100,30 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         run_edgefleet(["keys", "generate", "--out", str(work / "keys")])
         bundle_path = work / "digits.bundle"
         model_dir = work / "model"
-        run_edgefleet(
-            [
-                "convert",
-                str(model_dir / "model.keras"),
-                "--calibration",
-                str(model_dir / "calibration.npz"),
-                "--evaluation",
-                str(model_dir / "evaluation.npz"),
-                "--labels",
-                str(model_dir / "labels.txt"),
-                "--mode",
-                "int8",
-                "--task",
-                "classification",
-                "--name",
-                "digits",
-                "--version",
-                "1.0.0",
-                "--key",
-                str(work / "keys" / "operator.key"),
-                "--out",
-                str(bundle_path),
-            ]
-        )
+        convert_digits(model_dir, "1.0.0", work / "keys" / "operator.key", bundle_path)
         public = work / "keys" / "operator.pub"
         bundle = read_bundle(bundle_path)
         manifest = bundle.verify(TrustedKeys.from_paths([public]))

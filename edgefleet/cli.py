@@ -8,14 +8,11 @@ modules only when they run, so ``edgefleet agent run`` never loads TensorFlow an
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from edgefleet import __version__
-from protocol.errors import EdgefleetError
-
-EXIT_USER_ERROR = 2
+from edgefleet.runner import run_command
 
 DESCRIPTION = """\
 Put quantized TFLite models on fleets of edge devices and keep them healthy there.
@@ -49,21 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        result: int = args.handler(args)
-    except EdgefleetError as exc:
-        print(f"edgefleet {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        return 130
-    return result
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

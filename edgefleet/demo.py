@@ -23,7 +23,7 @@ import numpy.typing as npt
 import requests
 
 from edgefleet.mosquitto import MosquittoBroker
-from edgefleet.stack import AgentProcess, FleetProcess, StackError, run_edgefleet
+from edgefleet.stack import AgentProcess, FleetProcess, StackError, convert_digits, run_edgefleet
 from protocol.messages import TelemetryWindow, parse_message
 from protocol.topics import DeviceChannel, Topics
 
@@ -72,31 +72,7 @@ def train(out: Path, seed: int, filters: int, log: Path) -> None:
 def convert(model_dir: Path, version: str, key: Path, out: Path, log: Path) -> Path:
     bundle = out / f"digits-{version}.bundle"
     if not bundle.exists():
-        output = run_edgefleet(
-            [
-                "convert",
-                str(model_dir / "model.keras"),
-                "--calibration",
-                str(model_dir / "calibration.npz"),
-                "--evaluation",
-                str(model_dir / "evaluation.npz"),
-                "--labels",
-                str(model_dir / "labels.txt"),
-                "--mode",
-                "int8",
-                "--task",
-                "classification",
-                "--name",
-                "digits",
-                "--version",
-                version,
-                "--key",
-                str(key),
-                "--out",
-                str(bundle),
-            ],
-            log=log,
-        )
+        output = convert_digits(model_dir, version, key, bundle, log)
         print("    " + "\n    ".join(line for line in output.splitlines() if line.strip())[-3000:])
     return bundle
 

@@ -45,6 +45,23 @@ def run_edgefleet(args: Sequence[str], log: Path | None = None, timeout_s: float
     return output
 
 
+def convert_digits(model_dir: Path, version: str, key: Path, bundle: Path, log: Path | None = None) -> str:
+    """Convert a ``converter.examples digits`` folder to a signed int8 bundle with the real CLI.
+
+    Returns the converter's report. Used by the demo, the end-to-end tests and the benchmarks.
+    """
+    return run_edgefleet(
+        ["convert", str(model_dir / "model.keras"),
+         "--calibration", str(model_dir / "calibration.npz"),
+         "--evaluation", str(model_dir / "evaluation.npz"),
+         "--labels", str(model_dir / "labels.txt"),
+         "--mode", "int8", "--task", "classification",
+         "--name", "digits", "--version", version,
+         "--key", str(key), "--out", str(bundle)],
+        log=log,
+    )  # fmt: skip
+
+
 class ManagedProcess:
     """A long-running edgefleet program with its output in a log file."""
 

@@ -50,8 +50,17 @@ def digits_model_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _train(example: str, out_dir: Path, seed: int, filters: int = 8) -> Path:
     subprocess.run(
-        [sys.executable, "-m", "converter.examples", example, str(out_dir), "--seed", str(seed),
-         "--filters", str(filters)],
+        [
+            sys.executable,
+            "-m",
+            "converter.examples",
+            example,
+            str(out_dir),
+            "--seed",
+            str(seed),
+            "--filters",
+            str(filters),
+        ],
         check=True,
         capture_output=True,
     )

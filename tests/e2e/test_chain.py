@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from edgefleet.mosquitto import MosquittoBroker
-from edgefleet.stack import AgentProcess, FleetProcess, run_edgefleet
+from edgefleet.stack import AgentProcess, FleetProcess, convert_digits
 from protocol.bundle import read_bundle
 from protocol.signing import TrustedKeys
 
@@ -24,30 +24,7 @@ pytestmark = pytest.mark.slow
 
 def _convert(model_dir: Path, version: str, key: Path, out: Path) -> Path:
     bundle = out / f"digits-{version}.bundle"
-    run_edgefleet(
-        [
-            "convert",
-            str(model_dir / "model.keras"),
-            "--calibration",
-            str(model_dir / "calibration.npz"),
-            "--evaluation",
-            str(model_dir / "evaluation.npz"),
-            "--labels",
-            str(model_dir / "labels.txt"),
-            "--mode",
-            "int8",
-            "--task",
-            "classification",
-            "--name",
-            "digits",
-            "--version",
-            version,
-            "--key",
-            str(key),
-            "--out",
-            str(bundle),
-        ]
-    )
+    convert_digits(model_dir, version, key, bundle)
     return bundle
 
 
