@@ -56,10 +56,19 @@ class PredictionHealth(WireModel):
 
     predictions: int = Field(ge=0)
     mean_confidence: float | None = None
+    """Classification: mean of the top-class probability."""
+    confidence_p05: float | None = None
+    """Classification: 5th percentile of the top-class probability."""
     low_confidence_share: float | None = None
+    """Share of predictions whose top-class probability is under the agent's threshold."""
     class_counts: list[int] | None = None
+    """Classification: predictions per class, in label order."""
+    output_histogram_counts: list[int] | None = None
+    """Regression/forecast: counts over the manifest baseline's output_histogram edges."""
     drift_psi: float | None = None
+    """Population stability index of this window's outputs against the manifest's baseline."""
     out_of_range_share: float | None = None
+    """Share of inputs with any feature outside the baseline's per-feature range."""
     nonfinite_inputs: int = 0
 
 
