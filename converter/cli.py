@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-MODES = ("int8", "float16", "dynamic", "none")
+MODES = ("auto", "int8", "float16", "dynamic", "none", "int16x8")
+IO_TYPES = ("int8", "uint8", "float")
 TASKS = ("classification", "regression", "forecast")
 RUNTIMES = ("tflite-runtime", "litert", "any")
 
@@ -35,22 +36,68 @@ def register(commands: Any) -> None:
         description="Convert a Keras model to quantized TFLite, validate it against the source model in "
         "the agent's runtimes, record baseline statistics and smoke samples, and write a signed bundle.",
     )
-    convert.add_argument("model", type=Path, help="the source model (.keras)")
+    convert.add_argument(
+        "model",
+        type=Path,
+        help="the source model: .keras, .h5, a SavedModel directory, or module:function / file.py:function",
+    )
     convert.add_argument(
         "--calibration",
         type=Path,
         required=True,
-        metavar="CAL.npz",
-        help="representative inputs (array x) for int8 calibration",
+        metavar="CAL",
+        help="representative inputs for calibration: .npz (x), .npy, .csv, or a folder of images "
+        "(see --image-preprocessing)",
     )
     convert.add_argument(
         "--evaluation",
         type=Path,
         required=True,
-        metavar="EVAL.npz",
-        help="inputs x and labels/targets y to validate against the source model",
+        metavar="EVAL",
+        help="inputs x and labels/targets y: .npz (x, y) or .csv (last column y)",
     )
-    convert.add_argument("--mode", choices=MODES, required=True, help="quantization mode")
+    convert.add_argument(
+        "--mode",
+        choices=MODES,
+        required=True,
+        help="quantization mode; auto converts and measures every mode and picks the smallest, then "
+        "fastest, inside the --max-drop budget; int16x8 is experimental",
+    )
+    convert.add_argument(
+        "--io-type",
+        choices=IO_TYPES,
+        default="int8",
+        help="input/output tensor type of an int8 model (default int8)",
+    )
+    convert.add_argument(
+        "--max-drop",
+        action="append",
+        default=[],
+        metavar="METRIC=AMOUNT",
+        help="accuracy budget, e.g. accuracy=0.01 (absolute) or mae=2%% (relative); fails the "
+        "conversion (exit 2, with the table) when exceeded; repeatable. auto defaults to "
+        "accuracy=0.01 / mae=2%% (regression) / mae=3%% (forecast)",
+    )
+    convert.add_argument(
+        "--rnn",
+        choices=("unroll", "keep"),
+        default="unroll",
+        help="LSTM/GRU layers: unroll for the fixed sequence length (default; TF 2.21 crashes "
+        "calibrating Keras 3 RNN loops) or keep them as a loop",
+    )
+    convert.add_argument(
+        "--image-preprocessing",
+        choices=("scale01", "minus1to1", "raw"),
+        default="scale01",
+        help="a --calibration folder of images: pixels 0..255 become x/255 (scale01, default), "
+        "x/127.5-1 (minus1to1) or x (raw); images are resized to the model's input",
+    )
+    convert.add_argument(
+        "--float-layers",
+        default="",
+        metavar="NAME[,NAME]",
+        help="int8: keep these layers in float (TensorFlow's quantization debugger)",
+    )
     convert.add_argument("--name", required=True, help="model name (lower case, digits, _ . -)")
     convert.add_argument("--version", required=True, help="semantic version, e.g. 1.0.0")
     convert.add_argument("--task", choices=TASKS, required=True)
@@ -84,6 +131,36 @@ def register(commands: Any) -> None:
     )
     convert.set_defaults(handler=_convert)
 
+    bundle = commands.add_parser(
+        "bundle",
+        help="package a ready-made .tflite model as a validated, signed bundle",
+        description="Package a TFLite model made elsewhere: read its signature, run it in the agent's "
+        "runtimes, compare with the targets and record baseline statistics when --evaluation is given, "
+        "record smoke samples, and sign.",
+    )
+    bundle.add_argument("model", type=Path, help="the .tflite model")
+    bundle.add_argument(
+        "--evaluation", type=Path, metavar="EVAL", help="inputs x and targets y (.npz or .csv)"
+    )
+    bundle.add_argument(
+        "--mode",
+        choices=MODES[1:],
+        help="how the model was quantized (default: int8 for int8/uint8 inputs, else none)",
+    )
+    bundle.add_argument("--name", required=True, help="model name (lower case, digits, _ . -)")
+    bundle.add_argument("--version", required=True, help="semantic version, e.g. 1.0.0")
+    bundle.add_argument("--task", choices=TASKS, required=True)
+    bundle.add_argument("--labels", type=Path, metavar="labels.txt", help="class names, one per line")
+    bundle.add_argument("--description", default="", help="free text stored in the manifest")
+    bundle.add_argument("--key", type=Path, required=True, metavar="PRIVATE.key", help="operator signing key")
+    bundle.add_argument("--out", type=Path, required=True, metavar="OUT.bundle", help="the bundle to write")
+    bundle.add_argument("--force", action="store_true", help="replace an existing --out")
+    bundle.add_argument("--runtime", choices=RUNTIMES, default="tflite-runtime")
+    bundle.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS")
+    bundle.add_argument("--report-json", type=Path, metavar="PATH", help="also write the report as JSON")
+    bundle.add_argument("--smoke-samples", type=int, default=8, metavar="N")
+    bundle.set_defaults(handler=_bundle)
+
 
 def _keys_generate(args: argparse.Namespace) -> int:
     from converter.keys import generate_key_pair
@@ -96,6 +173,7 @@ def _keys_generate(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from converter.errors import AccuracyGateError
     from converter.pipeline import ConversionRequest, convert
     from converter.report import report_table, write_report_json
 
@@ -115,16 +193,56 @@ def _convert(args: argparse.Namespace) -> int:
         runtime=args.runtime,
         timeout=args.timeout,
         smoke_samples=args.smoke_samples,
+        io_type=args.io_type,
+        max_drop=args.max_drop,
+        rnn=args.rnn,
+        float_layers=[name.strip() for name in args.float_layers.split(",") if name.strip()],
+        image_preprocessing=args.image_preprocessing,
     )
 
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    result = convert(request, progress=progress)
+    try:
+        result = convert(request, progress=progress)
+    except AccuracyGateError as exc:
+        print(exc.report, flush=True)
+        raise
     print(report_table(result))
     if args.report_json is not None:
         write_report_json(result, args.report_json)
     return 0
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from converter.report import report_table, write_report_json
+    from converter.tflite_bundle import BundleRequest, bundle_tflite
+
+    request = BundleRequest.build(
+        model=args.model,
+        evaluation=args.evaluation,
+        mode=args.mode,
+        name=args.name,
+        version=args.version,
+        task=args.task,
+        labels=args.labels,
+        description=args.description,
+        key=args.key,
+        out=args.out,
+        force=args.force,
+        runtime=args.runtime,
+        timeout=args.timeout,
+        smoke_samples=args.smoke_samples,
+    )
+    result = bundle_tflite(request, progress=_progress)
+    print(report_table(result))
+    if args.report_json is not None:
+        write_report_json(result, args.report_json)
+    return 0
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

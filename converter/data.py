@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from converter.errors import InputError
+from converter.images import ImagePreprocessing, load_image_folder
 from protocol.manifest import TaskKind
 
 MIN_CALIBRATION_SAMPLES = 100
@@ -19,8 +20,84 @@ MIN_CALIBRATION_SAMPLES = 100
 
 @dataclass(frozen=True)
 class Dataset:
-    x: npt.NDArray[np.float32]
+    x: npt.NDArray[Any]
+    """float32 once loaded (``_checked`` casts); other dtypes only while a file is being read."""
     y: npt.NDArray[Any] | None
+
+
+DATA_KINDS = (
+    ".npz (x, and y for evaluation), .npy (x only) or .csv (numeric; for evaluation the last column is y)"
+)
+
+
+def load_data(
+    path: Path,
+    role: str,
+    need_y: bool,
+    input_shape: list[int | None] | None = None,
+    image_preprocessing: ImagePreprocessing = "scale01",
+) -> Dataset:
+    """Calibration or evaluation data from ``.npz``, ``.npy`` or ``.csv`` (or, for calibration, a
+    folder of images shaped to ``input_shape``), as float32 ``x``."""
+    if not path.exists():
+        raise InputError(f"{role} file {path} does not exist")
+    if path.is_dir():
+        if need_y:
+            raise InputError(f"{role} {path} is a folder; {role} data needs targets: use {DATA_KINDS}")
+        x = load_image_folder(path, role, input_shape, image_preprocessing)
+        return Dataset(x=x, y=None)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return load_npz(path, role, need_y)
+    if suffix == ".npy":
+        if need_y:
+            raise InputError(f"{role} file {path} is a .npy array without targets; give an .npz with x and y")
+        try:
+            x = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{role} file {path} is not a readable .npy array: {exc}") from exc
+        return _checked(Dataset(x=x, y=None), role, path)
+    if suffix == ".csv":
+        return _load_csv(path, role, need_y)
+    raise InputError(f"{role} file {path} is not a supported kind; use {DATA_KINDS}")
+
+
+def _load_csv(path: Path, role: str, need_y: bool) -> Dataset:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{role} file {path} is not readable UTF-8 text: {exc}") from exc
+    rows = [line for line in text.splitlines() if line.strip()]
+    if rows and not _numeric_row(rows[0]):
+        rows = rows[1:]  # a header
+    try:
+        table = np.array([[float(v) for v in row.split(",")] for row in rows], dtype=np.float64)
+    except ValueError as exc:
+        raise InputError(f"{role} file {path} holds a value that is not a number: {exc}") from exc
+    if table.ndim != 2 or len(table) == 0:
+        raise InputError(f"{role} file {path} holds no rows of equal length")
+    if need_y:
+        if table.shape[1] < 2:
+            raise InputError(f"{role} file {path} needs at least one feature column and the target column")
+        return _checked(Dataset(x=table[:, :-1], y=table[:, -1]), role, path)
+    return _checked(Dataset(x=table, y=None), role, path)
+
+
+def _numeric_row(row: str) -> bool:
+    try:
+        [float(v) for v in row.split(",")]
+    except ValueError:
+        return False
+    return True
+
+
+def _checked(data: Dataset, role: str, path: Path) -> Dataset:
+    x = data.x
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise InputError(f"{role} x in {path} has dtype {x.dtype}; real numbers are needed")
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise InputError(f"{role} x in {path} holds no samples")
+    return Dataset(x=np.ascontiguousarray(x, dtype=np.float32), y=data.y)
 
 
 def load_npz(path: Path, role: str, need_y: bool) -> Dataset:

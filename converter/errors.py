@@ -33,3 +33,15 @@ class ConversionError(ConverterError):
 
 class ModelValidationError(ConverterError):
     """The converted model does not load or run in the runtime the devices need."""
+
+
+class UnsupportedOpsError(ConversionError):
+    """The model needs TensorFlow ops (SELECT_TF_OPS / Flex) that the agent's runtimes cannot run."""
+
+
+class AccuracyGateError(ConverterError):
+    """The converted model is worse than ``--max-drop`` allows; ``report`` is the table to show."""
+
+    def __init__(self, message: str, report: str = "") -> None:
+        super().__init__(message)
+        self.report = report

@@ -1,8 +1,10 @@
 """``convert(request) -> result``: the whole conversion, as the CLI and other tools call it.
 
-check inputs -> convert in a TensorFlow subprocess (``converter.worker``) -> validate in each
-installed TFLite runtime, one subprocess each (``converter.validate``) -> compare with the
-source model -> baseline statistics and smoke samples -> manifest -> sign -> write atomically.
+check inputs -> convert every asked mode in a TensorFlow subprocess (``converter.worker``; a
+crash or hang costs that mode only) -> validate each candidate in each installed TFLite runtime,
+one subprocess each (``converter.validate``) -> compare with the source model and check the
+``--max-drop`` budget -> pick (``--mode auto``: the smallest, then fastest, inside the budget) ->
+baseline statistics and smoke samples -> manifest -> sign -> write atomically.
 This process never imports TensorFlow or a TFLite runtime.
 """
 
@@ -14,30 +16,32 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
-from agent.runtime import RuntimeInfo, RuntimeName, installed_runtimes
+from agent.runtime import RuntimeName, installed_runtimes
 from converter import data as data_mod
 from converter.baseline import baseline_stats
-from converter.errors import ConversionError, InputError, ModelValidationError
+from converter.errors import AccuracyGateError, ConverterError, InputError, ModelValidationError
+from converter.gates import DEFAULT_AUTO_BUDGET, Gate, parse_gates
+from converter.images import ImagePreprocessing
 from converter.metrics import compare
 from converter.pack import check_output_free, member_files, samples_npz, write_bundle
 from converter.source import SourceModel, inspect_source
-from converter.subproc import ChildOutcome, run_module
+from converter.stages import ModeOutcome, RuntimeRun, WorkerOutput, run_worker, validate_in
 from protocol.bundle import file_entries
 from protocol.manifest import (
     BaselineStats,
+    CandidateReport,
+    ConversionReport,
     Manifest,
     QuantizationMode,
-    RuntimeCheck,
     SmokeTest,
     TaskKind,
-    TensorSpec,
     ToolVersions,
     ValidationReport,
 )
@@ -45,10 +49,22 @@ from protocol.schema import ModelName, SemVer
 from protocol.signing import load_private_key
 
 RuntimeRequirement = Literal["tflite-runtime", "litert", "any"]
+ModeChoice = QuantizationMode | Literal["auto"]
+IOType = Literal["int8", "uint8", "float"]
 Progress = Callable[[str], None]
 
 FLOAT_SMOKE_ATOL = 1e-5
 """Smoke tolerance for float outputs: the same flatbuffer in the same runtime is deterministic."""
+
+AUTO_MODES = (
+    QuantizationMode.NONE,
+    QuantizationMode.FLOAT16,
+    QuantizationMode.DYNAMIC,
+    QuantizationMode.INT8,
+    QuantizationMode.INT16X8,
+)
+EXPERIMENTAL_MODES = frozenset({QuantizationMode.INT16X8})
+"""Measured by ``--mode auto`` but never picked by it: ask for them by name."""
 
 
 class ConversionRequest(BaseModel):
@@ -56,10 +72,14 @@ class ConversionRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: Path = Field(description="The source model file (.keras).")
-    calibration: Path = Field(description=".npz with x: representative inputs for int8 calibration.")
-    evaluation: Path = Field(description=".npz with x and y: inputs and labels/targets for validation.")
-    mode: QuantizationMode
+    model: Path = Field(
+        description="The source model: .keras, .h5, a SavedModel directory, or module:function."
+    )
+    calibration: Path = Field(
+        description=".npz/.npy/.csv or a folder of images: representative inputs for calibration."
+    )
+    evaluation: Path = Field(description=".npz/.csv with x and y: inputs and labels/targets for validation.")
+    mode: ModeChoice
     name: ModelName
     version: SemVer
     task: TaskKind
@@ -73,6 +93,18 @@ class ConversionRequest(BaseModel):
     )
     timeout: float = Field(default=300.0, gt=0, description="Seconds allowed for each subprocess step.")
     smoke_samples: int = Field(default=8, ge=1, le=1000)
+    io_type: IOType = Field(default="int8", description="Input/output tensor type of an int8 model.")
+    max_drop: list[str] = Field(
+        default_factory=list, description="Accuracy budget, e.g. accuracy=0.01 or mae=2%."
+    )
+    rnn: Literal["unroll", "keep"] = Field(
+        default="unroll", description="LSTM/GRU: unroll for the fixed sequence length, or keep the loop."
+    )
+    float_layers: list[str] = Field(default_factory=list, description="int8: layers to keep in float.")
+    layer_report: bool = Field(default=True, description="int8 over budget: run the per-layer debugger.")
+    image_preprocessing: ImagePreprocessing = Field(
+        default="scale01", description="A calibration folder of images: pixels 0..255 to model inputs."
+    )
 
     @classmethod
     def build(cls, **fields: Any) -> ConversionRequest:
@@ -85,24 +117,69 @@ class ConversionRequest(BaseModel):
             raise InputError(f"invalid {where} {first.get('input')!r}: {first['msg']}") from exc
 
 
+class RequestFacts(Protocol):
+    """What the manifest and the runtime choice need from a request (convert's or bundle's)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def task(self) -> TaskKind: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def runtime(self) -> RuntimeRequirement: ...
+    @property
+    def out(self) -> Path: ...
+
+
+@dataclass
+class Candidate:
+    """One converted mode, measured."""
+
+    mode: QuantizationMode
+    model: bytes | None
+    ops: list[str]
+    error: ConverterError | None = None
+    runs: list[RuntimeRun] = field(default_factory=list)
+    primary: RuntimeRun | None = None
+    validation: ValidationReport | None = None
+    gate_failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.primary is not None and not self.gate_failures
+
+    def latency(self, runtime: str) -> float | None:
+        for run in self.runs:
+            if run.info.name == runtime and run.check.loads:
+                return run.check.latency_ms_p50
+        return None
+
+
 @dataclass(frozen=True)
 class ConversionResult:
-    request: ConversionRequest
+    request: RequestFacts
     manifest: Manifest
     key_id: str
     model_size: int
     bundle_size: int
     float32_weight_bytes: int | None
-    """Bytes of the source model's weights as float32: the reference for the size ratio."""
+    """Bytes of the source model's weights as float32: the fallback reference for the size ratio."""
     seconds: dict[str, float]
     warnings: list[str] = field(default_factory=list)
     """Things the operator should look at (few calibration samples, an accuracy drop)."""
     notes: list[str] = field(default_factory=list)
     """Facts worth knowing that need no action (e.g. a widened smoke tolerance)."""
+    float32_model_bytes: int | None = None
+    """Size of the float32 .tflite converted in the same run: the reference for the size ratio."""
+    candidates: list[Candidate] = field(default_factory=list)
 
     @property
     def size_ratio(self) -> float | None:
-        return self.model_size / self.float32_weight_bytes if self.float32_weight_bytes else None
+        reference = self.float32_model_bytes or self.float32_weight_bytes
+        return self.model_size / reference if reference else None
 
 
 @dataclass(frozen=True)
@@ -111,17 +188,6 @@ class _Inputs:
     calibration: data_mod.Dataset
     evaluation: data_mod.Dataset
     labels: list[str] | None
-
-
-@dataclass(frozen=True)
-class _RuntimeRun:
-    info: RuntimeInfo
-    check: RuntimeCheck
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    eval_outputs: npt.NDArray[np.float32] | None
-    smoke_outputs: npt.NDArray[np.float32] | None
-    smoke_batch_outputs: npt.NDArray[np.float32] | None = None
 
 
 def _quiet(_: str) -> None:
@@ -138,13 +204,19 @@ def convert(request: ConversionRequest, progress: Progress = _quiet) -> Conversi
         warnings.append(message)
         progress(f"warning: {message}")
 
+    auto = request.mode == "auto"
     progress(
-        f"checking inputs for {request.name} {request.version} "
-        f"({request.task.value}, mode {request.mode.value})"
+        f"checking inputs for {request.name} {request.version} ({request.task.value}, mode {request.mode})"
     )
     check_output_free(request.out, request.force)
     signing_key = load_private_key(request.key)
+    gates = parse_gates(
+        request.max_drop or ([DEFAULT_AUTO_BUDGET[request.task]] if auto else []), request.task
+    )
+    if request.float_layers and request.mode not in ("auto", QuantizationMode.INT8):
+        raise InputError("--float-layers applies to --mode int8 (or auto) only")
     inputs = _check_inputs(request, warn)
+    modes = list(AUTO_MODES) if request.mode == "auto" else [QuantizationMode(request.mode)]
     seconds: dict[str, float] = {}
 
     with tempfile.TemporaryDirectory(prefix="edgefleet-convert-") as tmp:
@@ -154,57 +226,86 @@ def convert(request: ConversionRequest, progress: Progress = _quiet) -> Conversi
         smoke_x = inputs.evaluation.x[: request.smoke_samples]
         np.save(work / "smoke.npy", smoke_x)
 
-        progress(f"converting to TFLite ({request.mode.value}) in a TensorFlow subprocess...")
-        facts = _run_worker(request, inputs, work)
-        seconds["convert"] = round(facts["seconds_total"], 2)
-        model_bytes = (work / "worker" / "model.tflite").read_bytes()
-        source_outputs = np.load(work / "worker" / "source_outputs.npy")
+        # The float32 model is always converted too: it is the reference for the size ratio.
+        worker_modes = modes if QuantizationMode.NONE in modes else [*modes, QuantizationMode.NONE]
+        progress(
+            f"converting to TFLite ({', '.join(m.value for m in worker_modes)}) in a TensorFlow "
+            f"subprocess, calibrating on {len(inputs.calibration.x)} samples..."
+        )
+        output = run_worker(
+            _worker_job(request, inputs, work),
+            worker_modes,
+            work=work,
+            timeout=request.timeout,
+            calibration_samples=len(inputs.calibration.x),
+            progress=progress,
+        )
+        seconds["convert"] = round(output.seconds, 2)
+        facts = output.facts
         output_shape: list[int | None] = facts["output_shapes"][0]
         targets = data_mod.check_targets(inputs.evaluation, request.task, output_shape)
-        if (
-            inputs.labels is not None
-            and output_shape[-1] is not None
-            and len(inputs.labels) != output_shape[-1]
-        ):
-            raise InputError(
-                f"{request.labels} holds {len(inputs.labels)} labels "
-                f"but the model has {output_shape[-1]} classes"
-            )
+        _check_labels(request, inputs, output_shape)
 
         validate_started = time.monotonic()
-        runs = []
-        for info in installed_runtimes():
-            progress(f"validating in {info}...")
-            run = _validate_in(info, work, facts["input_shape"][0] is None, request.timeout)
-            runs.append(run)
-            if run.check.loads:
-                progress(f"  loads; p50 latency {run.check.latency_ms_p50:.3f} ms per sample")
-            else:
-                progress(f"  does not load: {run.check.error}")
+        candidates = []
+        for mode in modes:
+            candidate = _measure(
+                request,
+                outcome=output.modes[mode],
+                output=output,
+                targets=targets,
+                gates=gates,
+                work=work,
+                progress=progress,
+            )
+            candidates.append(candidate)
         seconds["validate"] = round(time.monotonic() - validate_started, 2)
-    primary = _primary_run(request, runs)
+        reference = output.modes[QuantizationMode.NONE].model
+        chosen = _choose(request, candidates, gates, reference)
+        if chosen.ok is False:
+            report = _failure_report(request, candidates, gates, reference)
+            debug = ""
+            if chosen.mode is QuantizationMode.INT8 and chosen.gate_failures and request.layer_report:
+                progress("int8 is over budget: running TensorFlow's quantization debugger per layer...")
+                debug = _layer_report(request, inputs, work)
+            raise AccuracyGateError(
+                f"mode {chosen.mode.value} is outside the accuracy budget: "
+                f"{'; '.join(chosen.gate_failures)}; "
+                "try another --mode (or --mode auto), more calibration data, or --float-layers",
+                report + debug,
+            )
+    primary = chosen.primary
+    validation = chosen.validation
+    assert primary is not None and validation is not None and chosen.model is not None
     assert primary.eval_outputs is not None and primary.smoke_outputs is not None
-
-    validation = compare(request.task, source_outputs, primary.eval_outputs, targets, primary.info.name)
     baseline = baseline_stats(request.task, inputs.evaluation.x, primary.eval_outputs)
-    smoke = SmokeTest(samples=len(smoke_x), atol=_smoke_atol(primary, runs, notes.append))
+    smoke = SmokeTest(samples=len(smoke_x), atol=_smoke_atol(primary, chosen.runs, notes.append))
     _check_accuracy(request.task, validation, warn)
+    for change in facts.get("changes", []):
+        notes.append(change)
 
     files = member_files(
-        model_bytes,
+        chosen.model,
         samples_npz(smoke_x, primary.smoke_outputs),
         data_mod.labels_text(inputs.labels) if inputs.labels is not None else None,
     )
     manifest = _manifest(
         request,
         facts=facts,
-        primary=primary,
-        runs=runs,
+        chosen=chosen,
         files=files,
-        validation=validation,
         baseline=baseline,
         smoke=smoke,
         labels=inputs.labels,
+        conversion=_conversion_report(
+            request,
+            inputs=inputs,
+            facts=facts,
+            chosen=chosen,
+            candidates=candidates,
+            gates=gates,
+            reference=reference,
+        ),
     )
     progress(f"signing and writing {request.out}")
     _, signature = write_bundle(request.out, manifest, files, signing_key, request.force)
@@ -213,13 +314,145 @@ def convert(request: ConversionRequest, progress: Progress = _quiet) -> Conversi
         request=request,
         manifest=manifest,
         key_id=signature.key_id,
-        model_size=len(model_bytes),
+        model_size=len(chosen.model),
         bundle_size=request.out.stat().st_size,
         float32_weight_bytes=facts.get("float32_weight_bytes"),
         seconds=seconds,
         warnings=warnings,
         notes=notes,
+        float32_model_bytes=len(reference) if reference else None,
+        candidates=candidates,
     )
+
+
+def _worker_job(request: ConversionRequest, inputs: _Inputs, work: Path) -> dict[str, Any]:
+    return {
+        "model": inputs.source.reference,
+        "kind": inputs.source.kind.value,
+        "calibration": str(work / "calibration.npy"),
+        "evaluation": str(work / "evaluation.npy"),
+        "io_type": request.io_type,
+        "rnn": request.rnn,
+        "float_layers": request.float_layers,
+    }
+
+
+def _measure(
+    request: ConversionRequest,
+    *,
+    outcome: ModeOutcome,
+    output: WorkerOutput,
+    targets: npt.NDArray[Any],
+    gates: list[Gate],
+    work: Path,
+    progress: Progress,
+) -> Candidate:
+    """Validate one converted mode in every installed runtime and compare it with the source."""
+    candidate = Candidate(outcome.mode, outcome.model, outcome.ops, error=outcome.error)
+    if outcome.model is None:
+        return candidate
+    path = work / f"model-{outcome.mode.value}.tflite"
+    path.write_bytes(outcome.model)
+    dynamic_batch = output.facts["input_shape"][0] is None
+    for info in installed_runtimes():
+        progress(f"validating {outcome.mode.value} in {info}...")
+        run = validate_in(
+            info, path, work, dynamic_batch=dynamic_batch, timeout=request.timeout, tag=outcome.mode.value
+        )
+        candidate.runs.append(run)
+        if run.check.loads:
+            progress(f"  loads; p50 latency {run.check.latency_ms_p50:.3f} ms per sample")
+        else:
+            progress(f"  does not load: {run.check.error}")
+    try:
+        candidate.primary = _primary_run(request, outcome.mode, candidate.runs)
+    except ModelValidationError as exc:
+        candidate.error = exc
+        return candidate
+    assert candidate.primary.eval_outputs is not None
+    candidate.validation = compare(
+        request.task, output.source_outputs, candidate.primary.eval_outputs, targets,
+        candidate.primary.info.name,
+    )  # fmt: skip
+    candidate.gate_failures = [f for f in (gate.failure(candidate.validation) for gate in gates) if f]
+    return candidate
+
+
+def _choose(
+    request: ConversionRequest, candidates: list[Candidate], gates: list[Gate], reference: bytes | None
+) -> Candidate:
+    """The requested mode; for auto the smallest (then fastest) inside the budget."""
+    if request.mode != "auto":
+        (candidate,) = candidates
+        if candidate.error is not None:
+            raise candidate.error
+        return candidate
+    eligible = [c for c in candidates if c.ok and c.mode not in EXPERIMENTAL_MODES]
+    if not eligible:
+        report = _failure_report(request, candidates, gates, reference)
+        raise AccuracyGateError(
+            "no mode converts, loads in "
+            f"{request.runtime} and stays inside the accuracy budget "
+            f"({', '.join(str(g) for g in gates)}); see the table",
+            report,
+        )
+    runtime = request.runtime if request.runtime != "any" else None
+
+    def key(c: Candidate) -> tuple[int, float]:
+        assert c.model is not None and c.primary is not None
+        latency = c.latency(runtime) if runtime else c.primary.check.latency_ms_p50
+        return len(c.model), latency or float("inf")
+
+    best = min(eligible, key=key)
+    best_size = key(best)[0]
+    # Within 5 % of the smallest size, the fastest wins: a few bytes are not worth a slower model;
+    # latencies within 5 % are a tie (host timing noise), broken by size, then by the simpler mode.
+    close = [c for c in eligible if key(c)[0] <= best_size * 1.05]
+    fastest = min(key(c)[1] for c in close)
+    finalists = [c for c in close if key(c)[1] <= fastest * 1.05]
+    return min(finalists, key=lambda c: key(c)[0])
+
+
+def _failure_report(
+    request: ConversionRequest, candidates: list[Candidate], gates: list[Gate], reference: bytes | None
+) -> str:
+    from converter.report import candidates_table
+
+    return candidates_table(
+        request.task, candidates, len(reference) if reference else None, gates, chosen=None
+    )
+
+
+def _layer_report(request: ConversionRequest, inputs: _Inputs, work: Path) -> str:
+    """Re-run int8 with TensorFlow's quantization debugger; the worst layers as a table."""
+    job = {**_worker_job(request, inputs, work), "evaluation": str(work / "smoke.npy"), "debug_int8": True}
+    try:
+        output = run_worker(
+            job,
+            [QuantizationMode.INT8],
+            work=work / "debug",
+            timeout=request.timeout,
+            calibration_samples=len(inputs.calibration.x),
+            progress=_quiet,
+        )
+    except ConverterError as exc:
+        return f"\nthe per-layer report failed: {exc}"
+    if not output.debug or not output.debug.get("layers"):
+        return "\nthe per-layer report found no quantized layers"
+    lines = ["", "worst int8 layers (TensorFlow quantization debugger, RMSE / scale; 0.29 is ideal rounding)"]
+    for row in output.debug["layers"]:
+        lines.append(f"  {row['rmse_over_scale']:>8.3f}  {row['op']:<24} {row['tensor']}")
+    lines.append(
+        "keep the worst in float with --float-layers NAME[,NAME] (the layer names in the tensor names)"
+    )
+    return "\n".join(lines)
+
+
+def _check_labels(request: ConversionRequest, inputs: _Inputs, output_shape: list[int | None]) -> None:
+    if inputs.labels is not None and output_shape[-1] is not None and len(inputs.labels) != output_shape[-1]:
+        raise InputError(
+            f"{request.labels} holds {len(inputs.labels)} labels but the model has {output_shape[-1]} classes"
+        )
 
 
 def _check_inputs(request: ConversionRequest, warn: Callable[[str], None]) -> _Inputs:
@@ -229,8 +462,14 @@ def _check_inputs(request: ConversionRequest, warn: Callable[[str], None]) -> _I
         if request.task is not TaskKind.CLASSIFICATION:
             raise InputError(f"--labels applies to classification models, not {request.task.value}")
         labels = data_mod.load_labels(request.labels)
-    calibration = data_mod.load_npz(request.calibration, "calibration", need_y=False)
-    evaluation = data_mod.load_npz(request.evaluation, "evaluation", need_y=True)
+    calibration = data_mod.load_data(
+        request.calibration,
+        "calibration",
+        need_y=False,
+        input_shape=source.input_shapes[0] if source.input_shapes else None,
+        image_preprocessing=request.image_preprocessing,
+    )
+    evaluation = data_mod.load_data(request.evaluation, "evaluation", need_y=True)
     if source.input_shapes is not None:
         if len(source.input_shapes) != 1:
             raise InputError(
@@ -241,7 +480,9 @@ def _check_inputs(request: ConversionRequest, warn: Callable[[str], None]) -> _I
     else:
         data_mod.check_finite(calibration.x, "calibration x")
         data_mod.check_finite(evaluation.x, "evaluation x")
-    if request.mode is QuantizationMode.INT8 and len(calibration.x) < data_mod.MIN_CALIBRATION_SAMPLES:
+    _check_ranges(calibration, evaluation, warn)
+    calibrated = request.mode in ("auto", QuantizationMode.INT8, QuantizationMode.INT16X8)
+    if calibrated and len(calibration.x) < data_mod.MIN_CALIBRATION_SAMPLES:
         warn(
             f"only {len(calibration.x)} calibration samples; int8 ranges from fewer than "
             f"{data_mod.MIN_CALIBRATION_SAMPLES} may not cover real inputs"
@@ -253,97 +494,22 @@ def _check_inputs(request: ConversionRequest, warn: Callable[[str], None]) -> _I
     return _Inputs(source, calibration, evaluation, labels)
 
 
-_LIKELY_CAUSE = {
-    QuantizationMode.INT8: "an op without an int8 kernel, or calibration data the model cannot run on; "
-    "try --mode float16 or dynamic",
-    QuantizationMode.FLOAT16: "an op TFLite cannot express; try --mode none to see if any conversion works",
-    QuantizationMode.DYNAMIC: "an op TFLite cannot express; try --mode none to see if any conversion works",
-    QuantizationMode.NONE: "a layer or op that TFLite's builtin ops cannot express (custom layers, "
-    "unsupported TF ops)",
-}
-
-
-def _run_worker(request: ConversionRequest, inputs: _Inputs, work: Path) -> dict[str, Any]:
-    job = {
-        "model": str(request.model.resolve()),
-        "kind": inputs.source.kind.value,
-        "mode": request.mode.value,
-        "calibration": str(work / "calibration.npy"),
-        "evaluation": str(work / "evaluation.npy"),
-    }
-    outcome = run_module("converter.worker", job, work / "worker", request.timeout)
-    mode = request.mode.value
-    result = outcome.result
-    if outcome.timed_out:
-        raise ConversionError(
-            f"conversion in mode {mode} did not finish within {request.timeout:g} s and was stopped; "
-            f"a large model or calibration set ({len(inputs.calibration.x)} samples) needs a longer --timeout"
+def _check_ranges(
+    calibration: data_mod.Dataset, evaluation: data_mod.Dataset, warn: Callable[[str], None]
+) -> None:
+    """int8 ranges come from the calibration data: evaluation values far outside them get clipped."""
+    low, high = float(calibration.x.min()), float(calibration.x.max())
+    eval_low, eval_high = float(evaluation.x.min()), float(evaluation.x.max())
+    margin = 0.1 * max(high - low, 1e-12)
+    if eval_low < low - margin or eval_high > high + margin:
+        warn(
+            f"evaluation inputs span [{eval_low:.4g}, {eval_high:.4g}] but the calibration data only "
+            f"[{low:.4g}, {high:.4g}]: calibrated modes will clip inputs outside it"
         )
-    if result is not None and not result.get("ok"):
-        if result.get("kind") == "input":
-            raise InputError(str(result.get("message")))
-        raise ConversionError(
-            f"TensorFlow could not convert the model in mode {mode}: {_first_line(result.get('message'))} "
-            f"(likely cause: {_LIKELY_CAUSE[request.mode]})"
-        )
-    if result is None or outcome.returncode != 0:
-        raise ConversionError(
-            f"the conversion worker {_how_it_died(outcome)} in mode {mode} "
-            f"(likely cause: {_LIKELY_CAUSE[request.mode]}){_detail(outcome)}"
-        )
-    return {**result, "seconds_total": outcome.seconds}
 
 
-def _how_it_died(outcome: ChildOutcome) -> str:
-    if outcome.signal_name is not None:
-        return f"crashed ({outcome.signal_name})"
-    return f"failed with exit status {outcome.returncode} and no result"
-
-
-def _detail(outcome: ChildOutcome) -> str:
-    last = outcome.stderr_tail.strip().splitlines()
-    return f"; last output: {last[-1].strip()}" if last else ""
-
-
-def _first_line(message: object) -> str:
-    lines = str(message).strip().splitlines()
-    return lines[0] if lines else "no message"
-
-
-def _validate_in(info: RuntimeInfo, work: Path, dynamic_batch: bool, timeout: float) -> _RuntimeRun:
-    job = {
-        "model": str(work / "worker" / "model.tflite"),
-        "runtime": info.name,
-        "evaluation": str(work / "evaluation.npy"),
-        "smoke": str(work / "smoke.npy"),
-        "dynamic_batch": dynamic_batch,
-    }
-    out_dir = work / f"validate-{info.name}"
-    outcome = run_module("converter.validate", job, out_dir, timeout)
-    result = outcome.result
-    if outcome.timed_out:
-        error = f"{info} did not load and run the model within {timeout:g} s"
-    elif result is None:
-        error = f"{info} {_how_it_died(outcome)} while loading or running the model{_detail(outcome)}"
-    elif not result.get("loads"):
-        error = str(result.get("error"))
-    else:
-        outputs = np.load(out_dir / "outputs.npz")
-        return _RuntimeRun(
-            info=info,
-            check=RuntimeCheck(version=info.version, loads=True, latency_ms_p50=result["latency_ms_p50"]),
-            inputs=[TensorSpec.model_validate(s) for s in result["inputs"]],
-            outputs=[TensorSpec.model_validate(s) for s in result["outputs"]],
-            eval_outputs=outputs["eval"],
-            smoke_outputs=outputs["smoke"],
-            smoke_batch_outputs=outputs["smoke_batch"],
-        )
-    return _RuntimeRun(info, RuntimeCheck(version=info.version, loads=False, error=error), [], [], None, None)
-
-
-def _primary_run(request: ConversionRequest, runs: list[_RuntimeRun]) -> _RuntimeRun:
+def _primary_run(request: RequestFacts, mode: QuantizationMode, runs: list[RuntimeRun]) -> RuntimeRun:
     """The run whose outputs go into the manifest: the required runtime, or the first that loads."""
-    mode = request.mode.value
     if not runs:
         raise ModelValidationError(
             "no TFLite runtime is installed to validate the model in; install tflite-runtime"
@@ -353,7 +519,7 @@ def _primary_run(request: ConversionRequest, runs: list[_RuntimeRun]) -> _Runtim
             if run.check.loads:
                 return run
         errors = "; ".join(f"{run.check.error}" for run in runs)
-        raise ModelValidationError(f"the {mode} model loads in no installed runtime: {errors}")
+        raise ModelValidationError(f"the {mode.value} model loads in no installed runtime: {errors}")
     runtime: RuntimeName = request.runtime
     for run in runs:
         if run.info.name == runtime:
@@ -361,14 +527,12 @@ def _primary_run(request: ConversionRequest, runs: list[_RuntimeRun]) -> _Runtim
                 return run
             others = [r.info.name for r in runs if r.check.loads]
             advice = (
-                "use --mode int8 or float16"
-                if request.mode is QuantizationMode.DYNAMIC
-                else "try another --mode"
+                "use --mode int8 or float16" if mode is QuantizationMode.DYNAMIC else "try another --mode"
             )
             if others:
                 advice += f", or --runtime {others[0]} if the devices run it"
             raise ModelValidationError(
-                f"the {mode} model does not load in {runtime}, which --runtime requires: "
+                f"the {mode.value} model does not load in {runtime}, which --runtime requires: "
                 f"{run.check.error}; {advice}"
             )
     installed = ", ".join(str(r.info) for r in runs)
@@ -378,7 +542,7 @@ def _primary_run(request: ConversionRequest, runs: list[_RuntimeRun]) -> _Runtim
     )
 
 
-def _smoke_atol(primary: _RuntimeRun, runs: list[_RuntimeRun], note: Callable[[str], None]) -> float:
+def _smoke_atol(primary: RuntimeRun, runs: list[RuntimeRun], note: Callable[[str], None]) -> float:
     """One quantization step for quantized outputs, 1e-5 for float; widened to cover other runtimes.
 
     The same flatbuffer gives the same outputs in the same runtime, but tflite-runtime and LiteRT
@@ -407,27 +571,84 @@ def _smoke_atol(primary: _RuntimeRun, runs: list[_RuntimeRun], note: Callable[[s
 
 
 def _check_accuracy(task: TaskKind, validation: ValidationReport, warn: Callable[[str], None]) -> None:
-    if task is TaskKind.CLASSIFICATION:
+    if task is TaskKind.CLASSIFICATION and "accuracy_source" in validation.metrics:
         drop = validation.metrics["accuracy_source"] - validation.metrics["accuracy"]
         if drop > 0.02:
             warn(f"accuracy dropped {drop * 100:.1f} points from the source model")
 
 
-def _manifest(
+def recurrent_summary(facts: dict[str, Any], ops: list[str]) -> str | None:
+    """What became of the model's LSTM/GRU layers, from the converted model's ops."""
+    layers = facts.get("recurrent") or []
+    if not layers:
+        return None
+    counts = ", ".join(f"{name} x{layers.count(name)}" for name in sorted(set(layers)))
+    unrolled = any("unrolled" in change for change in facts.get("changes", []))
+    if any(op.startswith(("UNIDIRECTIONAL_SEQUENCE", "BIDIRECTIONAL_SEQUENCE")) for op in ops):
+        became = "fused sequence op(s) " + ", ".join(o for o in ops if "SEQUENCE" in o)
+    elif "WHILE" in ops:
+        became = "a WHILE loop (not the fused op)"
+    else:
+        became = "plain ops (no WHILE loop, no fused LSTM op)"
+    how = "unrolled for the fixed sequence length (--rnn unroll)" if unrolled else "kept (--rnn keep)"
+    return f"{counts}: {how}; became {became}"
+
+
+def _conversion_report(
     request: ConversionRequest,
     *,
+    inputs: _Inputs,
     facts: dict[str, Any],
-    primary: _RuntimeRun,
-    runs: list[_RuntimeRun],
+    chosen: Candidate,
+    candidates: list[Candidate],
+    gates: list[Gate],
+    reference: bytes | None,
+) -> ConversionReport:
+    reference_size = len(reference) if reference else facts.get("float32_weight_bytes")
+    rows = []
+    for c in candidates:
+        rows.append(
+            CandidateReport(
+                mode=c.mode,
+                ok=c.ok,
+                error=str(c.error) if c.error else ("; ".join(c.gate_failures) or None),
+                model_size=len(c.model) if c.model else None,
+                size_ratio=round(len(c.model) / reference_size, 4) if c.model and reference_size else None,
+                metrics=c.validation.metrics if c.validation else {},
+                latency_ms_p50={
+                    r.info.name: r.check.latency_ms_p50
+                    for r in c.runs
+                    if r.check.loads and r.check.latency_ms_p50 is not None
+                },
+                chosen=c is chosen,
+            )
+        )
+    return ConversionReport(
+        source=inputs.source.kind.value,
+        io_type=request.io_type if chosen.mode is QuantizationMode.INT8 else None,
+        recurrent=recurrent_summary(facts, chosen.ops),
+        ops=chosen.ops,
+        float_layers=request.float_layers if chosen.mode is QuantizationMode.INT8 else [],
+        max_drop={g.metric: str(g).partition("=")[2] for g in gates},
+        candidates=rows,
+    )
+
+
+def _manifest(
+    request: RequestFacts,
+    *,
+    facts: dict[str, Any],
+    chosen: Candidate,
     files: dict[str, bytes],
-    validation: ValidationReport,
-    baseline: BaselineStats,
+    baseline: BaselineStats | None,
     smoke: SmokeTest,
     labels: list[str] | None,
+    conversion: ConversionReport,
 ) -> Manifest:
     from edgefleet import __version__
 
-    versions = {run.info.name: run.info.version for run in runs}
+    assert chosen.primary is not None
+    versions = {run.info.name: run.info.version for run in chosen.runs}
     return Manifest(
         name=request.name,
         version=request.version,
@@ -435,18 +656,19 @@ def _manifest(
         created_at=datetime.now(UTC),
         description=request.description,
         files=file_entries(files),
-        inputs=primary.inputs,
-        outputs=primary.outputs,
+        inputs=chosen.primary.inputs,
+        outputs=chosen.primary.outputs,
         labels=labels,
-        quantization=request.mode,
+        quantization=chosen.mode,
         tools=ToolVersions(
             edgefleet=__version__,
             tensorflow=facts.get("tensorflow"),
             tflite_runtime=versions.get("tflite-runtime"),
             litert=versions.get("litert"),
         ),
-        runtimes={run.info.name: run.check for run in runs},
-        validation=validation,
+        runtimes={run.info.name: run.check for run in chosen.runs},
+        validation=chosen.validation,
         baseline=baseline,
         smoke=smoke,
+        conversion=conversion,
     )

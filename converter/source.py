@@ -8,6 +8,7 @@ TensorFlow start. The worker loads the model for real and checks again.
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from dataclasses import dataclass
 from enum import StrEnum
@@ -20,10 +21,20 @@ from converter.errors import InputError, UnsupportedModelError
 class SourceKind(StrEnum):
     KERAS = "keras"
     """A Keras 3 model archive (``model.save("x.keras")``)."""
+    H5 = "h5"
+    """A legacy Keras HDF5 file (``model.save("x.h5")``)."""
+    SAVED_MODEL = "saved_model"
+    """A TensorFlow SavedModel directory (``saved_model.pb`` inside)."""
+    FACTORY = "factory"
+    """``module:function`` or ``file.py:function`` returning a Keras model."""
 
 
-SUPPORTED_KINDS = {".keras": SourceKind.KERAS}
-SUPPORTED_DESCRIPTION = "a Keras model archive (.keras); SavedModel and ONNX are planned"
+SUPPORTED_KINDS = {".keras": SourceKind.KERAS, ".h5": SourceKind.H5, ".hdf5": SourceKind.H5}
+SUPPORTED_DESCRIPTION = (
+    "a Keras model archive (.keras), a Keras HDF5 file (.h5), a SavedModel directory, or a "
+    "factory module:function / file.py:function returning a Keras model"
+)
+_FACTORY = re.compile(r"^(?P<target>[\w.]+|.+\.py):(?P<function>[A-Za-z_]\w*)$")
 
 
 @dataclass(frozen=True)
@@ -33,15 +44,41 @@ class SourceModel:
     input_shapes: list[list[int | None]] | None
     """Declared input shapes, batch first, when the file declares them; None if unknown."""
 
+    @property
+    def reference(self) -> str:
+        """What the worker loads: an absolute path, or the factory spec as given."""
+        return str(self.path) if self.kind is SourceKind.FACTORY else str(self.path.resolve())
+
 
 def inspect_source(path: Path) -> SourceModel:
     """Identify the model file and read its declared inputs; raise InputError if it is unusable."""
+    factory = _FACTORY.match(str(path))
+    if factory is not None and not path.exists():
+        target = factory.group("target")
+        if target.endswith(".py") and not Path(target).is_file():
+            raise InputError(f"model factory file {target} does not exist")
+        spec = (
+            f"{Path(target).resolve()}:{factory.group('function')}" if target.endswith(".py") else str(path)
+        )
+        return SourceModel(path=Path(spec), kind=SourceKind.FACTORY, input_shapes=None)
     if not path.exists():
         raise InputError(f"model file {path} does not exist")
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file():
+            return SourceModel(path=path, kind=SourceKind.SAVED_MODEL, input_shapes=None)
+        raise UnsupportedModelError(
+            f"{path} is a directory without saved_model.pb; the converter reads {SUPPORTED_DESCRIPTION}"
+        )
     kind = SUPPORTED_KINDS.get(path.suffix.lower())
-    if path.is_dir() or kind is None:
-        what = "a directory" if path.is_dir() else f"a {path.suffix or 'suffix-less'} file"
-        raise UnsupportedModelError(f"{path} is {what}; the converter reads {SUPPORTED_DESCRIPTION}")
+    if kind is None:
+        what = f"a {path.suffix or 'suffix-less'} file"
+        hint = "; for a ready-made TFLite model use edgefleet bundle" if path.suffix == ".tflite" else ""
+        raise UnsupportedModelError(f"{path} is {what}; the converter reads {SUPPORTED_DESCRIPTION}{hint}")
+    if kind is SourceKind.H5:
+        with open(path, "rb") as handle:
+            if handle.read(8) != b"\x89HDF\r\n\x1a\n":
+                raise InputError(f"{path} is not an HDF5 file (as model.save('x.h5') writes)")
+        return SourceModel(path=path, kind=kind, input_shapes=None)
     try:
         with zipfile.ZipFile(path) as archive:
             config = json.loads(archive.read("config.json"))

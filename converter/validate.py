@@ -53,10 +53,14 @@ def tensor_spec(detail: TensorDetail, dynamic_batch: bool) -> TensorSpec:
 def run_outputs(
     model: LoadedModel, x: npt.NDArray[np.float32], input_spec: TensorSpec, output_spec: TensorSpec
 ) -> npt.NDArray[np.float32]:
-    """Dequantized first output for every row of ``x``, in batches."""
+    """Dequantized first output for every row of ``x``, in batches (of the model's own batch size
+    when the model fixes it, e.g. a recurrent model exported with batch size 1)."""
+    size = EVAL_BATCH if input_spec.shape[0] == -1 else max(1, input_spec.shape[0])
+    if input_spec.shape[0] != -1 and len(x) % size:
+        raise ModelLoadError(f"the model takes batches of exactly {size}; {len(x)} samples do not divide")
     parts = []
-    for start in range(0, len(x), EVAL_BATCH):
-        batch = quantize(x[start : start + EVAL_BATCH], input_spec)
+    for start in range(0, len(x), size):
+        batch = quantize(x[start : start + size], input_spec)
         parts.append(dequantize(model.run([batch])[0], output_spec))
     return np.concatenate(parts, axis=0)
 
@@ -83,6 +87,14 @@ def validate(job: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         model = load_model(Path(job["model"]).read_bytes(), runtime=runtime, threads=1)
         inputs = [tensor_spec(d, job["dynamic_batch"]) for d in model.inputs]
         outputs = [tensor_spec(d, job["dynamic_batch"]) for d in model.outputs]
+        if job.get("inspect_only"):  # a ready-made model: what does it take and give?
+            return {
+                **base,
+                "loads": True,
+                "error": None,
+                "inputs": [s.model_dump(mode="json") for s in inputs],
+                "outputs": [s.model_dump(mode="json") for s in outputs],
+            }
         evaluation = np.load(job["evaluation"])
         smoke = np.load(job["smoke"])
         eval_out = run_outputs(model, evaluation, inputs[0], outputs[0])

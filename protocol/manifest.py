@@ -26,6 +26,8 @@ class QuantizationMode(StrEnum):
     """float16 weights, dequantized at load."""
     INT8 = "int8"
     """Full integer: int8 weights and activations, calibrated on a representative set."""
+    INT16X8 = "int16x8"
+    """Experimental: int8 weights, int16 activations, calibrated; slow on most CPU kernels."""
 
 
 TensorDType = Literal["float32", "float16", "int8", "uint8", "int16", "int32", "int64", "bool"]
@@ -93,6 +95,8 @@ class ValidationReport(WireModel):
     top1_agreement: float | None = None
     max_abs_error: float
     mean_abs_error: float
+    snr_db: float | None = None
+    """Output signal-to-noise ratio of the converted model against the source, in dB."""
 
 
 class Histogram(WireModel):
@@ -134,6 +138,40 @@ class SmokeTest(WireModel):
     """Largest allowed absolute difference between the device's and the converter's outputs."""
 
 
+class CandidateReport(WireModel):
+    """One quantization mode the converter tried (``--mode auto`` tries every applicable one)."""
+
+    mode: QuantizationMode
+    ok: bool
+    """Converted, loads in the required runtime and is inside the accuracy budget."""
+    error: str | None = None
+    model_size: int | None = None
+    size_ratio: float | None = None
+    """Against the float32 .tflite when it was converted, else against the float32 weight bytes."""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    latency_ms_p50: dict[str, float] = Field(default_factory=dict)
+    """Host latency of one sample, per runtime that loads the model."""
+    chosen: bool = False
+
+
+class ConversionReport(WireModel):
+    """How the converter got to this model: the facts an operator reviews before shipping it."""
+
+    source: str = ""
+    """The source model's kind (keras, h5, saved_model, factory, tflite)."""
+    io_type: str | None = None
+    """int8 / uint8 / float: the input and output tensor type of a full-integer model."""
+    recurrent: str | None = None
+    """LSTM/GRU layers found and what became of them (unrolled, WHILE loop, fused op)."""
+    ops: list[str] = Field(default_factory=list)
+    """TFLite builtin ops in the converted model."""
+    float_layers: list[str] = Field(default_factory=list)
+    """Layers kept in float in an int8 model (``--float-layers``)."""
+    max_drop: dict[str, str] = Field(default_factory=dict)
+    """The accuracy budget the model was checked against, e.g. ``{"accuracy": "0.01"}``."""
+    candidates: list[CandidateReport] = Field(default_factory=list)
+
+
 class Manifest(VersionedMessage):
     """``manifest.json`` inside a bundle. Signed; lists every other file by hash."""
 
@@ -154,6 +192,8 @@ class Manifest(VersionedMessage):
     validation: ValidationReport | None = None
     baseline: BaselineStats | None = None
     smoke: SmokeTest
+    conversion: ConversionReport | None = None
+    """The converter's report (modes tried, budget, recurrent layers); absent in older bundles."""
 
     @model_validator(mode="after")
     def _model_file_listed(self) -> Manifest:

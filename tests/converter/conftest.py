@@ -113,3 +113,85 @@ def regression_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("diabetes")
     subprocess.run([sys.executable, "-c", _TRAIN_REGRESSION, str(folder)], check=True, capture_output=True)
     return folder
+
+
+FACTORIES = Path(__file__).with_name("factories.py")
+
+
+def cli_capture(argv: list[str]) -> CliRun:
+    """Run the converter's CLI in this process, capturing by redirection (usable in any fixture)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(argv)
+    return CliRun(code, stdout.getvalue(), stderr.getvalue())
+
+
+TEST_EPOCHS = {"diabetes": "60", "sunspots": "60"}
+"""Fewer epochs than the examples' own (the conversion is under test, not the training)."""
+
+
+def train_example(name: str, folder: Path) -> Path:
+    subprocess.run(
+        [sys.executable, "-m", "converter.examples", name, str(folder), "--epochs", TEST_EPOCHS[name]],
+        check=True,
+        capture_output=True,
+    )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def example_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """diabetes and sunspots trained as the examples train them (digits is the session's digits_model)."""
+    return {
+        name: train_example(name, tmp_path_factory.mktemp(f"example-{name}"))
+        for name in ("diabetes", "sunspots")
+    }
+
+
+@pytest.fixture(scope="session")
+def auto_converted(
+    example_models: dict[str, Path],
+    digits_model: Path,
+    signing_keys: tuple[Path, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Converted]:
+    """Each worked example converted with ``--mode auto`` (every mode converted and measured)."""
+    from converter.examples import convert_argv as example_argv
+
+    folders = {"digits": digits_model, **example_models}
+    converted = {}
+    for name, folder in folders.items():
+        out_dir = tmp_path_factory.mktemp(f"auto-{name}")
+        out, report = out_dir / f"{name}.bundle", out_dir / "report.json"
+        argv = example_argv(name, folder, signing_keys[0], out, "auto", "--report-json", str(report))
+        run = cli_capture(argv)
+        assert run.code == 0, run.stderr
+        converted[name] = Converted(run, out, json.loads(report.read_text()))
+    return converted
+
+
+def write_sequences(folder: Path, features: tuple[int, ...], samples: int = 120) -> tuple[Path, Path]:
+    """Random calibration and evaluation .npz for a factory model (the values do not matter)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    calibration, evaluation = folder / "calibration.npz", folder / "evaluation.npz"
+    np.savez(calibration, x=rng.random((samples, *features)).astype(np.float32))
+    np.savez(
+        evaluation,
+        x=rng.random((40, *features)).astype(np.float32),
+        y=rng.random((40, 1)).astype(np.float32),
+    )
+    return calibration, evaluation
+
+
+def factory_argv(
+    function: str, data: tuple[Path, Path], key: Path, out: Path, mode: str, *extra: str
+) -> list[str]:
+    calibration, evaluation = data
+    return [
+        "convert", f"{FACTORIES}:{function}",
+        "--calibration", str(calibration), "--evaluation", str(evaluation),
+        "--mode", mode, "--name", function.replace("_", "-"), "--version", "1.0.0", "--task", "forecast",
+        "--key", str(key), "--out", str(out), *extra,
+    ]  # fmt: skip

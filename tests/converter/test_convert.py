@@ -90,7 +90,7 @@ def test_report_table_and_progress(int8_bundle: Converted) -> None:
         "bytes",
     ):
         assert expected in out
-    assert "converting to TFLite (int8)" in err and "validating in tflite-runtime" in err
+    assert "converting to TFLite (int8, none)" in err and "validating int8 in tflite-runtime" in err
     assert int8_bundle.report["mode"] == "int8" and int8_bundle.report["runtimes"]["litert"]["loads"]
 
 
