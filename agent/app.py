@@ -6,28 +6,37 @@ store -> serving model -> inference API -> MQTT -> scheduler (update checks, tel
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
-from datetime import UTC, datetime
+from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
-
-import requests
+from typing import TYPE_CHECKING
 
 from agent.config import AgentConfig
+from agent.errors import AgentError
 from agent.http_api import InferenceAPI
 from agent.mqtt_link import MqttLink
+from agent.outbox import Outbox
 from agent.runtime import resolve_runtime
+from agent.scheduler import IntervalJob
 from agent.serving import ModelHolder
 from agent.store import ModelStore
 from agent.systemd import Notifier
 from agent.telemetry import RequestMetrics, Telemetry
 from agent.update import Updater
 from agent.update.machine import State
+from agent.update.probation import ProbationPolicy
+from agent.update.runner import StepRunner, WorkerRunner
 from edgefleet import __version__
+from protocol.manifest import BaselineStats
 from protocol.messages import UpdateEvent
 from protocol.schema import ModelRef
-from protocol.signing import TrustedKeys
 from protocol.topics import Topics
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +45,8 @@ _STATUS_STATES = {State.ACTIVATE.value, State.ROLLBACK.value, State.FAILED.value
 
 class Agent:
     def __init__(self, config: AgentConfig, session: requests.Session | None = None) -> None:
+        """``session``: run the update steps in this process on it (tests); by default they run in
+        a worker process."""
         self.config = config
         self.session = session
         self.holder = ModelHolder()
@@ -47,7 +58,9 @@ class Agent:
         self.api: InferenceAPI | None = None
         self.mqtt: MqttLink | None = None
         self.telemetry: Telemetry | None = None
-        self._scheduler: object | None = None
+        self._check_job: IntervalJob | None = None
+        self._telemetry_job: IntervalJob | None = None
+        self.stopping = threading.Event()
 
     # -- status --------------------------------------------------------------------------------
     def model_ref(self) -> ModelRef | None:
@@ -56,6 +69,13 @@ class Agent:
 
     def update_state(self) -> str:
         return self.updater.state if self.updater is not None else State.IDLE.value
+
+    def status_line(self) -> str:
+        """systemd STATUS=: what serves and where the update machine is."""
+        model = self.holder.current
+        what = f"{model.manifest.name} {model.manifest.version}" if model else "no model"
+        queued = self.mqtt.queued if self.mqtt is not None else 0
+        return f"serving {what}; update {self.update_state()}; outbox {queued}"
 
     def describe(self) -> str:
         model = self.holder.current
@@ -78,18 +98,33 @@ class Agent:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> Agent:
-        from apscheduler.schedulers.background import BackgroundScheduler
-
         cfg = self.config
         self.store.open()
         self.runtime_name = str(resolve_runtime(cfg.runtime.kind))
-        trusted = TrustedKeys.from_paths(cfg.trusted_keys)
-        if len(trusted) == 0:
+        if not _any_public_key(cfg.trusted_keys):
             log.warning(
                 "no trusted keys in %s: every bundle will be refused", ", ".join(map(str, cfg.trusted_keys))
             )
-        session = self.session or requests.Session()
-        session.headers.setdefault("User-Agent", f"edgefleet-agent/{__version__}")
+        user_agent = f"edgefleet-agent/{__version__}"
+        runner: StepRunner | None = None
+        trusted = None
+        if self.session is not None:  # tests and tools: the steps run here, on that session
+            from protocol.signing import TrustedKeys
+
+            self.session.headers.setdefault("User-Agent", user_agent)
+            trusted = TrustedKeys.from_paths(cfg.trusted_keys)
+        else:  # the agent: heavy steps in a worker process, nothing heavy stays resident here
+            runner = WorkerRunner(
+                fleet_url=cfg.fleet.url,
+                device_id=cfg.device_id,
+                trusted_paths=cfg.trusted_keys,
+                state_dir=cfg.state_dir,
+                runtime=cfg.runtime.kind,
+                threads=cfg.runtime.threads,
+                timeout_s=cfg.fleet.timeout_s,
+                user_agent=user_agent,
+                stopping=self.stopping,
+            )
         self.mqtt = MqttLink(
             cfg.device_id,
             cfg.mqtt.host,
@@ -99,22 +134,29 @@ class Agent:
             status=lambda: (self.runtime_name, self.model_ref(), self.update_state()),
             on_check_update=self.request_check,
             keepalive_s=cfg.mqtt.keepalive_s,
+            outbox=Outbox(cfg.state_dir / "outbox.sqlite", limit=cfg.mqtt.queue_limit),
             username=cfg.mqtt.username,
             password=cfg.mqtt.password,
-            queue_limit=cfg.mqtt.queue_limit,
         )
         self.updater = Updater(
             cfg.device_id,
             self.store,
             self.holder,
+            runner=runner,
+            session=self.session,
             trusted=trusted,
-            session=session,
             fleet_url=cfg.fleet.url,
             runtime=cfg.runtime.kind,
             threads=cfg.runtime.threads,
             timeout_s=cfg.fleet.timeout_s,
             max_state_restarts=cfg.update.max_state_restarts,
             emit=self._on_event,
+            probation=probation_policy(cfg),
+            usage=self.metrics.usage,
+            download_attempts=cfg.update.download_attempts,
+            retry_base_s=cfg.update.retry_base_s,
+            stopping=self.stopping,
+            hang_in=_fault_state(),
         )
         # A crash after the switch is settled here, before anything serves.
         self.updater.resume(local_only=True)
@@ -127,6 +169,7 @@ class Agent:
             self.metrics,
             max_body_bytes=cfg.api.max_body_bytes,
             update_state=self.update_state,
+            unix_socket=cfg.api.unix_socket,
         ).start()
         self.mqtt.start()
         self.telemetry = Telemetry(
@@ -137,29 +180,47 @@ class Agent:
             state_dir=cfg.state_dir,
             model_ref=self.model_ref,
             dropped=self.mqtt.take_dropped,
+            baseline=self._baseline,
         )
-        scheduler = BackgroundScheduler(timezone=UTC)
-        scheduler.add_job(
-            self.updater.check,
-            "interval",
-            seconds=cfg.fleet.poll_interval_s,
-            id="update-check",
-            next_run_time=datetime.now(UTC),
-            max_instances=1,
-            coalesce=True,
-        )
-        scheduler.add_job(
-            self._publish_telemetry,
-            "interval",
-            seconds=cfg.telemetry.interval_s,
-            id="telemetry",
-            max_instances=1,
-            coalesce=True,
-        )
-        scheduler.start()
-        self._scheduler = scheduler
+        # An update check at once, then every poll interval; a telemetry window every interval.
+        self._check_job = IntervalJob(
+            "update-check", cfg.fleet.poll_interval_s, self.updater.check, run_at_start=True
+        ).start()
+        self._telemetry_job = IntervalJob(
+            "telemetry", cfg.telemetry.interval_s, self._publish_telemetry
+        ).start()
         log.info("%s", self.describe())
         return self
+
+    def _baseline(self) -> BaselineStats | None:
+        model = self.holder.current
+        return model.manifest.baseline if model is not None else None
+
+    def reload(self, config: AgentConfig) -> list[str]:
+        """Apply a changed config (SIGHUP): intervals and the update policy now; the rest needs a
+        restart. Returns what was not applied, in words."""
+        old, self.config = self.config, config
+        if self._check_job is not None and config.fleet.poll_interval_s != old.fleet.poll_interval_s:
+            self._check_job.set_interval(config.fleet.poll_interval_s)
+        if self._telemetry_job is not None and config.telemetry.interval_s != old.telemetry.interval_s:
+            self._telemetry_job.set_interval(config.telemetry.interval_s)
+        if self.updater is not None:
+            self.updater.probation = probation_policy(config)
+            self.updater.max_state_restarts = config.update.max_state_restarts
+            self.updater.download_attempts = config.update.download_attempts
+            self.updater.retry_base_s = config.update.retry_base_s
+        live = {"fleet": {"poll_interval_s"}, "telemetry": {"interval_s"}, "update": None}
+        ignored = []
+        for section, value in config.model_dump().items():
+            before = old.model_dump()[section]
+            if value == before or (section in live and live[section] is None):
+                continue
+            if isinstance(value, dict):
+                keys = live.get(section) or set()
+                ignored += [f"{section}.{k}" for k in value if value[k] != before[k] and k not in keys]
+            else:
+                ignored.append(section)
+        return ignored
 
     def _publish_telemetry(self) -> None:
         if self.telemetry is not None:
@@ -167,44 +228,122 @@ class Agent:
 
     def request_check(self) -> None:
         """Check for an update now, off the caller's thread (paho's network thread, usually)."""
-        scheduler = self._scheduler
-        if scheduler is not None and self.updater is not None:
-            scheduler.add_job(self.updater.check, id="check-now", replace_existing=True)  # type: ignore[attr-defined]
+        if self._check_job is not None:
+            self._check_job.trigger()
 
-    def stop(self) -> None:
-        scheduler, self._scheduler = self._scheduler, None
-        if scheduler is not None:
-            scheduler.shutdown(wait=False)  # type: ignore[attr-defined]
-        if self.mqtt is not None:
-            self.mqtt.stop()
+    def stop(self, flush_s: float = 10.0) -> None:
+        """Reverse order: stop updates (an update in progress stays saved for the next start),
+        finish requests in flight, publish a last telemetry window, flush the outbox, go offline."""
+        self.stopping.set()
+        for job in (self._check_job, self._telemetry_job):
+            if job is not None:
+                job.stop(timeout_s=1.0)  # an update in progress stops at its next wait
         if self.api is not None:
             self.api.stop()
+        if self.telemetry is not None and self.mqtt is not None:
+            try:
+                self.telemetry.publish_window()
+            except Exception:
+                log.exception("could not write the last telemetry window")
+        if self.mqtt is not None:
+            left = self.mqtt.queued
+            self.mqtt.stop(flush_s)
+            if left:
+                log.info("outbox: %d message(s) at stop were kept for the next start if unsent", left)
         log.info("agent %s stopped", self.config.device_id)
 
 
-def run(config: AgentConfig, notifier: Notifier | None = None) -> int:
-    """Run until SIGTERM or SIGINT; keep the systemd watchdog fed from this (main) thread."""
+def _any_public_key(paths: list[Path]) -> bool:
+    """Whether any *.pub is there (parsed by the worker that verifies: cryptography stays out)."""
+    return any(path.is_file() or (path.is_dir() and any(path.glob("*.pub"))) for path in paths)
+
+
+FAULT_ENV = "EDGEFLEET_FAULT_HANG_IN"
+"""Test hook: the update machine hangs after saving this state (the kill tests use it)."""
+
+
+def _fault_state() -> State | None:
+    name = os.environ.get(FAULT_ENV)
+    if not name:
+        return None
+    log.warning("%s=%s: the update machine will hang in that state (fault injection)", FAULT_ENV, name)
+    return State(name)
+
+
+def probation_policy(config: AgentConfig) -> ProbationPolicy:
+    u = config.update
+    return ProbationPolicy(
+        duration_s=u.probation_s,
+        requests=u.probation_requests,
+        min_requests=u.probation_min_requests,
+        max_error_rate=u.max_error_rate,
+        max_latency_factor=u.max_latency_factor,
+        check_interval_s=u.health_check_interval_s,
+    )
+
+
+def run(
+    config: AgentConfig,
+    notifier: Notifier | None = None,
+    reload: Callable[[], AgentConfig] | None = None,
+) -> int:
+    """Run until SIGTERM or SIGINT; keep the systemd watchdog fed from this (main) thread.
+
+    READY=1 is sent once the model (if one is stored) is loaded and the API listens; STATUS=
+    follows the serving model and the update state; SIGHUP re-reads the config (``reload``).
+    """
     notifier = notifier or Notifier()
     stop = threading.Event()
+    hup = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s; stopping", signal.Signals(signum).name)
+        if signum == signal.SIGHUP:
+            hup.set()
+            return
         stop.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signals = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
+    previous = {sig: signal.signal(sig, on_signal) for sig in signals}
     agent = Agent(config)
     try:
         agent.start()
-        notifier.ready(agent.describe())
+        status = agent.describe()
+        notifier.ready(status)
         interval = notifier.watchdog_s
         if interval is not None:
             notifier.watchdog()
-        while not stop.wait(interval if interval is not None else 3600.0):
+        tick = min(interval if interval is not None else 5.0, 5.0)
+        while not stop.wait(tick):
+            # The main loop: a wedged loop stops the pings and systemd restarts the agent.
             if interval is not None:
                 notifier.watchdog()
+            if hup.is_set():
+                hup.clear()
+                _reload(agent, reload)
+            now = agent.status_line()
+            if now != status:
+                status = now
+                notifier.status(status)
+        log.info("received a stop signal; draining requests and flushing the outbox")
         notifier.stopping()
     finally:
         agent.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def _reload(agent: Agent, reload: Callable[[], AgentConfig] | None) -> None:
+    if reload is None:
+        log.warning("SIGHUP: this agent was not started from a file; nothing to reload")
+        return
+    try:
+        config = reload()
+    except AgentError as exc:
+        log.error("SIGHUP: keeping the running config: %s", exc)
+        return
+    ignored = agent.reload(config)
+    log.info(
+        "SIGHUP: config reloaded%s",
+        f"; these need a restart to apply: {', '.join(ignored)}" if ignored else "",
+    )

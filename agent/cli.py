@@ -30,7 +30,8 @@ def _run(args: argparse.Namespace) -> int:
     from agent.app import run
     from agent.config import load_config
 
-    return run(load_config(args.config))
+    path = args.config
+    return run(load_config(path), reload=lambda: load_config(path))
 
 
 def _check_config(args: argparse.Namespace) -> int:

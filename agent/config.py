@@ -6,11 +6,14 @@ Every field carries a description; ``reference_markdown()`` renders them for doc
 
 from __future__ import annotations
 
+import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
 
 from agent.errors import ConfigError
 from protocol.schema import DEVICE_ID_PATTERN
@@ -46,10 +49,10 @@ class MqttConfig(_Section):
     username: str | None = Field(default=None, description="Broker user name, if the broker requires one.")
     password: str | None = Field(default=None, description="Broker password, if the broker requires one.")
     queue_limit: int = Field(
-        default=1000,
+        default=10_000,
         ge=1,
-        description="Messages kept in memory while the broker is unreachable; older ones are dropped "
-        "and counted.",
+        description="Messages the on-disk outbox (state_dir/outbox.sqlite) keeps until the broker "
+        "acknowledges them; when full, the oldest are dropped and counted in telemetry.",
     )
 
 
@@ -61,6 +64,11 @@ class ApiConfig(_Section):
     max_body_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413."
     )
+    unix_socket: Path | None = Field(
+        default=None,
+        description="Also serve the same API on this Unix socket path (e.g. /run/edgefleet/agent.sock); "
+        "none by default.",
+    )
 
 
 class TelemetryConfig(_Section):
@@ -69,7 +77,9 @@ class TelemetryConfig(_Section):
 
 class RuntimeConfig(_Section):
     kind: Literal["auto", "tflite-runtime", "litert"] = Field(
-        default="auto", description="TFLite runtime to run models in; auto prefers tflite-runtime."
+        default="auto",
+        description="TFLite runtime to run models in; auto takes LiteRT when installed (faster, "
+        "XNNPACK for int8), else tflite-runtime.",
     )
     threads: int = Field(default=1, ge=1, le=64, description="Interpreter threads per model.")
 
@@ -80,6 +90,49 @@ class UpdateConfig(_Section):
         ge=1,
         description="How often the agent may restart inside one update state (crash loop) before it "
         "gives up and rolls back.",
+    )
+    probation_s: float = Field(
+        default=30,
+        ge=0,
+        description="Seconds a newly activated model is watched before the update commits; 0: commit at "
+        "once.",
+    )
+    probation_requests: int = Field(
+        default=0,
+        ge=0,
+        description="End probation early once this many requests were served by the new model; 0: time only.",
+    )
+    probation_min_requests: int = Field(
+        default=20,
+        ge=1,
+        description="Requests the new model must have served before its error rate or latency is judged.",
+    )
+    max_error_rate: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Roll back when more than this share of the new model's requests fail in inference.",
+    )
+    max_latency_factor: float = Field(
+        default=3.0,
+        gt=0,
+        description="Roll back when the new model's p50 latency exceeds the previous model's by this factor.",
+    )
+    health_check_interval_s: float = Field(
+        default=5,
+        gt=0,
+        description="Seconds between probation health checks (the bundle's samples through the serving "
+        "model).",
+    )
+    download_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="Tries per download; each retry resumes with an HTTP Range request.",
+    )
+    retry_base_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="First retry delay in seconds; doubled per retry (capped at 60 s), with random jitter.",
     )
 
 
@@ -107,12 +160,44 @@ class AgentConfig(_Section):
     update: UpdateConfig = Field(default_factory=UpdateConfig, description="The update state machine.")
 
 
+def _field_at(path: tuple[int | str, ...]) -> tuple[type[BaseModel] | None, FieldInfo | None]:
+    """The model holding the last key of ``path`` and that key's field (None when unknown)."""
+    model: type[BaseModel] | None = AgentConfig
+    info: FieldInfo | None = None
+    for part in path:
+        if model is None or not isinstance(part, str):
+            return None, None
+        info = model.model_fields.get(part)
+        if info is None:
+            return model, None
+        annotation = info.annotation
+        owner = model
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        if part == path[-1]:
+            return owner, info
+    return model, info
+
+
 def describe_errors(exc: ValidationError) -> list[str]:
-    """One line per problem: ``field.path: message``."""
+    """One line per problem, in words: ``where: what is wrong (what the key is for)``."""
     lines = []
     for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "(file)"
-        lines.append(f"{where}: {error['msg']}")
+        loc = tuple(error["loc"])
+        where = ".".join(str(p) for p in loc) or "(file)"
+        owner, info = _field_at(loc)
+        if error["type"] == "extra_forbidden":
+            section = ".".join(str(p) for p in loc[:-1])
+            known = ", ".join(owner.model_fields) if owner is not None else ""
+            place = f"[{section}]" if section else "the top level"
+            lines.append(f"{where}: unknown key; {place} takes: {known}")
+            continue
+        if error["type"] == "missing":
+            lines.append(f"{where}: required but missing" + (f" ({info.description})" if info else ""))
+            continue
+        given = error.get("input")
+        shown = f" = {given!r}" if isinstance(given, str | int | float | bool) else ""
+        hint = f" ({info.description})" if info is not None and info.description else ""
+        lines.append(f"{where}{shown}: {error['msg']}{hint}")
     return lines
 
 
@@ -123,8 +208,48 @@ def parse_config(data: dict[str, object], source: str = "config") -> AgentConfig
         raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(describe_errors(exc))) from exc
 
 
-def load_config(path: Path) -> AgentConfig:
-    """Read and validate the TOML file; ConfigError says what is wrong and where."""
+ENV_PREFIX = "EDGEFLEET_AGENT_"
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, object]:
+    """``EDGEFLEET_AGENT_<KEY>`` or ``EDGEFLEET_AGENT_<SECTION>__<KEY>`` -> nested config values.
+
+    A value is read as a TOML value when it parses as one (``8500``, ``true``, ``["a", "b"]``),
+    else as a string; an unknown key is reported like one in the file.
+    """
+    out: dict[str, object] = {}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or len(name) == len(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        try:
+            value: object = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{name}: {part} is not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, object], over: dict[str, object]) -> dict[str, object]:
+    merged = dict(base)
+    for key, value in over.items():
+        current = merged.get(key)
+        if isinstance(value, dict) and isinstance(current, dict):
+            merged[key] = _merge(current, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read the TOML file, apply ``EDGEFLEET_AGENT_*`` overrides, validate; ConfigError says what
+    is wrong and where."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -133,7 +258,9 @@ def load_config(path: Path) -> AgentConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-    return parse_config(data, str(path))
+    overrides = env_overrides(os.environ if environ is None else environ)
+    source = str(path) + (" (with EDGEFLEET_AGENT_* overrides)" if overrides else "")
+    return parse_config(_merge(data, overrides), source)
 
 
 def reference_markdown() -> str:

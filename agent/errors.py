@@ -43,3 +43,7 @@ class SmokeTestError(UpdateError):
 
 class ActivateError(UpdateError):
     """The model could not be made the serving model."""
+
+
+class HealthCheckError(UpdateError):
+    """The new model misbehaved on probation (errors, latency, failed health checks)."""

@@ -38,7 +38,33 @@ class Prediction:
 class PredictResult:
     outputs: npt.NDArray[np.float32]
     """The first output, dequantized, batch first."""
-    predictions: list[Prediction] | None
+    classes: npt.NDArray[np.int64] | None = None
+    """Classification: the top class of each instance."""
+    confidences: npt.NDArray[np.float32] | None = None
+    """Classification: the top class's score of each instance."""
+    labels: list[str] | None = None
+
+    def top(self, k: int) -> list[list[Prediction]]:
+        """Classification: the ``k`` best classes of each instance, best first."""
+        labels = self.labels
+        best = np.argsort(-self.outputs, axis=1, kind="stable")[:, :k]
+        return [
+            [
+                Prediction(int(i), labels[i] if labels and i < len(labels) else None, float(row[i]))
+                for i in order.tolist()
+            ]
+            for row, order in zip(self.outputs, best, strict=True)
+        ]
+
+    @property
+    def predictions(self) -> list[Prediction] | None:
+        if self.classes is None or self.confidences is None:
+            return None
+        labels = self.labels
+        return [
+            Prediction(int(i), labels[i] if labels and i < len(labels) else None, float(c))
+            for i, c in zip(self.classes.tolist(), self.confidences.tolist(), strict=True)
+        ]
 
 
 @dataclass(frozen=True)
@@ -49,6 +75,10 @@ class ActiveModel:
     manifest: Manifest
     labels: list[str] | None
     loaded: LoadedModel = field(repr=False)
+    input_bounds: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = field(
+        default=None, repr=False
+    )
+    """The baseline's per-feature (min, max) of the first flattened input features."""
 
     @property
     def ref(self) -> ModelRef:
@@ -67,7 +97,40 @@ class ActiveModel:
         """Load a stored model into a fresh interpreter and check it matches its manifest."""
         loaded = load_model(stored.model, runtime=runtime, threads=threads)
         check_compatible(stored.manifest, loaded)
-        return cls(sha256=stored.sha256, manifest=stored.manifest, labels=stored.labels, loaded=loaded)
+        bounds = None
+        baseline = stored.manifest.baseline
+        if baseline is not None and baseline.input_ranges:
+            bounds = (
+                np.array([r.min for r in baseline.input_ranges], dtype=np.float32),
+                np.array([r.max for r in baseline.input_ranges], dtype=np.float32),
+            )
+        return cls(
+            sha256=stored.sha256,
+            manifest=stored.manifest,
+            labels=stored.labels,
+            loaded=loaded,
+            input_bounds=bounds,
+        )
+
+    def out_of_range(self, batch: npt.NDArray[np.float32]) -> int:
+        """Instances with any feature outside the baseline's range (0 without a baseline)."""
+        if self.input_bounds is None:
+            return 0
+        low, high = self.input_bounds
+        flat = batch.reshape(len(batch), -1)[:, : len(low)]
+        width = flat.shape[1]
+        outside = (flat < low[:width]) | (flat > high[:width])
+        return int(np.count_nonzero(outside.any(axis=1)))
+
+    def output_counts(self, result: PredictResult) -> npt.NDArray[np.int64] | None:
+        """Regression/forecast: the first output value's counts over the baseline's histogram edges."""
+        baseline = self.manifest.baseline
+        if result.classes is not None or baseline is None or baseline.output_histogram is None:
+            return None
+        edges = np.asarray(baseline.output_histogram.edges, dtype=np.float64)
+        first = result.outputs.reshape(len(result.outputs), -1)[:, 0].astype(np.float64)
+        counts, _ = np.histogram(np.clip(first, edges[0], edges[-1]), bins=edges)
+        return counts.astype(np.int64)
 
     def predict(self, batch: npt.NDArray[np.float32]) -> PredictResult:
         """Run a checked float batch (see ``parse_inputs``) and dequantize the first output."""
@@ -76,14 +139,11 @@ class ActiveModel:
             batch = ((batch - pre.offset) * pre.scale).astype(np.float32)
         raw = self.loaded.run([quantize(batch, self.input_spec)])
         outputs = dequantize(raw[0], self.output_spec)
-        predictions = None
         if self.manifest.task == TaskKind.CLASSIFICATION and outputs.ndim == 2:
-            predictions = []
-            for row in outputs:
-                index = int(np.argmax(row))
-                label = self.labels[index] if self.labels and index < len(self.labels) else None
-                predictions.append(Prediction(index, label, float(row[index])))
-        return PredictResult(outputs=outputs, predictions=predictions)
+            classes = np.argmax(outputs, axis=1).astype(np.int64)
+            confidences = outputs[np.arange(len(outputs)), classes].astype(np.float32)
+            return PredictResult(outputs, classes, confidences, self.labels)
+        return PredictResult(outputs=outputs)
 
 
 def check_compatible(manifest: Manifest, loaded: LoadedModel) -> None:
@@ -145,6 +205,26 @@ def parse_inputs(value: object, spec: TensorSpec) -> npt.NDArray[np.float32]:
         raise BadInputError(
             f'"inputs" holds NaN or infinite values (or numbers too large for float32); expected {expected}'
         )
+    return batch
+
+
+def parse_tensor_body(body: bytes, spec: TensorSpec) -> npt.NDArray[np.float32]:
+    """A binary body: little-endian float32 values, one or more instances back to back."""
+    instance = [d for d in spec.shape[1:]]
+    if any(d == -1 for d in instance):
+        raise BadInputError("this model has a variable dimension: send JSON, binary bodies need fixed shapes")
+    per = int(np.prod(instance)) if instance else 1
+    if len(body) == 0 or len(body) % (4 * per):
+        raise BadInputError(
+            f"the binary body is {len(body)} bytes; expected a multiple of {4 * per} "
+            f"(float32 little-endian instances of shape {instance})"
+        )
+    count = len(body) // (4 * per)
+    if count > MAX_BATCH:
+        raise BadInputError(f"a batch may hold at most {MAX_BATCH} instances, got {count}")
+    batch = np.frombuffer(body, dtype="<f4").reshape([count, *instance]).astype(np.float32)
+    if not np.all(np.isfinite(batch)):
+        raise BadInputError("the binary body holds NaN or infinite values")
     return batch
 
 

@@ -14,6 +14,7 @@ the old or the new file, never half of one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -25,10 +26,44 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.errors import StoreError
-from protocol.bundle import LABELS, MANIFEST, MODEL, SIGNATURE, parse_manifest, sha256_hex, write_atomically
-from protocol.errors import BundleError
 from protocol.manifest import Manifest
 from protocol.schema import ModelRef
+
+# The bundle's member names (protocol.bundle). Not imported from there: protocol.bundle imports
+# protocol.signing, which imports cryptography (+7.5 MB resident), and the serving process never
+# verifies a signature itself (update steps run in a worker process: agent.update.runner).
+MANIFEST = "manifest.json"
+MODEL = "model.tflite"
+LABELS = "labels.txt"
+SAMPLES = "samples.npz"
+SIGNATURE = "manifest.sig"
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary name beside ``path``, fsync, then rename: never a half file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    try:
+        return Manifest.model_validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "manifest"
+        raise StoreError(f"manifest.json is not a valid edgefleet manifest: {where}: {first['msg']}") from exc
+
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -136,7 +171,7 @@ class ModelStore:
             files = {name: (folder / name).read_bytes() for name in manifest.files}
         except FileNotFoundError as exc:
             raise StoreError(f"stored model {sha256[:12]} is incomplete: {exc.filename} is missing") from exc
-        except (OSError, BundleError) as exc:
+        except (OSError, StoreError) as exc:
             raise StoreError(f"stored model {sha256[:12]} is unreadable: {exc}") from exc
         for name, entry in manifest.files.items():
             if len(files[name]) != entry.size or sha256_hex(files[name]) != entry.sha256:

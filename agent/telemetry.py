@@ -12,15 +12,18 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
+import numpy as np
+import numpy.typing as npt
 import psutil
 
 from agent.store import write_json
+from protocol.manifest import BaselineStats
 from protocol.messages import LatencySummary, PredictionHealth, ResourceUsage, TelemetryWindow
 from protocol.schema import ModelRef
 from protocol.topics import Topics
@@ -28,6 +31,7 @@ from protocol.topics import Topics
 log = logging.getLogger(__name__)
 
 LOW_CONFIDENCE = 0.5
+_T = TypeVar("_T")
 
 
 class Sink(Protocol):
@@ -75,25 +79,92 @@ class LatencyHistogram:
         if self.total == 0:
             return None
         return LatencySummary(
-            p50=self.percentile(50), p95=self.percentile(95), p99=self.percentile(99), max=self.max_ms
+            p50=_sig(self.percentile(50)),
+            p95=_sig(self.percentile(95)),
+            p99=_sig(self.percentile(99)),
+            max=_sig(self.max_ms),
         )
+
+
+def _sig(value: float, digits: int = 3) -> float:
+    """Round to ``digits`` significant digits: the histogram (buckets ~12% wide) is not more
+    precise, and the wire is shorter."""
+    return float(f"{value:.{digits}g}")
+
+
+CONFIDENCE_BINS = 100
+"""Top-confidence histogram resolution: p05 is exact to 0.01."""
+
+
+RECENT_REQUESTS = 1000
+
+
+def _copy_histogram(source: LatencyHistogram) -> LatencyHistogram:
+    copy = LatencyHistogram()
+    copy.counts = list(source.counts)
+    copy.total, copy.max_ms = source.total, source.max_ms
+    return copy
+
+
+@dataclass
+class ModelUsage:
+    """What one model served (cumulative in this process); probation diffs two snapshots."""
+
+    requests: int = 0
+    errors: int = 0
+    """Inference failures (not bad input: that is the client's fault, not the model's)."""
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    recent: LatencyHistogram = field(default_factory=LatencyHistogram)
+    """The latest up to ``RECENT_REQUESTS`` latencies; ``older`` the block before them."""
+    older: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    def record(self, latency_ms: float) -> None:
+        self.requests += 1
+        self.latency.record(latency_ms)
+        if self.recent.total >= RECENT_REQUESTS:
+            self.older, self.recent = self.recent, LatencyHistogram()
+        self.recent.record(latency_ms)
+
+    def recent_p50(self) -> float | None:
+        """p50 of the last RECENT_REQUESTS..2*RECENT_REQUESTS requests: under the load of late,
+        not the whole life (probation compares a new model with the old one under like load)."""
+        merged = _copy_histogram(self.older)
+        merged.counts = [a + b for a, b in zip(merged.counts, self.recent.counts, strict=True)]
+        merged.total += self.recent.total
+        merged.max_ms = max(merged.max_ms, self.recent.max_ms)
+        return merged.percentile(50) if merged.total else None
+
+    def copy(self) -> ModelUsage:
+        return ModelUsage(
+            self.requests,
+            self.errors,
+            _copy_histogram(self.latency),
+            _copy_histogram(self.recent),
+            _copy_histogram(self.older),
+        )
+
+    def minus(self, earlier: ModelUsage) -> ModelUsage:
+        latency = LatencyHistogram()
+        latency.counts = [a - b for a, b in zip(self.latency.counts, earlier.latency.counts, strict=True)]
+        latency.total = self.latency.total - earlier.latency.total
+        latency.max_ms = self.latency.max_ms
+        return ModelUsage(self.requests - earlier.requests, self.errors - earlier.errors, latency)
 
 
 @dataclass
 class _Window:
     requests: int = 0
-    errors: dict[str, int] | None = None
-    latency: LatencyHistogram | None = None
+    errors: dict[str, int] = field(default_factory=dict)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     predictions: int = 0
     confidence_sum: float = 0.0
     low_confidence: int = 0
-    class_counts: dict[int, int] | None = None
+    confidence_counts: list[int] = field(default_factory=lambda: [0] * CONFIDENCE_BINS)
+    class_counts: dict[int, int] = field(default_factory=dict)
+    output_counts: npt.NDArray[np.int64] | None = None
+    instances: int = 0
+    out_of_range: int = 0
     nonfinite_inputs: int = 0
-
-    def __post_init__(self) -> None:
-        self.errors = {}
-        self.latency = LatencyHistogram()
-        self.class_counts = {}
 
 
 class RequestMetrics:
@@ -102,35 +173,131 @@ class RequestMetrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._window = _Window()
+        self._usage: dict[str, ModelUsage] = {}
 
     def record_success(
-        self, latency_ms: float, classes: list[int] | None, confidences: list[float] | None
+        self,
+        latency_ms: float,
+        model_sha: str | None = None,
+        *,
+        classes: npt.NDArray[np.int64] | None = None,
+        confidences: npt.NDArray[np.float32] | None = None,
+        output_counts: npt.NDArray[np.int64] | None = None,
+        instances: int = 0,
+        out_of_range: int = 0,
     ) -> None:
         with self._lock:
             w = self._window
             w.requests += 1
-            assert w.latency is not None and w.class_counts is not None
             w.latency.record(latency_ms)
+            w.instances += instances
+            w.out_of_range += out_of_range
             if classes is not None and confidences is not None:
-                w.predictions += len(classes)
-                w.confidence_sum += sum(confidences)
-                w.low_confidence += sum(1 for c in confidences if c < LOW_CONFIDENCE)
-                for index in classes:
-                    w.class_counts[index] = w.class_counts.get(index, 0) + 1
+                # Plain Python on .tolist(): for the usual one-instance request, several times
+                # cheaper than numpy calls on one-element arrays.
+                counts, class_counts = w.confidence_counts, w.class_counts
+                top = CONFIDENCE_BINS - 1
+                for index, confidence in zip(classes.tolist(), confidences.tolist(), strict=True):
+                    w.predictions += 1
+                    w.confidence_sum += confidence
+                    if confidence < LOW_CONFIDENCE:
+                        w.low_confidence += 1
+                    counts[min(top, max(0, int(confidence * CONFIDENCE_BINS)))] += 1
+                    class_counts[index] = class_counts.get(index, 0) + 1
+            elif output_counts is not None:
+                w.predictions += int(output_counts.sum())
+                if w.output_counts is None or w.output_counts.shape != output_counts.shape:
+                    w.output_counts = output_counts.copy()
+                else:
+                    w.output_counts += output_counts
+            if model_sha is not None:
+                self._usage.setdefault(model_sha, ModelUsage()).record(latency_ms)
 
-    def record_error(self, kind: str, nonfinite: bool = False) -> None:
+    def record_error(self, kind: str, nonfinite: bool = False, model_sha: str | None = None) -> None:
         with self._lock:
             w = self._window
             w.requests += 1
-            assert w.errors is not None
             w.errors[kind] = w.errors.get(kind, 0) + 1
             if nonfinite:
                 w.nonfinite_inputs += 1
+            if model_sha is not None and kind == "inference":
+                usage = self._usage.setdefault(model_sha, ModelUsage())
+                usage.requests += 1
+                usage.errors += 1
+
+    def usage(self, model_sha: str) -> ModelUsage:
+        """A snapshot of what ``model_sha`` served in this process."""
+        with self._lock:
+            return self._usage.get(model_sha, ModelUsage()).copy()
 
     def take(self) -> _Window:
         with self._lock:
             window, self._window = self._window, _Window()
         return window
+
+
+PSI_FLOOR = 1e-4
+"""Shares are floored at this before the PSI's logarithm, so an empty bin does not make it infinite."""
+
+
+def psi(actual_counts: Sequence[float], expected_shares: Sequence[float]) -> float | None:
+    """Population stability index of observed counts against expected shares (None: no data).
+
+    Rule of thumb: < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 major shift.
+    """
+    actual = np.asarray(actual_counts, dtype=np.float64)
+    expected = np.asarray(expected_shares, dtype=np.float64)
+    if actual.sum() <= 0 or expected.sum() <= 0:
+        return None
+    size = max(len(actual), len(expected))
+    actual = np.pad(actual, (0, size - len(actual)))
+    expected = np.pad(expected, (0, size - len(expected)))
+    a = np.maximum(actual / actual.sum(), PSI_FLOOR)
+    e = np.maximum(expected / expected.sum(), PSI_FLOOR)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def _confidence_p05(counts: list[int]) -> float | None:
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank = max(1, math.ceil(0.05 * total))
+    index = int(np.searchsorted(np.cumsum(counts), rank))
+    return index / CONFIDENCE_BINS  # the lower edge of the bin holding the 5th percentile
+
+
+def prediction_health(window: _Window, baseline: BaselineStats | None) -> PredictionHealth | None:
+    """The window's prediction-health block, compared with the manifest's baseline when it has one."""
+    if not (window.predictions or window.nonfinite_inputs or window.instances):
+        return None
+    n = window.predictions
+    counts: list[int] | None = None
+    drift: float | None = None
+    if window.class_counts:
+        size = max(window.class_counts) + 1
+        if baseline is not None and baseline.class_frequencies:
+            size = max(size, len(baseline.class_frequencies))
+        counts = [window.class_counts.get(i, 0) for i in range(size)]
+        if baseline is not None and baseline.class_frequencies:
+            drift = psi(counts, baseline.class_frequencies)
+    output_counts = None
+    if window.output_counts is not None:
+        output_counts = [int(c) for c in window.output_counts]
+        if baseline is not None and baseline.output_histogram is not None:
+            drift = psi(output_counts, baseline.output_histogram.counts)
+    return PredictionHealth(
+        predictions=n,
+        mean_confidence=round(window.confidence_sum / n, 3) if n and window.class_counts else None,
+        confidence_p05=_confidence_p05(window.confidence_counts),
+        low_confidence_share=round(window.low_confidence / n, 3) if n and window.class_counts else None,
+        class_counts=counts,
+        output_histogram_counts=output_counts,
+        drift_psi=round(drift, 3) if drift is not None else None,
+        out_of_range_share=round(window.out_of_range / window.instances, 3)
+        if window.instances and baseline is not None and baseline.input_ranges
+        else None,
+        nonfinite_inputs=window.nonfinite_inputs,
+    )
 
 
 def sample_temperature() -> float | None:
@@ -149,20 +316,33 @@ def sample_temperature() -> float | None:
     return None
 
 
-def sample_resources(state_dir: Path) -> ResourceUsage:
-    memory = psutil.virtual_memory()
+def _guarded(read: Callable[[], _T], fallback: _T) -> _T:
+    """psutil under emulation or in a tight sandbox may fail on one reading: report the rest."""
     try:
-        disk_free: int | None = psutil.disk_usage(str(state_dir)).free
-    except OSError:
-        disk_free = None
+        return read()
+    except Exception:
+        return fallback
+
+
+def sample_resources(state_dir: Path) -> ResourceUsage:
+    memory = _guarded(psutil.virtual_memory, None)
     return ResourceUsage(
-        cpu_percent=max(0.0, psutil.cpu_percent(interval=None)),
-        process_rss_bytes=psutil.Process().memory_info().rss,
-        memory_used_percent=min(100.0, max(0.0, memory.percent)),
-        memory_available_bytes=memory.available,
-        disk_free_bytes=disk_free,
+        cpu_percent=round(max(0.0, _guarded(lambda: psutil.cpu_percent(interval=None), 0.0)), 1),
+        process_rss_bytes=_guarded(lambda: psutil.Process().memory_info().rss, 0),
+        memory_used_percent=round(min(100.0, max(0.0, memory.percent)), 1) if memory is not None else 0.0,
+        memory_available_bytes=memory.available if memory is not None else 0,
+        disk_free_bytes=_guarded(lambda: psutil.disk_usage(str(state_dir)).free, None),
         temperature_c=sample_temperature(),
     )
+
+
+def encode_window(message: TelemetryWindow) -> bytes:
+    """The wire form: compact JSON without members that equal the schema's defaults (nulls, zero
+    counters); parsing restores them. ``schema_version`` and ``kind`` are always written: a reader
+    must never have to guess which schema a message was written with."""
+    body = message.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+    wire = {"schema_version": message.schema_version, "kind": message.kind, **body}
+    return json.dumps(wire, separators=(",", ":")).encode()
 
 
 class Telemetry:
@@ -178,6 +358,7 @@ class Telemetry:
         state_dir: Path,
         model_ref: Callable[[], ModelRef | None],
         dropped: Callable[[], int] = lambda: 0,
+        baseline: Callable[[], BaselineStats | None] = lambda: None,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
         resources: Callable[[Path], ResourceUsage] = sample_resources,
@@ -189,15 +370,16 @@ class Telemetry:
         self.state_dir = state_dir
         self.model_ref = model_ref
         self.dropped = dropped
+        self.baseline = baseline
         self.monotonic = monotonic
         self.wall = wall
         self.resources = resources
         self._seq_path = state_dir / "telemetry.json"
         self._lock = threading.Lock()
         self._started = monotonic()
-        self._window_start_wall = wall()
+        self._window_start_wall = wall().replace(microsecond=0)
         self._seq = self._load_seq()
-        psutil.cpu_percent(interval=None)  # start the CPU measurement window
+        _guarded(lambda: psutil.cpu_percent(interval=None), 0.0)  # start the CPU measurement window
 
     def _load_seq(self) -> int:
         try:
@@ -207,23 +389,8 @@ class Telemetry:
 
     def build_window(self) -> TelemetryWindow:
         window = self.metrics.take()
-        end = self.wall()
-        prediction = None
-        assert window.latency is not None and window.errors is not None and window.class_counts is not None
-        if window.predictions or window.nonfinite_inputs:
-            counts = None
-            if window.class_counts:
-                size = max(window.class_counts) + 1
-                counts = [window.class_counts.get(i, 0) for i in range(size)]
-            prediction = PredictionHealth(
-                predictions=window.predictions,
-                mean_confidence=window.confidence_sum / window.predictions if window.predictions else None,
-                low_confidence_share=window.low_confidence / window.predictions
-                if window.predictions
-                else None,
-                class_counts=counts,
-                nonfinite_inputs=window.nonfinite_inputs,
-            )
+        end = self.wall().replace(microsecond=0)  # whole seconds: enough for windows, shorter
+        prediction = prediction_health(window, self.baseline())
         message = TelemetryWindow(
             device_id=self.device_id,
             seq=self._seq,
@@ -234,7 +401,7 @@ class Telemetry:
             errors=dict(window.errors),
             latency_ms=window.latency.summary(),
             resources=self.resources(self.state_dir),
-            uptime_s=max(0.0, self.monotonic() - self._started),
+            uptime_s=round(max(0.0, self.monotonic() - self._started)),
             prediction=prediction,
             dropped_messages=self.dropped(),
         )
@@ -249,5 +416,5 @@ class Telemetry:
     def publish_window(self) -> TelemetryWindow:
         with self._lock:
             message = self.build_window()
-        self.sink.publish(self.topic, message.model_dump_json().encode(), 1, False)
+        self.sink.publish(self.topic, encode_window(message), 1, False)
         return message

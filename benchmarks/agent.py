@@ -1,159 +1,520 @@
-"""Agent serving figures, measured side by side in one run.
+"""Agent figures from issue 4, measured side by side in one run.
 
-Runs the real chain (Mosquitto, fleet, one agent as processes; the digits CNN converted to int8),
-then measures on the same model and input:
-  * p50 of the raw tflite-runtime ``invoke`` in this process (the floor),
-  * p50 of one ``POST /v1/predict`` with a JSON body over a keep-alive connection,
-  * throughput with 8 concurrent keep-alive clients,
-  * the agent process's RSS.
-Prints a table and, last, one line of JSON: {"benchmark": "agent", "figures": {...}}.
+Runs the real chain (Mosquitto, the fleet, one agent as processes; the digits CNN converted to
+int8 by the real converter), then measures on the same model and the same input:
 
-    .venv/bin/python -m benchmarks.agent [--seconds 5]
+* raw ``invoke`` p50 in each runtime (tflite-runtime, LiteRT) in a bare process, and that bare
+  process's RSS (Python + numpy + the runtime + the model, nothing else);
+* p50 of one ``POST /v1/predict`` over a keep-alive connection, JSON body and binary body;
+* throughput at 8 concurrent keep-alive connections against the agent and against the recipe
+  users write by hand (FastAPI + a pydantic body + uvicorn, one process, same model and input);
+  the clients run in two separate processes (4 connections each) so the load generator does not
+  share this process's GIL;
+* failed requests under that load while a new model is activated (v2) and while one is rolled
+  back by probation (v3; the rollback is forced by reloading the config with SIGHUP so that any
+  latency counts as worse than the previous model's);
+* the agent's RSS against the bare process; its CPU while idle with telemetry every 10 s;
+* telemetry bytes per device per day at 60 s windows, MQTT framing included.
+
+Prints a table and, last, one line of JSON: ``{"benchmark": "agent", "figures": {...}}``.
+Timings on shared cores are noisy: compare the figures of one run with each other.
+
+    .venv/bin/python -m benchmarks.agent [--seconds 5] [--idle-seconds 60]
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
-import threading
+import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import paho.mqtt.client as mqtt
 import psutil
 import requests
+from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.runtime import load_model
-from edgefleet.mosquitto import MosquittoBroker
+from edgefleet.mosquitto import MosquittoBroker, free_port, wait_for_port
 from edgefleet.stack import AgentProcess, FleetProcess, convert_digits, run_edgefleet
 from protocol.bundle import read_bundle
+from protocol.manifest import TensorSpec
 from protocol.signing import TrustedKeys
 from protocol.tensors import quantize
+from protocol.topics import Topics
+
+DEVICE = "bench-1"
+
+BARE = textwrap.dedent(
+    """
+    import json, sys, time
+    import numpy as np
+    path, runtime, n, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    if runtime == "litert":
+        from ai_edge_litert.interpreter import Interpreter
+    else:
+        from tflite_runtime.interpreter import Interpreter
+    interpreter = Interpreter(model_path=path, num_threads=threads)
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    x = np.zeros(detail["shape"], dtype=detail["dtype"])
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        interpreter.set_tensor(detail["index"], x)
+        interpreter.invoke()
+        times.append(time.perf_counter() - start)
+    with open("/proc/self/status") as status:
+        rss = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+    print(json.dumps({"p50_ms": float(np.percentile(np.array(times) * 1000, 50)), "rss": rss}))
+    """
+)
+
+FASTAPI_RECIPE = textwrap.dedent(
+    """
+    # The recipe users write by hand: FastAPI, a pydantic body, uvicorn, one process.
+    import sys, threading
+    import numpy as np
+    import uvicorn
+    from fastapi import FastAPI
+    from pydantic import BaseModel
+    from tflite_runtime.interpreter import Interpreter
+
+    path, port = sys.argv[1], int(sys.argv[2])
+    interpreter = Interpreter(model_path=path)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    in_scale, in_zero = inp["quantization"]
+    out_scale, out_zero = out["quantization"]
+    lock = threading.Lock()
+
+    class Body(BaseModel):
+        inputs: list[list[list[float]]]
+
+    app = FastAPI()
+
+    @app.post("/v1/predict")
+    def predict(body: Body) -> dict:
+        x = np.asarray(body.inputs, dtype=np.float32)[np.newaxis]
+        q = np.clip(np.round(x / in_scale) + in_zero, -128, 127).astype(np.int8)
+        with lock:
+            interpreter.set_tensor(inp["index"], q)
+            interpreter.invoke()
+            y = interpreter.get_tensor(out["index"])
+        return {"outputs": ((y.astype(np.float32) - out_zero) * out_scale).tolist()}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    """
+)
+
+LOADGEN = textwrap.dedent(
+    """
+    # Keep-alive HTTP clients in threads; prints counts, failures and model versions seen.
+    import collections, http.client, json, sys, threading, time
+    host, port, seconds, threads, ctype, body_path, track = (
+        sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6],
+        sys.argv[7] == "1",
+    )
+    body = open(body_path, "rb").read()
+    lock = threading.Lock()
+    ok, failed, versions, errors = [0], [0], collections.Counter(), []
+    start_at = time.monotonic() + 0.2
+    stop_at = start_at + seconds
+
+    def worker():
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        headers = {"Content-Type": ctype}
+        while time.monotonic() < start_at:
+            time.sleep(0.005)
+        while time.monotonic() < stop_at:
+            try:
+                conn.request("POST", "/v1/predict", body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                good = response.status == 200
+                version = None
+                if good and track:
+                    model = response.getheader("X-Model")
+                    version = model.split("/")[1] if model else json.loads(data)["model"]["version"]
+            except Exception as exc:
+                good, data = False, repr(exc).encode()
+                conn.close()
+                conn = http.client.HTTPConnection(host, port, timeout=10)
+            with lock:
+                if good:
+                    ok[0] += 1
+                    if version:
+                        versions[version] += 1
+                else:
+                    failed[0] += 1
+                    if len(errors) < 5:
+                        errors.append(data[:200].decode(errors="replace"))
+        conn.close()
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    print(json.dumps({"ok": ok[0], "failed": failed[0], "versions": dict(versions), "errors": errors}))
+    """
+)
 
 
-def _percentile_ms(samples: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(samples) * 1000, q))
+# -- measurements --------------------------------------------------------------------------------
+def bare_runtime(model_path: Path, runtime: str, n: int, threads: int = 1) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-c", BARE, str(model_path), runtime, str(n), str(threads)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
-def raw_invoke_p50(model: bytes, x: np.ndarray, spec_dtype: np.dtype, n: int) -> float:
+def raw_invoke_p50(model: bytes, x: np.ndarray, spec: TensorSpec, n: int) -> float:
+    """The agent's own runtime wrapper, in this process: the floor the HTTP figures add to."""
     loaded = load_model(model, "tflite-runtime")
-    batch = x[np.newaxis].astype(spec_dtype)
+    batch = quantize(x[np.newaxis], spec)
     times = []
     for _ in range(n):
         start = time.perf_counter()
         loaded.run([batch])
         times.append(time.perf_counter() - start)
-    return _percentile_ms(times, 50)
+    return float(np.percentile(np.asarray(times) * 1000, 50))
 
 
-def http_p50(url: str, body: dict[str, object], n: int) -> float:
+def http_p50(port: int, body: bytes, content_type: str, n: int) -> float:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     times = []
-    with requests.Session() as session:
+    try:
         for _ in range(n):
             start = time.perf_counter()
-            response = session.post(url, json=body, timeout=5)
+            conn.request("POST", "/v1/predict", body=body, headers={"Content-Type": content_type})
+            response = conn.getresponse()
+            response.read()
             times.append(time.perf_counter() - start)
-            response.raise_for_status()
-    return _percentile_ms(times, 50)
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}")
+    finally:
+        conn.close()
+    return float(np.percentile(np.asarray(times) * 1000, 50))
 
 
-def throughput(url: str, body: dict[str, object], clients: int, seconds: float) -> tuple[float, int]:
-    counts = [0] * clients
-    failures = [0] * clients
-    stop = time.monotonic() + seconds
+class Load:
+    """8 keep-alive connections from 2 client processes (4 each), in the background."""
 
-    def client(i: int) -> None:
-        with requests.Session() as session:
-            while time.monotonic() < stop:
-                if session.post(url, json=body, timeout=5).status_code == 200:
-                    counts[i] += 1
-                else:
-                    failures[i] += 1
+    def __init__(
+        self, port: int, body_path: Path, content_type: str, seconds: float, track: bool = False
+    ) -> None:
+        self.seconds = seconds
+        self.procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    LOADGEN,
+                    "127.0.0.1",
+                    str(port),
+                    str(seconds),
+                    "4",
+                    content_type,
+                    str(body_path),
+                    "1" if track else "0",
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(counts) / seconds, sum(failures)
+    def result(self) -> dict[str, Any]:
+        total: dict[str, Any] = {"ok": 0, "failed": 0, "versions": {}, "errors": []}
+        for proc in self.procs:
+            out, _ = proc.communicate(timeout=self.seconds + 60)
+            part = json.loads(out.strip().splitlines()[-1])
+            total["ok"] += part["ok"]
+            total["failed"] += part["failed"]
+            total["errors"] += part["errors"]
+            for version, count in part["versions"].items():
+                total["versions"][version] = total["versions"].get(version, 0) + count
+        total["rps"] = total["ok"] / self.seconds
+        return total
+
+
+class TelemetryTap:
+    """Collects the agent's telemetry payloads as they leave the broker."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.topic = topic
+        self.payloads: list[bytes] = []
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-tap")
+        self.client.on_connect = lambda c, u, f, r, p: c.subscribe(topic, qos=1)
+        self.client.on_message = lambda c, u, m: self.payloads.append(bytes(m.payload))
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _varint_len(n: int) -> int:
+    return 1 if n < 128 else 2 if n < 16384 else 3 if n < 2097152 else 4
+
+
+def mqtt_bytes_per_day(topic: str, payload_bytes: int, interval_s: float, keepalive_s: float) -> int:
+    """QoS 1 PUBLISH (fixed header, topic, packet id, payload) + PUBACK per window, plus the
+    keepalive PINGREQ/PINGRESP pair (2 + 2 bytes); TCP/IP headers not included."""
+    remaining = 2 + len(topic.encode()) + 2 + payload_bytes
+    publish = 1 + _varint_len(remaining) + remaining
+    windows = 86400 / interval_s
+    pings = 86400 / keepalive_s
+    return int(windows * (publish + 4) + pings * 4)
+
+
+def _wait(predicate: Any, what: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not happen within {timeout_s}s")
+
+
+def _events(fleet_url: str) -> list[dict[str, Any]]:
+    response = requests.get(f"{fleet_url}/api/v1/devices/{DEVICE}/events?limit=100", timeout=5)
+    events: list[dict[str, Any]] = response.json() if response.ok else []
+    return events
+
+
+def _push_and_deploy(fleet_url: str, bundle: Path, version: str) -> None:
+    requests.post(
+        f"{fleet_url}/api/v1/models",
+        data=bundle.read_bytes(),
+        timeout=30,
+        headers={"Content-Type": "application/octet-stream"},
+    ).raise_for_status()
+    requests.post(
+        f"{fleet_url}/api/v1/deployments",
+        timeout=10,
+        json={"name": "digits", "version": version, "device_id": None},
+    ).raise_for_status()
+
+
+def fastapi_throughput(model_path: Path, body_path: Path, seconds: float) -> dict[str, Any]:
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", FASTAPI_RECIPE, str(model_path), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        if not wait_for_port("127.0.0.1", port, 60):
+            raise RuntimeError("the FastAPI recipe did not start")
+        http_p50(port, body_path.read_bytes(), "application/json", 50)  # warm up
+        result = Load(port, body_path, "application/json", seconds).result()
+        result["rss"] = psutil.Process(server.pid).memory_info().rss
+        return result
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=5.0, help="duration of the throughput run")
-    parser.add_argument("--requests", type=int, default=500, help="requests for each latency figure")
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput run")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per latency figure")
+    parser.add_argument(
+        "--idle-seconds", type=float, default=60.0, help="how long idle CPU is measured (issue: 60)"
+    )
     args = parser.parse_args(argv)
+    topics = Topics()
 
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp:
         work = Path(tmp)
-        subprocess.run(
-            [sys.executable, "-m", "converter.examples", "digits", str(work / "model")],
-            check=True,
-            capture_output=True,
-        )
+        for name, extra in (("model", []), ("model2", ["--seed", "1", "--filters", "12"])):
+            subprocess.run(
+                [sys.executable, "-m", "converter.examples", "digits", str(work / name), *extra],
+                check=True,
+                capture_output=True,
+            )
         run_edgefleet(["keys", "generate", "--out", str(work / "keys")])
-        bundle_path = work / "digits.bundle"
-        model_dir = work / "model"
-        convert_digits(model_dir, "1.0.0", work / "keys" / "operator.key", bundle_path)
-        public = work / "keys" / "operator.pub"
-        bundle = read_bundle(bundle_path)
+        key, public = work / "keys" / "operator.key", work / "keys" / "operator.pub"
+        v1, v2, v3 = work / "v1.bundle", work / "v2.bundle", work / "v3.bundle"
+        convert_digits(work / "model", "1.0.0", key, v1)
+        convert_digits(work / "model2", "2.0.0", key, v2)
+        convert_digits(work / "model", "3.0.0", key, v3)
+        bundle = read_bundle(v1)
         manifest = bundle.verify(TrustedKeys.from_paths([public]))
-        x = np.load(io.BytesIO(bundle.members["samples.npz"]))["x"][0]
+        model_path = work / "v1.tflite"
+        model_path.write_bytes(bundle.members["model.tflite"])
+        x = np.load(io.BytesIO(bundle.members["samples.npz"]))["x"][0].astype(np.float32)
+        json_body = work / "body.json"
+        json_body.write_text(json.dumps({"inputs": x.tolist()}))
+        binary_body = work / "body.bin"
+        binary_body.write_bytes(np.ascontiguousarray(x[np.newaxis], dtype="<f4").tobytes())
+
+        runtimes = {
+            rt: bare_runtime(model_path, rt, args.requests * 5) for rt in ("tflite-runtime", "litert")
+        }
+        recipe = fastapi_throughput(model_path, json_body, args.seconds)
 
         with MosquittoBroker(work / "mosquitto") as broker:
+            tap = TelemetryTap(broker.port, topics.telemetry(DEVICE))
             fleet = FleetProcess(work / "fleet", broker.port, public)
             agent = AgentProcess(
-                "bench-1", work / "devices", fleet.url, broker.port, public, telemetry_interval_s=10
+                DEVICE,
+                work / "devices",
+                fleet.url,
+                broker.port,
+                public,
+                telemetry_interval_s=10,
+                poll_interval_s=300,
+                env={
+                    "EDGEFLEET_AGENT_RUNTIME__KIND": "tflite-runtime",
+                    "EDGEFLEET_AGENT_UPDATE__PROBATION_S": "3",
+                    "EDGEFLEET_AGENT_UPDATE__HEALTH_CHECK_INTERVAL_S": "0.5",
+                },
             )
             try:
                 fleet.start_and_wait()
                 agent.start_and_wait()
-                requests.post(
-                    f"{fleet.url}/api/v1/models",
-                    data=bundle_path.read_bytes(),
-                    timeout=30,
-                    headers={"Content-Type": "application/octet-stream"},
-                ).raise_for_status()
-                requests.post(
-                    f"{fleet.url}/api/v1/deployments",
-                    timeout=10,
-                    json={"name": "digits", "version": "1.0.0", "device_id": None},
-                ).raise_for_status()
+                _push_and_deploy(fleet.url, v1, "1.0.0")
                 agent.wait_for_version("1.0.0")
-                url = f"{agent.url}/v1/predict"
-                body: dict[str, object] = {"inputs": x.tolist()}
-                in_dtype = np.dtype(manifest.inputs[0].dtype)
-                raw = raw_invoke_p50(
-                    bundle.members["model.tflite"], quantize(x, manifest.inputs[0]), in_dtype, args.requests
+                _wait(lambda: agent.health().get("update_state") == "idle", "v1 to commit", 60)
+                raw = raw_invoke_p50(bundle.members["model.tflite"], x, manifest.inputs[0], args.requests)
+                json_p50 = http_p50(agent.port, json_body.read_bytes(), "application/json", args.requests)
+                bin_p50 = http_p50(
+                    agent.port, binary_body.read_bytes(), "application/octet-stream", args.requests
                 )
-                http_json = http_p50(url, body, args.requests)
-                rps, failed = throughput(url, body, clients=8, seconds=args.seconds)
+                ours = Load(agent.port, json_body, "application/json", args.seconds).result()
+                ours_bin = Load(agent.port, binary_body, "application/octet-stream", args.seconds).result()
+
+                # Activation of v2 under load.
+                # Long enough for the worker-process steps under this load, and for requests on the
+                # new model after the switch.
+                seconds_switch = max(args.seconds * 4, 20.0)
+                load = Load(agent.port, json_body, "application/json", seconds_switch, track=True)
+                time.sleep(1.0)
+                _push_and_deploy(fleet.url, v2, "2.0.0")
+                agent.wait_for_version("2.0.0", timeout_s=seconds_switch)
+                activation = load.result()
+                _wait(lambda: agent.health().get("update_state") == "idle", "v2 to settle", 60)
+                v2_end = [
+                    e
+                    for e in _events(fleet.url)
+                    if e.get("target", {}).get("version") == "2.0.0"
+                    and e.get("state") in ("commit", "failed")
+                ]
+                activation_outcome = (
+                    f"{v2_end[0]['state']}: {v2_end[0].get('reason')}" if v2_end else "unknown"
+                )
+
+                # Rollback of v3 under load: any latency is now worse than the previous model's.
+                with agent.config_path.open("a") as config:
+                    config.write("[update]\nmax_latency_factor = 1e-9\n")
                 assert agent.process is not None
-                rss = psutil.Process(agent.process.pid).memory_info().rss
+                agent.process.send_signal(signal.SIGHUP)
+                time.sleep(1.0)
+                load = Load(agent.port, json_body, "application/json", seconds_switch, track=True)
+                time.sleep(1.0)
+                _push_and_deploy(fleet.url, v3, "3.0.0")
+                _wait(
+                    lambda: any(
+                        e.get("state") == "failed" and e.get("target", {}).get("version") == "3.0.0"
+                        for e in _events(fleet.url)
+                    ),
+                    "v3 to be rolled back",
+                    seconds_switch + 30,
+                )
+                rollback = load.result()
+                rollback_reason = next(
+                    e.get("reason")
+                    for e in _events(fleet.url)
+                    if e.get("state") == "failed" and e.get("target", {}).get("version") == "3.0.0"
+                )
+                served_after = agent.serving_version()
+
+                process = psutil.Process(agent.process.pid)
+                rss = process.memory_info().rss
+                # Idle: no requests; telemetry every 10 s.
+                time.sleep(2.0)
+                before, started = process.cpu_times(), time.monotonic()
+                time.sleep(args.idle_seconds)
+                after, elapsed = process.cpu_times(), time.monotonic() - started
+                idle_cpu = 100 * ((after.user - before.user) + (after.system - before.system)) / elapsed
+                rss_idle = process.memory_info().rss
             finally:
                 agent.stop()
                 fleet.stop()
+                tap.close()
 
-    figures = {
+    windows = [json.loads(p) for p in tap.payloads]
+    busiest = max(
+        (p for p, w in zip(tap.payloads, windows, strict=True) if w.get("prediction")), key=len, default=b""
+    )
+    idle_window = min(tap.payloads, key=len, default=b"")
+    topic = topics.telemetry(DEVICE)
+    bare_rss = runtimes["tflite-runtime"]["rss"]
+    figures: dict[str, Any] = {
+        "raw_invoke_p50_ms_tflite_runtime_bare": round(runtimes["tflite-runtime"]["p50_ms"], 4),
+        "raw_invoke_p50_ms_litert_bare": round(runtimes["litert"]["p50_ms"], 4),
+        "bare_rss_mib_tflite_runtime": round(bare_rss / 2**20, 1),
+        "bare_rss_mib_litert": round(runtimes["litert"]["rss"] / 2**20, 1),
         "raw_invoke_p50_ms": round(raw, 4),
-        "http_json_p50_ms": round(http_json, 4),
-        "http_json_overhead_ms": round(http_json - raw, 4),
-        "throughput_8_clients_rps": round(rps, 1),
-        "failed_requests": failed,
-        "agent_rss_mib": round(rss / 2**20, 1),
+        "http_json_p50_ms": round(json_p50, 4),
+        "http_json_over_raw_ms": round(json_p50 - raw, 4),
+        "http_binary_p50_ms": round(bin_p50, 4),
+        "http_binary_over_raw_ms": round(bin_p50 - raw, 4),
+        "agent_json_8conn_rps": round(ours["rps"], 1),
+        "agent_binary_8conn_rps": round(ours_bin["rps"], 1),
+        "fastapi_recipe_json_8conn_rps": round(recipe["rps"], 1),
+        "agent_over_fastapi_ratio_json": round(ours["rps"] / recipe["rps"], 2) if recipe["rps"] else None,
+        "failed_requests_throughput_runs": ours["failed"] + ours_bin["failed"] + recipe["failed"],
+        "activation_requests": activation["ok"] + activation["failed"],
+        "activation_failed_requests": activation["failed"],
+        "activation_versions_seen": activation["versions"],
+        "activation_outcome": activation_outcome,
+        "rollback_requests": rollback["ok"] + rollback["failed"],
+        "rollback_failed_requests": rollback["failed"],
+        "rollback_versions_seen": rollback["versions"],
+        "serving_after_rollback": served_after,
+        "agent_rss_mib_after_load": round(rss / 2**20, 1),
+        "agent_rss_mib_idle": round(rss_idle / 2**20, 1),
+        "agent_rss_over_bare_mib": round((rss_idle - bare_rss) / 2**20, 1),
+        "fastapi_recipe_rss_mib": round(recipe["rss"] / 2**20, 1),
+        "idle_seconds_measured": args.idle_seconds,
+        "idle_cpu_percent_of_one_core": round(idle_cpu, 3),
+        "telemetry_windows_seen": len(windows),
+        "telemetry_payload_bytes_busy": len(busiest),
+        "telemetry_payload_bytes_idle": len(idle_window),
+        "telemetry_mqtt_bytes_per_day_60s_busy": mqtt_bytes_per_day(topic, len(busiest), 60, 30),
+        "telemetry_mqtt_bytes_per_day_60s_idle": mqtt_bytes_per_day(topic, len(idle_window), 60, 30),
     }
-    print(f"{'figure':<28}{'value':>12}")
+    if activation["failed"] or rollback["failed"]:
+        figures["switch_errors"] = activation["errors"] + rollback["errors"]
+    figures["rollback_reason"] = rollback_reason
+    print(f"{'figure':<44}{'value':>30}")
     for name, value in figures.items():
-        print(f"{name:<28}{value:>12}")
+        print(f"{name:<44}{json.dumps(value) if isinstance(value, dict) else str(value):>30}")
     print(json.dumps({"benchmark": "agent", "figures": figures}))
     return 0
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.exit(main())

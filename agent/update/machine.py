@@ -17,6 +17,7 @@ class State(StrEnum):
     STAGE = "stage"
     SMOKE = "smoke"
     ACTIVATE = "activate"
+    PROBATION = "probation"
     COMMIT = "commit"
     ROLLBACK = "rollback"
     FAILED = "failed"
@@ -39,8 +40,11 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.STAGE, Event.FAIL): State.ROLLBACK,
     (State.SMOKE, Event.OK): State.ACTIVATE,
     (State.SMOKE, Event.FAIL): State.ROLLBACK,
-    (State.ACTIVATE, Event.OK): State.COMMIT,
+    (State.ACTIVATE, Event.OK): State.PROBATION,
     (State.ACTIVATE, Event.FAIL): State.ROLLBACK,
+    # The new model serves while it is watched; bad health, errors or latency roll it back.
+    (State.PROBATION, Event.OK): State.COMMIT,
+    (State.PROBATION, Event.FAIL): State.ROLLBACK,
     # The new model is serving; failing to prune old files is reported, not rolled back.
     (State.COMMIT, Event.OK): State.IDLE,
     (State.COMMIT, Event.FAIL): State.IDLE,
@@ -59,6 +63,9 @@ RESUME: dict[State, State] = {
     State.SMOKE: State.SMOKE,
     # Died while switching: the new model may be what killed us. Go back to the old one.
     State.ACTIVATE: State.ROLLBACK,
+    # Died while the new model was on probation: watch it again; the loop counter rolls back a
+    # model that keeps killing the process.
+    State.PROBATION: State.PROBATION,
     # The switch completed: finishing the commit is idempotent.
     State.COMMIT: State.COMMIT,
     State.ROLLBACK: State.ROLLBACK,
@@ -68,5 +75,6 @@ RESUME: dict[State, State] = {
 
 RESUME_DEFAULT = State.ROLLBACK
 
-NETWORK_STATES = frozenset({State.DOWNLOAD, State.VERIFY, State.STAGE, State.SMOKE})
-"""States whose resumption may wait on the network or be slow; resumed off the start-up path."""
+NETWORK_STATES = frozenset({State.DOWNLOAD, State.VERIFY, State.STAGE, State.SMOKE, State.PROBATION})
+"""States whose resumption may wait on the network or be slow; resumed off the start-up path
+(a saved probation still counts a restart at start-up, so a crash loop is caught early)."""

@@ -26,6 +26,8 @@ class UpdateRecord(BaseModel):
     prior: ActivePointer | None = None
     """The active pointer when the update began: what a rollback restores."""
     previous_ref: ModelRef | None = None
+    previous_p50_ms: float | None = None
+    """The previous model's p50 latency in this process when the new one was activated."""
     reason: str | None = None
     """Why the update is rolling back or failed."""
     failed_sha256: str | None = None

@@ -1,27 +1,37 @@
-"""What each update step does. Each raises its own ``UpdateError`` subclass, in words."""
+"""What each update step does. Each raises its own ``UpdateError`` subclass, in words.
+
+This module imports requests and (through protocol.bundle) cryptography: the agent runs it in a
+worker process (``agent.update.worker``) so that neither stays resident in the serving process.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
-import io
+import logging
 import os
+import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 from urllib.parse import urljoin
 
-import numpy as np
 import requests
 
-from agent.errors import DownloadError, SmokeTestError, StageError, StoreError, VerifyError
+from agent.errors import DownloadError, StageError, VerifyError
 from agent.runtime import ModelLoadError, RuntimeChoice, RuntimeError_, load_model
-from agent.serving import ActiveModel, check_compatible
+from agent.serving import check_compatible
 from agent.store import ModelStore
-from protocol.bundle import MODEL, SAMPLES, Bundle, read_bundle
+from protocol.bundle import MODEL, Bundle, read_bundle
 from protocol.errors import BundleError, MessageError, SignatureError
 from protocol.manifest import Manifest
 from protocol.messages import DesiredModel, DesiredState, parse_message
 from protocol.signing import TrustedKeys
 
 CHUNK = 64 * 1024
+DOWNLOAD_CHUNK = 16 * 1024
+
+log = logging.getLogger(__name__)
 
 
 def fetch_desired(
@@ -39,45 +49,108 @@ def fetch_desired(
         raise DownloadError(f"{url} answered with something that is not a desired state: {exc}") from exc
 
 
+class _RetryableError(DownloadError):
+    """A failure a later attempt may not meet (network, 5xx); the partial file is kept."""
+
+
+def _open_part(path: Path, mode: str) -> IO[bytes]:
+    """The one place bundle bytes are written (tests replace it to simulate a full disk)."""
+    return open(path, mode)
+
+
 def download(
     session: requests.Session, fleet_url: str, target: DesiredModel, dest: Path, timeout_s: float
 ) -> Path:
-    """Stream the bundle to ``dest`` (via ``dest.part``); its sha256 must be ``target.sha256``."""
+    """Fetch the bundle to ``dest`` (via ``dest.part``, resumed with ``Range`` when one exists);
+    the whole file's sha256 must be ``target.sha256``."""
     if dest.exists() and _sha256_file(dest) == target.sha256:
         return dest
     url = urljoin(fleet_url.rstrip("/") + "/", target.url)
     part = dest.with_name(dest.name + ".part")
-    digest = hashlib.sha256()
+    have = part.stat().st_size if part.exists() else 0
+    if have >= target.size:
+        part.unlink(missing_ok=True)
+        have = 0
+    headers = {"Range": f"bytes={have}-", "If-Range": f'"{target.sha256}"'} if have else {}
     size = 0
     try:
-        with session.get(url, stream=True, timeout=timeout_s) as response:
+        with session.get(url, stream=True, timeout=timeout_s, headers=headers) as response:
+            if response.status_code == 416:
+                part.unlink(missing_ok=True)
+                raise _RetryableError(f"the fleet refused to resume {url} (416); starting again")
+            if response.status_code >= 500 or response.status_code in (408, 429):
+                raise _RetryableError(f"cannot download the bundle from {url}: HTTP {response.status_code}")
             response.raise_for_status()
-            with open(part, "wb") as handle:
-                for chunk in response.iter_content(CHUNK):
+            resumed = have > 0 and response.status_code == 206
+            if resumed and not response.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
+                part.unlink(missing_ok=True)
+                raise _RetryableError(f"{url} answered the resume with the wrong range; starting again")
+            size = have if resumed else 0
+            with _open_part(part, "ab" if resumed else "wb") as handle:
+                # Small reads: when the connection drops, only the read in progress is lost.
+                for chunk in response.iter_content(DOWNLOAD_CHUNK):
                     size += len(chunk)
                     if size > target.size:
                         raise DownloadError(
                             f"the bundle at {url} is larger than the {target.size} bytes "
                             "the desired state says"
                         )
-                    digest.update(chunk)
                     handle.write(chunk)
                 handle.flush()
                 os.fsync(handle.fileno())
-    except requests.RequestException as exc:
+    except requests.HTTPError as exc:
         part.unlink(missing_ok=True)
         raise DownloadError(f"cannot download the bundle from {url}: {exc}") from exc
-    except (DownloadError, OSError):
+    except requests.RequestException as exc:
+        raise _RetryableError(
+            f"download of {url} interrupted after {size} bytes ({exc}); it resumes"
+        ) from exc
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DownloadError(
+                f"no space left in the state directory {dest.parent.parent} for the {target.size}-byte "
+                "bundle; free some space (the current model keeps serving)"
+            ) from exc
+        raise DownloadError(f"cannot write the bundle to {part}: {exc}") from exc
+    except DownloadError:
         part.unlink(missing_ok=True)
         raise
-    if digest.hexdigest() != target.sha256:
+    digest = _sha256_file(part)
+    if digest != target.sha256:
         part.unlink(missing_ok=True)
         raise DownloadError(
-            f"sha256 mismatch: the downloaded bundle ({size} bytes) has sha256 {digest.hexdigest()}, "
+            f"sha256 mismatch: the downloaded bundle ({size} bytes) has sha256 {digest}, "
             f"the desired state says {target.sha256}; the download is corrupt or the fleet's record is wrong"
         )
     part.replace(dest)
     return dest
+
+
+def download_with_retries(
+    session: requests.Session,
+    fleet_url: str,
+    target: DesiredModel,
+    dest: Path,
+    timeout_s: float,
+    *,
+    attempts: int,
+    base_delay_s: float,
+    wait: Callable[[float], None],
+    jitter: Callable[[], float] = random.random,
+) -> Path:
+    """``download``, retried on network errors and 5xx with exponential backoff and jitter
+    (delay ``min(60, base * 2**k)``, scaled by a random factor in [0.5, 1)); each retry resumes."""
+    for attempt in range(attempts):
+        try:
+            return download(session, fleet_url, target, dest, timeout_s)
+        except _RetryableError as exc:
+            if attempt + 1 >= attempts:
+                raise DownloadError(f"{exc}; gave up after {attempts} attempts") from exc
+            delay = min(60.0, base_delay_s * 2**attempt) * (0.5 + jitter() / 2)
+            log.warning("%s; retrying in %.1f s (attempt %d of %d)", exc, delay, attempt + 2, attempts)
+            wait(delay)
+    raise DownloadError("download was not attempted")
 
 
 def _sha256_file(path: Path) -> str:
@@ -115,33 +188,3 @@ def stage(store: ModelStore, sha256: str, bundle: Bundle) -> None:
         )
     except OSError as exc:
         raise StageError(f"cannot write the model into {store.model_dir(sha256)}: {exc}") from exc
-
-
-def smoke(store: ModelStore, sha256: str, runtime: RuntimeChoice, threads: int) -> ActiveModel:
-    """Load the staged model in a fresh interpreter and reproduce the converter's outputs."""
-    try:
-        stored = store.read(sha256)
-        model = ActiveModel.load(stored, runtime=runtime, threads=threads)
-        with np.load(io.BytesIO((stored.path / SAMPLES).read_bytes())) as samples:
-            x, y = samples["x"], samples["y"]
-    except (StoreError, ModelLoadError, RuntimeError_, VerifyError, OSError, KeyError, ValueError) as exc:
-        raise SmokeTestError(f"smoke test could not run: {exc}") from exc
-    if len(x) == 0:
-        raise SmokeTestError("smoke test failed: samples.npz holds no samples")
-    outputs = model.predict(np.asarray(x, dtype=np.float32)).outputs
-    expected = np.asarray(y, dtype=np.float32)
-    if outputs.shape != expected.shape:
-        raise SmokeTestError(
-            f"smoke test failed: the model's outputs have shape {list(outputs.shape)}, "
-            f"the recorded outputs {list(expected.shape)}"
-        )
-    diff = np.abs(outputs - expected)
-    atol = stored.manifest.smoke.atol
-    worst = float(diff.max())
-    if not np.isfinite(worst) or worst > atol:
-        sample = int(np.unravel_index(int(np.argmax(diff)), diff.shape)[0])
-        raise SmokeTestError(
-            f"smoke test failed: outputs differ from the recorded ones by up to {worst:.4g} "
-            f"(allowed {atol:g}), worst at sample {sample} of {len(x)}"
-        )
-    return model

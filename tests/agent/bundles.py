@@ -21,6 +21,7 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.runtime import TensorDetail, load_model
+from converter.baseline import baseline_stats
 from protocol.bundle import LABELS, MODEL, SAMPLES, bundle_bytes, file_entries
 from protocol.manifest import (
     Manifest,
@@ -129,6 +130,7 @@ def build_bundle(
         quantization=QuantizationMode.INT8 if inputs[0].quantization else QuantizationMode.NONE,
         tools=ToolVersions(edgefleet="test"),
         smoke=SmokeTest(samples=len(x), atol=atol),
+        baseline=baseline_stats(TaskKind.CLASSIFICATION, x, dequantize(raw[0], outputs[0])),
     )
     manifest_bytes = manifest.model_dump_json(indent=2).encode()
     return bundle_bytes(manifest_bytes, sign(key, manifest_bytes), files)

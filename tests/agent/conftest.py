@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from protocol.signing import generate_private_key, load_private_key
+from protocol.signing import generate_private_key, load_private_key, private_key_pem, public_key_pem
 from tests.agent.bundles import build_bundle, convert_to_tflite
 from tests.agent.peer import FleetPeer
 
@@ -31,6 +32,30 @@ class Bundles:
         return hashlib.sha256(data).hexdigest()
 
 
+BUNDLES_ENV = "EDGEFLEET_TEST_BUNDLES"
+"""A folder written by ``python -m tests.agent.export_bundles``: where TensorFlow cannot run (the
+emulated aarch64 stage), the agent's tests use bundles and keys made on the host."""
+
+
+def _exported() -> Path | None:
+    folder = os.environ.get(BUNDLES_ENV)
+    return Path(folder) if folder else None
+
+
+@pytest.fixture(scope="session")
+def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(private key, public key) PEM files: the exported ones, or a fresh operator key pair."""
+    exported = _exported()
+    if exported is not None:
+        return exported / "operator.key", exported / "operator.pub"
+    folder = tmp_path_factory.mktemp("keys")
+    key = generate_private_key()
+    private, public = folder / "operator.key", folder / "operator.pub"
+    private.write_bytes(private_key_pem(key))
+    public.write_bytes(public_key_pem(key.public_key()))
+    return private, public
+
+
 @pytest.fixture(scope="session")
 def tflite_models(
     digits_model: Path, digits_model_v2: Path, tmp_path_factory: pytest.TempPathFactory
@@ -43,13 +68,25 @@ def tflite_models(
 
 
 @pytest.fixture(scope="session")
-def bundles(
-    tflite_models: tuple[bytes, bytes], digits_model: Path, signing_keys: tuple[Path, Path]
-) -> Bundles:
-    key = load_private_key(signing_keys[0])
+def bundles(request: pytest.FixtureRequest, signing_keys: tuple[Path, Path]) -> Bundles:
+    exported = _exported()
+    if exported is not None:
+        return Bundles(
+            v1=(exported / "v1.bundle").read_bytes(),
+            v2=(exported / "v2.bundle").read_bytes(),
+            untrusted=(exported / "untrusted.bundle").read_bytes(),
+            smoke_bad=(exported / "smoke_bad.bundle").read_bytes(),
+            samples_x=np.load(exported / "samples_x.npy"),
+        )
+    digits_model: Path = request.getfixturevalue("digits_model")
+    v1, v2 = request.getfixturevalue("tflite_models")
+    return make_bundles(v1, v2, digits_model, signing_keys[0])
+
+
+def make_bundles(v1: bytes, v2: bytes, digits_model: Path, private_key: Path) -> Bundles:
+    key = load_private_key(private_key)
     with np.load(digits_model / "evaluation.npz") as evaluation:
         x = evaluation["x"][:16].astype(np.float32)
-    v1, v2 = tflite_models
     return Bundles(
         v1=build_bundle(v1, x, key, version="1.0.0"),
         v2=build_bundle(v2, x, key, version="2.0.0"),
@@ -84,6 +121,8 @@ def config_toml(
     poll_interval_s: float = 300,
     telemetry_interval_s: float = 300,
     device_id: str = DEVICE,
+    probation_s: float = 0,
+    extra: str = "",
 ) -> str:
     return f"""
 device_id = "{device_id}"
@@ -105,6 +144,11 @@ interval_s = {telemetry_interval_s}
 [runtime]
 kind = "tflite-runtime"
 threads = 1
+[update]
+probation_s = {probation_s}
+health_check_interval_s = 0.2
+retry_base_s = 0.05
+{extra}
 """
 
 

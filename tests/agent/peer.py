@@ -15,6 +15,12 @@ class FleetPeer:
         self.desired: dict[str, dict[str, Any]] = {}
         self.files: dict[str, bytes] = {}
         self.requests: list[str] = []
+        self.ranges: list[str] = []
+        """The Range header of each bundle request that had one."""
+        self.cut: dict[str, int] = {}
+        """filename -> bytes to send before dropping the connection (once)."""
+        self.fail: dict[str, int] = {}
+        """filename -> how many more times to answer 503."""
         peer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -41,8 +47,8 @@ class FleetPeer:
                         }
                     ).encode()
                 elif parts[0] == "bundles" and len(parts) == 2 and parts[1] in peer.files:
-                    body = peer.files[parts[1]]
-                    kind = "application/octet-stream"
+                    self._bundle(parts[1])
+                    return
                 if body is None:
                     self.send_response(404)
                     self.send_header("Content-Length", "0")
@@ -52,6 +58,41 @@ class FleetPeer:
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                self.wfile.write(body)
+
+            def _bundle(self, name: str) -> None:
+                """Like the fleet: ETag is the quoted sha256; one ``Range: bytes=a-`` is honoured."""
+                data = peer.files[name]
+                if peer.fail.get(name, 0) > 0:
+                    peer.fail[name] -= 1
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                etag = '"' + hashlib.sha256(data).hexdigest() + '"'
+                start, status = 0, 200
+                wanted = self.headers.get("Range")
+                if wanted:
+                    peer.ranges.append(wanted)
+                    if_range = self.headers.get("If-Range")
+                    if wanted.startswith("bytes=") and wanted.endswith("-") and if_range in (None, etag):
+                        start, status = int(wanted[6:-1]), 206
+                body = data[start:]
+                self.send_response(status)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("ETag", etag)
+                self.send_header("Accept-Ranges", "bytes")
+                if status == 206:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                cut = peer.cut.pop(name, None)
+                if cut is not None:
+                    self.wfile.write(body[:cut])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
                 self.wfile.write(body)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -66,6 +107,9 @@ class FleetPeer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def filename(self, device_id: str) -> str:
+        return str(self.desired[device_id]["url"]).rsplit("/", 1)[-1]
 
     def deploy(
         self, device_id: str, bundle: bytes, name: str, version: str, *, served: bytes | None = None

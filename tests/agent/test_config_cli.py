@@ -34,11 +34,11 @@ def test_check_config_names_each_problem(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["check-config", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     for where in (
-        "device_id:",
-        "fleet.url:",
-        "mqtt.port:",
-        "mqtt.colour: Extra inputs are not permitted",
-        "runtime.kind:",
+        "device_id = 'bad id!': String should match pattern",
+        "fleet.url = 'ftp://x':",
+        "mqtt.colour: unknown key; [mqtt] takes: host, port,",
+        "mqtt.port = 70000: Input should be less than or equal to 65535 (MQTT broker TCP port.)",
+        "runtime.kind = 'tensorflow': Input should be 'auto', 'tflite-runtime' or 'litert'",
     ):
         assert where in err
 
@@ -53,6 +53,31 @@ def test_check_config_bad_toml_and_missing_keys(tmp_path: Path, capsys: pytest.C
     assert "trusted_keys" in capsys.readouterr().err
     assert main(["check-config", "--config", str(tmp_path / "missing.toml")]) == 2
     assert "cannot read config file" in capsys.readouterr().err
+
+
+def test_environment_overrides_the_file(tmp_path: Path, trusted_dir: Path) -> None:
+    from agent.config import load_config
+    from agent.errors import ConfigError
+
+    path = tmp_path / "agent.toml"
+    path.write_text(config_toml(tmp_path / "state", trusted_dir, "http://127.0.0.1:8080"))
+    env = {
+        "EDGEFLEET_AGENT_DEVICE_ID": "dev-9",
+        "EDGEFLEET_AGENT_MQTT__HOST": "broker.local",
+        "EDGEFLEET_AGENT_MQTT__PORT": "8883",
+        "EDGEFLEET_AGENT_API__UNIX_SOCKET": "/run/edgefleet/agent.sock",
+        "EDGEFLEET_AGENT_UPDATE__PROBATION_S": "120",
+        "EDGEFLEET_OTHER": "ignored",
+    }
+    config = load_config(path, env)
+    assert (config.device_id, config.mqtt.host, config.mqtt.port) == ("dev-9", "broker.local", 8883)
+    assert str(config.api.unix_socket) == "/run/edgefleet/agent.sock"
+    assert config.update.probation_s == 120 and config.fleet.url == "http://127.0.0.1:8080"
+    with pytest.raises(ConfigError) as bad:
+        load_config(path, {"EDGEFLEET_AGENT_MQTT__PORTT": "1", "EDGEFLEET_AGENT_API__PORT": "x"})
+    text = str(bad.value)
+    assert "EDGEFLEET_AGENT_* overrides" in text and "mqtt.portt: unknown key" in text
+    assert "api.port = 'x'" in text
 
 
 def test_docs_carry_the_generated_config_reference() -> None:
@@ -123,3 +148,39 @@ def test_the_edgefleet_command_line_stays_light_for_the_agent() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True
     )
     assert result.stdout.strip() == "", f"heavy modules imported: {result.stdout}"
+
+
+def test_interval_jobs_run_trigger_and_replan() -> None:
+    import threading
+    import time
+
+    from agent.scheduler import IntervalJob
+
+    ran = threading.Event()
+    count = [0]
+
+    def action() -> None:
+        count[0] += 1
+        ran.set()
+
+    job = IntervalJob("t", 3600, action).start()
+    try:
+        time.sleep(0.05)
+        assert count[0] == 0  # not at start unless asked
+        job.trigger()
+        assert ran.wait(5) and count[0] == 1
+        job.set_interval(0.01)  # a shorter interval applies at once
+        deadline = time.monotonic() + 5
+        while count[0] < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert count[0] >= 3
+    finally:
+        job.stop()
+    stopped_at = count[0]
+    time.sleep(0.05)
+    assert count[0] == stopped_at
+
+    failing = IntervalJob("f", 0.01, lambda: 1 / 0, run_at_start=True).start()  # errors are logged
+    time.sleep(0.05)
+    failing.stop()
+    assert failing.runs >= 2

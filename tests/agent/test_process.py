@@ -116,6 +116,11 @@ def test_agent_process_end_to_end(  # noqa: PLR0917 - pytest fixtures
 
         # The fleet deploys v2 and says so on the command topic: the agent checks at once
         # (the poll interval is 300 s).
+        # STATUS= follows the serving model and the update state.
+        assert any(
+            line.startswith("STATUS=serving digits 1.0.0; update idle")
+            for line in _received(sock, {"STATUS=serving digits 1.0.0; update idle; outbox 0"}, 10)
+        )
         fleet_peer.deploy(DEVICE, bundles.v2, "digits", "2.0.0")
         command = {
             "kind": "command",
@@ -127,6 +132,9 @@ def test_agent_process_end_to_end(  # noqa: PLR0917 - pytest fixtures
         publish.single(TOPICS.cmd(DEVICE), json.dumps(command), qos=1, hostname=broker.host, port=broker.port)
         _wait(lambda: _version(port) == "2.0.0")
         assert _received(sock, {"WATCHDOG=1"}, 3) >= {"WATCHDOG=1"}  # still fed
+        # Two updates later, the serving process has not loaded cryptography (the worker did).
+        maps = Path(f"/proc/{process.pid}/maps").read_text()
+        assert "cryptography" not in maps and "_cffi_backend" not in maps
 
         # Killed without a goodbye: the broker publishes the last will, retained.
         process.kill()
@@ -144,7 +152,7 @@ def test_agent_process_end_to_end(  # noqa: PLR0917 - pytest fixtures
         late.close()
 
 
-def test_sigterm_stops_cleanly_and_says_offline(
+def test_sighup_reloads_and_sigterm_flushes_and_says_offline(
     tmp_path: Path,
     broker: MosquittoBroker,
     fleet_peer: FleetPeer,
@@ -152,20 +160,43 @@ def test_sigterm_stops_cleanly_and_says_offline(
     notify_socket: tuple[socket.socket, str],
 ) -> None:
     sock, notify_path = notify_socket
-    config = config_toml(tmp_path / "state", trusted_dir, fleet_peer.url, mqtt_port=broker.port)
+    state = tmp_path / "state"
+    config = config_toml(state, trusted_dir, fleet_peer.url, mqtt_port=broker.port)
     status = Watcher(broker.host, broker.port, TOPICS.status(DEVICE))
+    telemetry = Watcher(broker.host, broker.port, TOPICS.telemetry(DEVICE))
     process, port = _start_agent(tmp_path, config, notify_path, entry=("-m", "agent"))
     try:
         assert "READY=1" in _received(sock, {"READY=1"}, 20)
         assert _health(port)["status"] == "no-model"
         status.wait_for(lambda m: m["presence"] == "online")
+        assert not telemetry.messages  # interval 300 s
+
+        # SIGHUP: the telemetry interval applies at once; a changed keepalive needs a restart.
+        path = tmp_path / "agent.toml"
+        text = path.read_text().replace("interval_s = 300", "interval_s = 0.3")
+        path.write_text(text.replace("keepalive_s = 5", "keepalive_s = 7"))
+        process.send_signal(signal.SIGHUP)
+        telemetry.wait_for(lambda m: m["seq"] >= 1)
+        log = (tmp_path / "agent.log").read_text()
+        assert "SIGHUP: config reloaded; these need a restart to apply: mqtt.keepalive_s" in log
+
+        # SIGTERM: a last window is written and flushed to the broker before the offline status.
+        path.write_text(text.replace("interval_s = 0.3", "interval_s = 300"))
+        process.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        seen = len(telemetry.messages)
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0
         assert "STOPPING=1" in _received(sock, {"STOPPING=1"}, 5)
         status.wait_for(lambda m: m["presence"] == "offline")
+        _wait(lambda: len(telemetry.messages) > seen, 5)
         log = (tmp_path / "agent.log").read_text()
         assert "agent dev-1 serving on http://127.0.0.1:" in log and "(no model yet)" in log
+        from agent.outbox import Outbox
+
+        assert len(Outbox(state / "outbox.sqlite")) == 0  # everything acknowledged before exit
     finally:
         if process.poll() is None:
             process.kill()
         status.close()
+        telemetry.close()

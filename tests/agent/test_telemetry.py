@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import requests
@@ -58,7 +60,9 @@ def test_window_with_injected_clocks(tmp_path: Path) -> None:
         wall=lambda: wall[0],
         resources=lambda _: fixed,
     )
-    metrics.record_success(3.0, [1, 1], [0.9, 0.4])
+    metrics.record_success(
+        3.0, classes=np.array([1, 1]), confidences=np.array([0.9, 0.4], dtype=np.float32), instances=2
+    )
     metrics.record_error("bad_request", nonfinite=True)
     now[0] += 60
     wall[0] += timedelta(seconds=60)
@@ -130,3 +134,73 @@ def test_window_on_the_real_broker_after_requests(
     assert window["prediction"]["predictions"] == 5 and sum(window["prediction"]["class_counts"]) == 5
     resources = window["resources"]
     assert resources["process_rss_bytes"] > 0 and resources["disk_free_bytes"] > 0
+
+
+def test_psi_is_zero_for_the_baseline_and_grows_with_drift() -> None:
+    from agent.telemetry import psi
+
+    assert psi([10, 20, 70], [0.1, 0.2, 0.7]) == pytest.approx(0.0, abs=1e-9)
+    small, large = psi([12, 20, 68], [0.1, 0.2, 0.7]), psi([70, 20, 10], [0.1, 0.2, 0.7])
+    assert small is not None and large is not None and 0 < small < 0.1 and large > 0.25
+    assert psi([0, 0, 0], [0.5, 0.5, 0]) is None
+    assert psi([5, 0, 5], [0.5, 0.5, 0.0]) is not None  # empty bins are floored, not infinite
+
+
+def test_prediction_health_against_the_manifest_baseline(
+    bundles: Bundles, signing_keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Real requests through the API: drift, confidence, out-of-range and non-finite inputs."""
+    from agent.http_api import InferenceAPI
+    from agent.serving import ActiveModel, ModelHolder
+    from agent.store import ModelStore
+    from agent.telemetry import prediction_health
+    from tests.agent.conftest import stage_directly
+
+    state = tmp_path / "state"
+    sha = stage_directly(state, bundles.v1, signing_keys[1])
+    model = ActiveModel.load(ModelStore(state).read(sha), runtime="tflite-runtime")
+    assert model.manifest.baseline is not None
+    holder, metrics = ModelHolder(), RequestMetrics()
+    holder.swap(model)
+    api = InferenceAPI("127.0.0.1", 0, holder, metrics).start()
+    url = f"{api.url}/v1/predict"
+    try:
+        # The baseline's own inputs: no drift, nothing out of range.
+        requests.post(url, json={"inputs": bundles.samples_x.tolist()}, timeout=10).raise_for_status()
+        same = prediction_health(metrics.take(), model.manifest.baseline)
+        assert same is not None and same.predictions == len(bundles.samples_x)
+        assert same.drift_psi is not None and same.drift_psi < 0.01
+        assert same.out_of_range_share == 0.0
+        assert same.mean_confidence is not None and same.confidence_p05 is not None
+        assert same.confidence_p05 <= same.mean_confidence
+        # The same instance over and over, brightened past the baseline's range, and one NaN.
+        bright = np.repeat(bundles.samples_x[:1] * 3 + 1, 16, axis=0)
+        requests.post(url, json={"inputs": bright.tolist()}, timeout=10).raise_for_status()
+        nan = bundles.samples_x[0].tolist()
+        nan[0][0][0] = float("nan")
+        assert requests.post(url, data=json.dumps({"inputs": nan}), timeout=10).status_code == 400
+        drifted = prediction_health(metrics.take(), model.manifest.baseline)
+    finally:
+        api.stop()
+    assert drifted is not None and drifted.out_of_range_share == 1.0
+    assert drifted.drift_psi is not None and drifted.drift_psi > 0.25
+    assert drifted.class_counts is not None and max(drifted.class_counts) == 16
+    assert drifted.nonfinite_inputs == 1
+
+
+def test_the_compact_wire_form_still_names_its_schema() -> None:
+    from datetime import UTC, datetime
+
+    from agent.telemetry import encode_window
+    from protocol.messages import ResourceUsage, TelemetryWindow, parse_message
+
+    now = datetime.now(UTC)
+    window = TelemetryWindow(
+        device_id="d1", seq=3, window_start=now, window_end=now, requests=0,
+        resources=ResourceUsage(cpu_percent=0, process_rss_bytes=1, memory_used_percent=1,
+                                memory_available_bytes=1),
+        uptime_s=1,
+    )  # fmt: skip
+    payload = encode_window(window)
+    assert payload.startswith(b'{"schema_version":1,"kind":"telemetry",')
+    assert parse_message(TelemetryWindow, payload) == window

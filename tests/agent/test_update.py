@@ -56,7 +56,15 @@ def test_v1_then_v2_installs_and_keeps_the_previous(
     v1 = fleet_peer.deploy(DEVICE, bundles.v1, "digits", "1.0.0")
     updater.check()
     assert serving(updater) == "1.0.0"
-    assert [e.state for e in events] == ["download", "verify", "stage", "smoke", "activate", "commit"]
+    assert [e.state for e in events] == [
+        "download",
+        "verify",
+        "stage",
+        "smoke",
+        "activate",
+        "probation",
+        "commit",
+    ]
     assert all(e.ok for e in events) and events[0].previous is None
 
     events.clear()
@@ -140,6 +148,7 @@ CRASH_OUTCOME = {
     "stage": "2.0.0",
     "smoke": "2.0.0",
     "activate": "1.0.0",  # rolled back: the new model may have killed the process
+    "probation": "2.0.0",  # watched again (probation_s=0 here), then committed
     "commit": "2.0.0",  # the switch had completed
     "rollback": "1.0.0",
     "failed": "1.0.0",
@@ -158,11 +167,11 @@ def test_crash_in_every_state_resumes_to_old_or_new(
     prior = store.read_pointer()
     target = DesiredModel.model_validate(fleet_peer.desired[DEVICE])
     # What the dead process left behind on disk in that state.
-    if died_in in ("verify", "stage", "smoke", "activate", "commit", "rollback"):
+    if died_in in ("verify", "stage", "smoke", "activate", "probation", "commit", "rollback"):
         (store.download_path(v2)).write_bytes(bundles.v2)
-    if died_in in ("smoke", "activate", "commit", "rollback"):
+    if died_in in ("smoke", "activate", "probation", "commit", "rollback"):
         stage_directly(state, bundles.v2, trusted_dir, activate=False)
-    if died_in in ("activate", "commit", "rollback"):
+    if died_in in ("activate", "probation", "commit", "rollback"):
         store.write_pointer(ActivePointer(active=v2, previous=v1))
     if died_in == "download":
         (store.downloads_dir / f"{v2}.bundle.part").write_bytes(bundles.v2[:100])
@@ -213,3 +222,27 @@ def test_a_crash_loop_gives_up_and_rolls_back(
     assert [e.state for e in events] == ["smoke", "rollback", "failed"]
     assert events[-1].reason is not None and "gave up after 3 restarts in state smoke" in events[-1].reason
     assert updater.record.failed_sha256 == v2
+
+
+def test_a_model_that_keeps_killing_the_agent_on_probation_is_rolled_back_at_start_up(
+    tmp_path: Path, trusted_dir: Path, fleet_peer: FleetPeer, bundles: Bundles
+) -> None:
+    state = tmp_path / "state"
+    v1 = stage_directly(state, bundles.v1, trusted_dir)
+    prior = ModelStore(state).read_pointer()
+    v2 = stage_directly(state, bundles.v2, trusted_dir)  # active: the new model was switched in
+    fleet_peer.deploy(DEVICE, bundles.v2, "digits", "2.0.0")
+    record = UpdateRecord(
+        state=State.PROBATION,
+        state_saves=3,  # the process died on probation three times already
+        update_id="loop",
+        target=DesiredModel.model_validate(fleet_peer.desired[DEVICE]),
+        prior=prior,
+    )
+    RecordFile(state / "update.json").save(record)
+    events: list[UpdateEvent] = []
+    updater = make_updater(state, trusted_dir, fleet_peer, events)  # start-up only, no check
+    assert serving(updater) == "1.0.0"  # rolled back before serving a single request on v2
+    assert [e.state for e in events] == ["probation", "rollback", "failed"]
+    assert events[-1].reason is not None and "restarts in state probation" in events[-1].reason
+    assert updater.store.read_pointer().active == v1 and updater.record.failed_sha256 == v2
