@@ -61,6 +61,43 @@ def register(commands: Any) -> None:
         default=None,
         help="base URL devices use for bundle downloads (default http://<listen>)",
     )
+    serve.add_argument("--mqtt-username", default=None, help="broker user name of the fleet")
+    serve.add_argument(
+        "--mqtt-password-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="file holding the broker password",
+    )
+    serve.add_argument(
+        "--shared-group",
+        default=None,
+        metavar="NAME",
+        help="MQTT v5 shared subscription group, so several `fleet serve` workers split the stream",
+    )
+    serve.add_argument(
+        "--tokens",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="operator tokens, lines of 'ROLE NAME TOKEN' (roles viewer, operator, admin); "
+        "without it the API is open",
+    )
+    serve.add_argument(
+        "--alerts", type=Path, default=None, metavar="FILE", help="alert rules (TOML); see docs/fleet.md"
+    )
+    serve.add_argument(
+        "--homeassistant", action="store_true", help="publish Home Assistant MQTT discovery configs"
+    )
+    serve.add_argument(
+        "--rollout-tick", type=float, default=5.0, metavar="S", help="how often rollouts are judged (5)"
+    )
+    serve.add_argument(
+        "--raw-retention-days", type=float, default=14, metavar="D", help="raw telemetry kept (14 days)"
+    )
+    serve.add_argument(
+        "--hourly-retention-days", type=float, default=400, metavar="D", help="hourly rollups kept (400)"
+    )
     serve.set_defaults(handler=_serve)
 
     fleet_url = argparse.ArgumentParser(add_help=False)
@@ -69,6 +106,11 @@ def register(commands: Any) -> None:
         default=None,
         metavar="URL",
         help="fleet API base URL (default $EDGEFLEET_FLEET_URL or http://127.0.0.1:8080)",
+    )
+    fleet_url.add_argument(
+        "--token",
+        default=None,
+        help="operator token (default $EDGEFLEET_TOKEN; needed when the fleet has tokens)",
     )
 
     model = commands.add_parser(
@@ -92,6 +134,12 @@ def register(commands: Any) -> None:
         help="one device; without it the model becomes the fleet-wide default",
     )
     deploy.set_defaults(handler=_model_deploy)
+    delete = model_commands.add_parser(
+        "delete", parents=[fleet_url], help="delete a model version (refused while deployed)"
+    )
+    delete.add_argument("name", metavar="NAME")
+    delete.add_argument("version", metavar="VERSION")
+    delete.set_defaults(handler=_model_delete)
 
     device = commands.add_parser(
         "device",
@@ -101,6 +149,62 @@ def register(commands: Any) -> None:
     device_commands = device.add_subparsers(dest="device_command", metavar="COMMAND", required=True)
     devices = device_commands.add_parser("list", parents=[fleet_url], help="list devices and their health")
     devices.set_defaults(handler=_device_list)
+    add = device_commands.add_parser(
+        "add",
+        parents=[fleet_url],
+        help="provision a device: secret, Mosquitto password-file line and ACL, agent config",
+    )
+    add.add_argument("device_id", metavar="ID")
+    add.add_argument("--group", default=None)
+    add.add_argument("--tag", action="append", default=[], dest="tags", metavar="TAG", help="repeatable")
+    add.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write DIR/ID.passwd, DIR/edgefleet.acl and DIR/ID-agent.toml",
+    )
+    add.set_defaults(handler=_device_add)
+
+    rollout = commands.add_parser(
+        "rollout",
+        help="gated rollouts of a model to devices",
+        description="Roll a model out in waves (default 1 device, 10%%, 50%%, all); each wave is judged "
+        "on its devices' telemetry after a soak time, then promoted, halted or rolled back.",
+    )
+    rollout_commands = rollout.add_subparsers(dest="rollout_command", metavar="COMMAND", required=True)
+    start = rollout_commands.add_parser("start", parents=[fleet_url], help="start a rollout")
+    start.add_argument("name", metavar="NAME")
+    start.add_argument("version", metavar="VERSION")
+    which = start.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true", help="every known device")
+    which.add_argument("--group", default=None, help="devices in this group")
+    which.add_argument("--tag", action="append", dest="tags", metavar="TAG", help="devices with every tag")
+    which.add_argument("--device", action="append", dest="devices", metavar="ID", help="these devices")
+    start.add_argument("--waves", default="1,10%,50%,100%", help="comma-separated counts or percentages")
+    start.add_argument("--soak", type=float, default=None, metavar="S", help="soak seconds per wave (600)")
+    start.add_argument("--on-failure", choices=["rollback", "halt"], default=None)
+    start.add_argument(
+        "--gate",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a gate, e.g. max_error_rate=0.01, max_latency_p95_ratio=1.2; repeatable",
+    )
+    start.set_defaults(handler=_rollout_start)
+    show = rollout_commands.add_parser("status", parents=[fleet_url], help="one rollout, or all of them")
+    show.add_argument("rollout_id", type=int, nargs="?", metavar="ID")
+    show.set_defaults(handler=_rollout_status)
+    for action, text in (
+        ("pause", "stop promoting; the current wave stays"),
+        ("resume", "continue; the current wave's soak starts over"),
+        ("abort", "stop for good; devices keep what they were given"),
+        ("rollback", "give every device the rollout reached its previous model back"),
+    ):
+        sub = rollout_commands.add_parser(action, parents=[fleet_url], help=text)
+        sub.add_argument("rollout_id", type=int, metavar="ID")
+        sub.add_argument("--reason", default=None)
+        sub.set_defaults(handler=_rollout_action, action=action)
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
@@ -112,9 +216,21 @@ def _parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _read_secret(path: Path | None) -> str | None:
+    from fleet.errors import FleetError
+
+    if path is None:
+        return None
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise FleetError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
 def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from fleet.alerts import load_rules
     from fleet.config import FleetConfig, MqttSettings
     from fleet.errors import FleetError
     from fleet.server import serve
@@ -125,6 +241,9 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.mqtt_host,
             port=args.mqtt_port,
             topic_prefix=args.topic_prefix,
+            username=args.mqtt_username,
+            password=_read_secret(args.mqtt_password_file),
+            shared_group=args.shared_group,
             **({"client_id": args.mqtt_client_id} if args.mqtt_client_id else {}),
         )
         config = FleetConfig(
@@ -135,6 +254,12 @@ def _serve(args: argparse.Namespace) -> int:
             trusted_keys=args.trusted_keys,
             artifacts=args.artifacts,
             mqtt=mqtt,
+            tokens_file=args.tokens,
+            rollout_tick_s=args.rollout_tick,
+            raw_retention_days=args.raw_retention_days,
+            hourly_retention_days=args.hourly_retention_days,
+            homeassistant_discovery=args.homeassistant,
+            **({"alerts": load_rules(args.alerts)} if args.alerts else {}),
         )
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -143,9 +268,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from fleet.client import FleetClient, default_fleet_url
+    import os
 
-    return FleetClient(args.fleet or default_fleet_url())
+    from fleet.client import TOKEN_ENV, FleetClient, default_fleet_url
+
+    token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV)
+    return FleetClient(args.fleet or default_fleet_url(), token=token)
 
 
 def _model_push(args: argparse.Namespace) -> int:
@@ -240,3 +368,109 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
     for line in [header, *rows]:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+
+
+def _model_delete(args: argparse.Namespace) -> int:
+    _client(args).delete_model(args.name, args.version)
+    print(f"deleted {args.name} {args.version}")
+    return 0
+
+
+def _device_add(args: argparse.Namespace) -> int:
+    body = {"device_id": args.device_id, "group": args.group, "tags": args.tags}
+    answer = _client(args).add_device(body)
+    print(f"device {answer['device_id']} provisioned; its secret (shown once): {answer['secret']}\n")
+    print("# append to Mosquitto's password_file, then reload mosquitto (SIGHUP):")
+    print(answer["password_file_line"] + "\n")
+    print("# Mosquitto acl_file (the same for every device):")
+    print(answer["acl"])
+    print("# /etc/edgefleet/agent.toml on the device:")
+    print(answer["agent_config"])
+    print(f"# {answer['tls_note']}")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{args.device_id}.passwd").write_text(answer["password_file_line"] + "\n")
+        (args.out / "edgefleet.acl").write_text(answer["acl"])
+        config = args.out / f"{args.device_id}-agent.toml"
+        config.write_text(answer["agent_config"])
+        config.chmod(0o600)
+        print(f"# written to {args.out}")
+    return 0
+
+
+def _gate_overrides(items: list[str]) -> dict[str, Any]:
+    from fleet.errors import FleetError
+
+    gates: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise FleetError(f"--gate {item!r} is not NAME=VALUE")
+        try:
+            gates[key.strip()] = float(value)
+        except ValueError:
+            gates[key.strip()] = value.strip()
+    return gates
+
+
+def _rollout_start(args: argparse.Namespace) -> int:
+    target: dict[str, Any]
+    if args.all:
+        target = {"all": True}
+    elif args.group:
+        target = {"group": args.group}
+    elif args.tags:
+        target = {"tags": args.tags}
+    else:
+        target = {"devices": args.devices}
+    gates = _gate_overrides(args.gate)
+    if args.soak is not None:
+        gates["soak_s"] = args.soak
+    if args.on_failure:
+        gates["on_failure"] = args.on_failure
+    body = {
+        "name": args.name,
+        "version": args.version,
+        "target": target,
+        "waves": [w.strip() for w in args.waves.split(",") if w.strip()],
+        "gates": gates,
+    }
+    view = _client(args).start_rollout(body)
+    print(
+        f"rollout {view['id']} of {view['name']} {view['version']} started: {view['devices_total']} devices, "
+        f"waves {view['waves']}, soak {view['gates']['soak_s']:.0f} s"
+    )
+    return 0
+
+
+def _rollout_line(view: dict[str, Any]) -> list[str]:
+    waves = view["waves"]
+    return [
+        str(view["id"]),
+        f"{view['name']} {view['version']}",
+        view["state"],
+        f"{view['wave'] + 1}/{len(waves)}",
+        f"{view['devices_on_target']}/{view['devices_assigned']}/{view['devices_total']}",
+        view.get("reason") or "-",
+    ]
+
+
+def _rollout_status(args: argparse.Namespace) -> int:
+    client = _client(args)
+    header = ["ID", "MODEL", "STATE", "WAVE", "ON/ASSIGNED/TOTAL", "REASON"]
+    if args.rollout_id is None:
+        _print_table(header, [_rollout_line(v) for v in client.rollouts()])
+        return 0
+    view = client.rollout(args.rollout_id)
+    _print_table(header, [_rollout_line(view)])
+    for gate in view.get("last_gates") or []:
+        mark = "ok  " if gate["ok"] else "FAIL"
+        value = "-" if gate["value"] is None else f"{gate['value']:.3g}"
+        print(f"  {mark} {gate['gate']:<22} {value:>8} (limit {gate['limit']})  {gate['detail']}")
+    return 0
+
+
+def _rollout_action(args: argparse.Namespace) -> int:
+    view = _client(args).rollout_action(args.rollout_id, args.action, args.reason)
+    print(f"rollout {view['id']}: {view['state']} ({view.get('reason') or ''})")
+    return 0

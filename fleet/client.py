@@ -12,6 +12,7 @@ import requests
 from fleet.errors import FleetError, FleetUnreachableError
 
 FLEET_URL_ENV = "EDGEFLEET_FLEET_URL"
+TOKEN_ENV = "EDGEFLEET_TOKEN"
 DEFAULT_FLEET_URL = "http://127.0.0.1:8080"
 
 
@@ -22,11 +23,17 @@ def default_fleet_url(environ: Mapping[str, str] | None = None) -> str:
 
 class FleetClient:
     def __init__(
-        self, base_url: str, session: requests.Session | None = None, timeout_s: float = 60.0
+        self,
+        base_url: str,
+        session: requests.Session | None = None,
+        timeout_s: float = 60.0,
+        token: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.session = session or requests.Session()
         self.timeout_s = timeout_s
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
 
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         url = f"{self.base_url}{path}"
@@ -70,6 +77,32 @@ class FleetClient:
 
     def devices(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._request("GET", "/api/v1/devices").json()
+        return result
+
+    def delete_model(self, name: str, version: str) -> None:
+        self._request("DELETE", f"/api/v1/models/{name}/{version}")
+
+    def add_device(self, body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("POST", "/api/v1/devices", json=body).json()
+        return result
+
+    def start_rollout(self, body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("POST", "/api/v1/rollouts", json=body).json()
+        return result
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._request("GET", "/api/v1/rollouts").json()
+        return result
+
+    def rollout(self, rollout_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", f"/api/v1/rollouts/{rollout_id}").json()
+        return result
+
+    def rollout_action(self, rollout_id: int, action: str, reason: str | None) -> dict[str, Any]:
+        body = {"reason": reason} if reason else None
+        result: dict[str, Any] = self._request(
+            "POST", f"/api/v1/rollouts/{rollout_id}/{action}", json=body
+        ).json()
         return result
 
 

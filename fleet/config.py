@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleet.alerts import AlertRules
 from protocol.bundle import DEFAULT_MAX_BUNDLE_BYTES
 from protocol.topics import DEFAULT_PREFIX
 
@@ -35,6 +36,14 @@ class MqttSettings(BaseModel):
     )
     batch_size: int = Field(200, ge=1, description="most messages stored in one transaction")
     manual_ack: bool = Field(True, description="acknowledge QoS 1 messages only after they are committed")
+    username: str | None = Field(None, description="broker user name (the ACL's fleet user)")
+    password: str | None = Field(None, repr=False, description="broker password")
+    shared_group: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="subscribe as $share/<group>/... so several ingest workers split the stream "
+        "(each worker needs its own client id)",
+    )
 
 
 class FleetConfig(BaseModel):
@@ -52,6 +61,16 @@ class FleetConfig(BaseModel):
     artifacts: Path = Field(Path("./artifacts"), description="where uploaded bundles are stored")
     max_bundle_bytes: int = Field(DEFAULT_MAX_BUNDLE_BYTES, ge=1, description="upload size limit")
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    tokens_file: Path | None = Field(
+        None, description="operator tokens, lines of 'ROLE NAME TOKEN'; without it the API is open"
+    )
+    rollout_tick_s: float = Field(5.0, gt=0, description="how often running rollouts are judged")
+    raw_retention_days: float = Field(14, gt=0, description="keep raw telemetry windows this long")
+    hourly_retention_days: float = Field(400, gt=0, description="keep hourly rollups this long")
+    retention_interval_s: float = Field(3600, gt=0, description="how often retention runs")
+    alerts: AlertRules = Field(default_factory=AlertRules, description="alert rules")
+    summary_interval_s: float = Field(10, gt=0, description="how often alerts and summary topics refresh")
+    homeassistant_discovery: bool = Field(False, description="publish Home Assistant MQTT discovery configs")
 
     def base_url(self, port: int | None = None) -> str:
         """``public_url`` when given, else ``http://HOST:PORT`` of the listener."""

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class Publisher(Protocol):
-    def publish(self, topic: str, payload: bytes, qos: int = 1) -> bool: ...
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool: ...
 
 
 def bundle_path(name: str, version: str) -> str:

@@ -91,3 +91,21 @@ class Registry:
         if not path.is_file():
             raise StorageError(f"the bundle of {name} {version} is missing from {self.artifacts}")
         return info, path
+
+    def delete(self, name: str, version: str) -> None:
+        """Remove a model and its bundle; ConflictError while a desired state or a device uses it."""
+        with self._lock:
+            with self.engine.begin() as conn:
+                in_use = repository.model_in_use(conn, name, version)
+                if in_use:
+                    shown = ", ".join(in_use[:5]) + (
+                        f" and {len(in_use) - 5} more" if len(in_use) > 5 else ""
+                    )
+                    raise ConflictError(
+                        f"model {name} {version} is deployed ({shown}); deploy another version first"
+                    )
+                relative = repository.delete_model(conn, name, version)
+            if relative is None:
+                raise NotFoundError(f"no model {name} {version} in the registry")
+            (self.artifacts / relative).unlink(missing_ok=True)
+        log.info("deleted model %s %s", name, version)

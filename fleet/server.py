@@ -6,18 +6,25 @@ import logging
 import signal
 import socket
 import threading
+import time
+from datetime import UTC, datetime
 from types import FrameType
 
 import uvicorn
 from sqlalchemy import Engine
 
+from fleet.alerts import AlertEngine, alerts_topic
 from fleet.api.app import create_app
 from fleet.api.context import FleetContext
+from fleet.auth import load_tokens
 from fleet.config import FleetConfig
 from fleet.errors import FleetError
 from fleet.ingest.ingester import Ingester
 from fleet.registry import Registry
+from fleet.rollouts.controller import RolloutController
 from fleet.storage import create_engine_for_url
+from fleet.storage.retention import apply_retention
+from fleet.summary import SummaryPublisher
 from protocol.signing import TrustedKeys
 from protocol.topics import Topics
 
@@ -52,16 +59,31 @@ class FleetServer:
                 f"no public keys found in {', '.join(map(str, config.trusted_keys))}: "
                 "the fleet would reject every bundle"
             )
+        tokens = load_tokens(config.tokens_file) if config.tokens_file else []
+        if not tokens:
+            log.warning("no operator tokens configured (--tokens): the operator API is open to anyone")
         self.engine: Engine = create_engine_for_url(config.db_url)
         self.ingester = Ingester(config.mqtt, self.engine)
+        topics = Topics(config.mqtt.topic_prefix)
+        self.rollouts = RolloutController(self.engine, self.ingester, topics)
+        self.alerts = AlertEngine(
+            self.engine, self.ingester, alerts_topic(topics), config.alerts, clock=lambda: datetime.now(UTC)
+        )
+        self.summary = SummaryPublisher(self.engine, self.ingester, topics, config.homeassistant_discovery)
         self.context = FleetContext(
             engine=self.engine,
             registry=Registry(self.engine, config.artifacts, trusted),
             link=self.ingester,
-            topics=Topics(config.mqtt.topic_prefix),
+            topics=topics,
             max_bundle_bytes=config.max_bundle_bytes,
             base_url=config.base_url(),
+            tokens=tokens,
+            rollouts=self.rollouts,
+            mqtt_host=config.mqtt.host,
+            mqtt_port=config.mqtt.port,
         )
+        self._maintenance_stop = threading.Event()
+        self._maintenance = threading.Thread(target=self._maintain, name="fleet-maintenance", daemon=True)
         self.app = create_app(self.context)
         self.listening = threading.Event()
         self._uvicorn = _Server(
@@ -97,10 +119,35 @@ class FleetServer:
                 )
             log.info("fleet listening on %s", self.url)
 
+    def _maintain(self) -> None:
+        """Judge rollouts every ``rollout_tick_s``; apply retention every ``retention_interval_s``."""
+        next_retention = time.monotonic()
+        next_summary = time.monotonic()
+        while not self._maintenance_stop.wait(self.config.rollout_tick_s):
+            try:
+                self.rollouts.tick()
+                if time.monotonic() >= next_summary:
+                    next_summary = time.monotonic() + self.config.summary_interval_s
+                    self.alerts.evaluate()
+                    self.summary.publish()
+                if time.monotonic() >= next_retention:
+                    next_retention = time.monotonic() + self.config.retention_interval_s
+                    result = apply_retention(
+                        self.engine,
+                        datetime.now(UTC),
+                        self.config.raw_retention_days,
+                        self.config.hourly_retention_days,
+                    )
+                    if result.windows_rolled_up or result.hourly_rows_expired:
+                        log.info("retention: %s", result)
+            except Exception:
+                log.exception("maintenance failed; trying again")
+
     def run(self) -> None:
         """Start the ingester, serve HTTP until told to stop, then stop the ingester and the database."""
         self.ingester.start()
         self._watch.start()
+        self._maintenance.start()
         try:
             self._uvicorn.run()
         except SystemExit as exc:  # uvicorn exits when it cannot bind
@@ -110,6 +157,8 @@ class FleetServer:
         finally:
             self.listening.set()
             log.info("fleet stopping")
+            self._maintenance_stop.set()
+            self._maintenance.join(10)
             self.ingester.stop()
             self.engine.dispose()
         log.info("fleet stopped")

@@ -45,6 +45,8 @@ class TelemetrySummary(View):
     process_rss_bytes: int
     memory_used_percent: float
     temperature_c: float | None
+    drift_psi: float | None = None
+    low_confidence_share: float | None = None
 
 
 class DeviceView(View):
@@ -58,6 +60,8 @@ class DeviceView(View):
     desired: ModelVersionRef | None
     update_state: str | None
     telemetry: TelemetrySummary | None
+    group: str | None = None
+    tags: list[str] = Field(default_factory=list)
 
 
 class TelemetryRow(View):

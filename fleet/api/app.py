@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from edgefleet import __version__
-from fleet.api import deployments, devices, errors, models, system, web
+from fleet.api import deployments, devices, errors, metrics, models, rollouts, system, web
 from fleet.api.context import FleetContext
 
 
@@ -19,6 +19,6 @@ def create_app(context: FleetContext) -> FastAPI:
     )
     app.state.fleet = context
     errors.install(app)
-    for module in (system, models, deployments, devices, web):
+    for module in (system, models, deployments, devices, rollouts, metrics, web):
         app.include_router(module.router)
     return app

@@ -8,8 +8,10 @@ from typing import Protocol
 from fastapi import Request
 from sqlalchemy import Engine
 
+from fleet.auth import OperatorToken
 from fleet.deploy import Publisher
 from fleet.registry import Registry
+from fleet.rollouts.controller import RolloutController
 from fleet.views import IngestStats
 from protocol.topics import Topics
 
@@ -29,6 +31,17 @@ class FleetContext:
     max_bundle_bytes: int
     base_url: str = field(default="")
     """Base of the bundle URLs in desired states; set once the listener's port is known."""
+    tokens: list[OperatorToken] = field(default_factory=list)
+    """Operator tokens; empty means the API is open (development only)."""
+    rollouts: RolloutController | None = None
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    """Where devices reach the broker (for the agent config ``device add`` prints)."""
+
+    def controller(self) -> RolloutController:
+        if self.rollouts is None:
+            self.rollouts = RolloutController(self.engine, self.link, self.topics)
+        return self.rollouts
 
 
 def get_context(request: Request) -> FleetContext:

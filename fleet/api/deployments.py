@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
 from fleet.api.context import FleetContext, get_context
+from fleet.api.security import Operator
 from fleet.deploy import deploy
 from fleet.errors import FleetError
 from fleet.views import DeploymentRequest, DeploymentResult
@@ -18,7 +19,7 @@ Context = Annotated[FleetContext, Depends(get_context)]
 
 
 @router.post("", response_model=DeploymentResult)
-async def create_deployment(body: DeploymentRequest, context: Context) -> DeploymentResult:
+async def create_deployment(body: DeploymentRequest, context: Context, _who: Operator) -> DeploymentResult:
     """``device_id`` null sets the fleet-wide default; per-device assignments override it."""
     if body.device_id is not None and not DEVICE_ID_RE.match(body.device_id):
         raise FleetError(f"device id {body.device_id!r} is not valid (letters, digits, _ . -; at most 64)")

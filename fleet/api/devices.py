@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import timedelta
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
 
 from fleet.api.context import FleetContext, get_context
+from fleet.api.security import Admin, DeviceOrViewer, Operator, Viewer
 from fleet.deploy import desired_state
-from fleet.errors import NotFoundError
+from fleet.errors import ConflictError, NotFoundError
+from fleet.provision import DeviceAddRequest, DeviceLabels, Provisioned, provision
 from fleet.storage import repository
 from fleet.views import DeviceView, EventRow, TelemetryRow
 from protocol.messages import DesiredState
@@ -22,14 +25,51 @@ DeviceIdPath = Annotated[
 Limit = Annotated[int, Query(ge=1, le=1000, description="newest first, at most this many")]
 
 
+@router.post("", status_code=201, response_model=Provisioned)
+def add_device(body: DeviceAddRequest, context: Context, _who: Admin) -> Provisioned:
+    """Provision a device: its secret (returned once), password-file line, ACL and agent config."""
+    answer, hashed = provision(
+        body,
+        fleet_url=context.base_url,
+        mqtt_host=context.mqtt_host,
+        mqtt_port=context.mqtt_port,
+        prefix=context.topics.prefix,
+    )
+    with context.engine.begin() as conn:
+        if repository.device_secret_hash(conn, body.device_id) is not None:
+            raise ConflictError(f"device {body.device_id} is already provisioned")
+        repository.upsert_device_meta(
+            conn,
+            body.device_id,
+            now=repository.now(),
+            group=body.group,
+            tags=body.tags,
+            secret_hash=hashed,
+        )
+    return answer
+
+
+@router.patch("/{device_id}", response_model=DeviceLabels)
+def label_device(
+    device_id: DeviceIdPath, body: DeviceLabels, context: Context, _who: Operator
+) -> DeviceLabels:
+    """Set a device's group and/or tags (used by rollout targets)."""
+    with context.engine.begin() as conn:
+        repository.upsert_device_meta(conn, device_id, now=repository.now(), group=body.group, tags=body.tags)
+        device = repository.get_device(conn, device_id)
+    if device is None:
+        return body
+    return DeviceLabels(group=device.group, tags=device.tags)
+
+
 @router.get("", response_model=list[DeviceView])
-def list_devices(context: Context) -> list[DeviceView]:
+def list_devices(context: Context, _who: Viewer) -> list[DeviceView]:
     with context.engine.begin() as conn:
         return repository.list_devices(conn)
 
 
 @router.get("/{device_id}", response_model=DeviceView)
-def get_device(device_id: DeviceIdPath, context: Context) -> DeviceView:
+def get_device(device_id: DeviceIdPath, context: Context, _who: Viewer) -> DeviceView:
     with context.engine.begin() as conn:
         device = repository.get_device(conn, device_id)
     if device is None:
@@ -38,13 +78,13 @@ def get_device(device_id: DeviceIdPath, context: Context) -> DeviceView:
 
 
 @router.get("/{device_id}/desired", response_model=DesiredState)
-def get_desired(device_id: DeviceIdPath, context: Context) -> DesiredState:
+def get_desired(device_id: DeviceIdPath, context: Context, _who: DeviceOrViewer) -> DesiredState:
     """Any valid device id may ask: a device not yet seen gets the fleet-wide default."""
     return desired_state(context.engine, device_id, context.base_url)
 
 
 @router.delete("/{device_id}/desired", status_code=204)
-def clear_desired(device_id: DeviceIdPath, context: Context) -> None:
+def clear_desired(device_id: DeviceIdPath, context: Context, _who: Operator) -> None:
     """Drop the device's own assignment so it follows the fleet-wide default again."""
     with context.engine.begin() as conn:
         if not repository.clear_desired(conn, device_id):
@@ -52,12 +92,30 @@ def clear_desired(device_id: DeviceIdPath, context: Context) -> None:
 
 
 @router.get("/{device_id}/telemetry", response_model=list[TelemetryRow])
-def get_telemetry(device_id: DeviceIdPath, context: Context, limit: Limit = 100) -> list[TelemetryRow]:
+def get_telemetry(
+    device_id: DeviceIdPath, context: Context, _who: Viewer, limit: Limit = 100
+) -> list[TelemetryRow]:
     with context.engine.begin() as conn:
         return repository.list_telemetry(conn, device_id, limit)
 
 
+@router.get("/{device_id}/series")
+def get_series(
+    device_id: DeviceIdPath,
+    context: Context,
+    _who: Viewer,
+    hours: Annotated[float, Query(gt=0, le=24 * 400, description="how far back")] = 6,
+    points: Annotated[int, Query(ge=10, le=5000, description="at most this many points")] = 360,
+) -> dict[str, Any]:
+    """Chart data: one list per column (``t``, latency, throughput, errors, CPU, memory, temperature,
+    prediction health), bucket-averaged to at most ``points``; hourly rollups beyond the raw retention."""
+    until = repository.now()
+    since = until - timedelta(hours=hours)
+    with context.engine.begin() as conn:
+        return repository.telemetry_series(conn, device_id, since, until, points)
+
+
 @router.get("/{device_id}/events", response_model=list[EventRow])
-def get_events(device_id: DeviceIdPath, context: Context, limit: Limit = 100) -> list[EventRow]:
+def get_events(device_id: DeviceIdPath, context: Context, _who: Viewer, limit: Limit = 100) -> list[EventRow]:
     with context.engine.begin() as conn:
         return repository.list_events(conn, device_id, limit)

@@ -6,6 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from fleet.auth import AuthError, ForbiddenError
 from fleet.errors import (
     ConflictError,
     FleetError,
@@ -15,7 +16,9 @@ from fleet.errors import (
     TooLargeError,
 )
 
-STATUS = {
+STATUS: dict[type[FleetError], int] = {
+    AuthError: 401,
+    ForbiddenError: 403,
     NotFoundError: 404,
     ConflictError: 409,
     InvalidBundleError: 400,
@@ -33,7 +36,9 @@ def status_for(exc: FleetError) -> int:
 
 async def _fleet_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FleetError)
-    return JSONResponse({"detail": str(exc)}, status_code=status_for(exc))
+    status = status_for(exc)
+    headers = {"WWW-Authenticate": 'Bearer realm="edgefleet"'} if status == 401 else None
+    return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fleet.api.context import FleetContext, get_context
 from fleet.api.ranges import RangeNotSatisfiable, parse_range
+from fleet.api.security import Admin, DeviceOrViewer, Operator, Viewer
 from fleet.errors import InvalidBundleError, NotFoundError, TooLargeError
 from fleet.storage import repository
 from fleet.views import ModelDetail, ModelInfo
@@ -34,7 +35,7 @@ async def _read_limited(request: Request, limit: int) -> bytes:
 
 
 @router.post("", status_code=201, response_model=ModelInfo, responses={200: {"model": ModelInfo}})
-async def upload_model(request: Request, context: Context) -> JSONResponse:
+async def upload_model(request: Request, context: Context, _who: Operator) -> JSONResponse:
     """Body: the raw bundle file (``application/octet-stream``). 201 stored, 200 already stored."""
     data = await _read_limited(request, context.max_bundle_bytes)
     if not data:
@@ -46,13 +47,13 @@ async def upload_model(request: Request, context: Context) -> JSONResponse:
 
 
 @router.get("", response_model=list[ModelInfo])
-def list_models(context: Context) -> list[ModelInfo]:
+def list_models(context: Context, _who: Viewer) -> list[ModelInfo]:
     with context.engine.begin() as conn:
         return repository.list_models(conn)
 
 
 @router.get("/{name}/{version}", response_model=ModelDetail)
-def get_model(name: str, version: str, context: Context) -> ModelDetail:
+def get_model(name: str, version: str, context: Context, _who: Viewer) -> ModelDetail:
     with context.engine.begin() as conn:
         detail = repository.get_model_detail(conn, name, version)
     if detail is None:
@@ -73,7 +74,9 @@ def _file_chunks(path: Path, start: int, length: int) -> Iterator[bytes]:
 
 
 @router.get("/{name}/{version}/bundle", response_class=Response)
-def download_bundle(name: str, version: str, request: Request, context: Context) -> Response:
+def download_bundle(
+    name: str, version: str, request: Request, context: Context, _who: DeviceOrViewer
+) -> Response:
     """The bundle bytes; ``ETag`` is the quoted sha256; one ``Range`` (``bytes=a-b``, ``a-``, ``-n``)."""
     info, path = context.registry.bundle_path(name, version)
     etag = f'"{info.sha256}"'
@@ -101,3 +104,9 @@ def download_bundle(name: str, version: str, request: Request, context: Context)
     return StreamingResponse(
         _file_chunks(path, wanted.start, wanted.length), status_code=206, media_type=media, headers=headers
     )
+
+
+@router.delete("/{name}/{version}", status_code=204)
+def delete_model(name: str, version: str, context: Context, _who: Admin) -> None:
+    """Remove a model and its bundle; refused (409) while any desired state or device uses it."""
+    context.registry.delete(name, version)

@@ -6,8 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
+from fleet.alerts import AlertView, list_alerts
 from fleet.api.context import FleetContext, get_context
+from fleet.api.security import Viewer
 from fleet.storage import repository
+from fleet.summary import FleetSummary, summarize
 from fleet.views import DeadLetterRow, IngestStats
 
 router = APIRouter(prefix="/api/v1", tags=["system"])
@@ -20,12 +23,28 @@ def health() -> dict[str, bool]:
 
 
 @router.get("/stats", response_model=IngestStats)
-def stats(context: Context) -> IngestStats:
+def stats(context: Context, _who: Viewer) -> IngestStats:
     """Ingester counters since the server started: received, stored, dead-lettered by reason."""
     return context.link.stats()
 
 
 @router.get("/dead-letters", response_model=list[DeadLetterRow])
-def dead_letters(context: Context, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[DeadLetterRow]:
+def dead_letters(
+    context: Context, _who: Viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> list[DeadLetterRow]:
     with context.engine.begin() as conn:
         return repository.list_dead_letters(conn, limit)
+
+
+@router.get("/alerts", response_model=list[AlertView])
+def get_alerts(
+    context: Context, _who: Viewer, open_only: Annotated[bool, Query(alias="open")] = False
+) -> list[AlertView]:
+    """Newest first; ``?open=true`` for the open ones only."""
+    return list_alerts(context.engine, open_only)
+
+
+@router.get("/summary", response_model=FleetSummary)
+def get_summary(context: Context, _who: Viewer) -> FleetSummary:
+    """The same document as the retained ``fleet/summary`` topic."""
+    return summarize(context.engine)[0]

@@ -9,6 +9,7 @@ from enum import StrEnum
 
 from protocol.errors import MessageError, TopicError
 from protocol.messages import DeviceStatus, TelemetryWindow, UpdateEvent, parse_message
+from protocol.schema import SCHEMA_VERSION
 from protocol.topics import DeviceChannel, Topics
 
 PAYLOAD_PREFIX_BYTES = 512
@@ -18,6 +19,7 @@ class DeadReason(StrEnum):
     OVERSIZE = "oversize"
     MALFORMED_JSON = "malformed-json"
     SCHEMA = "schema"
+    SCHEMA_VERSION = "schema-version"
     DEVICE_MISMATCH = "device-id-mismatch"
     BAD_TOPIC = "bad-topic"
     STORE_FAILED = "store-failed"
@@ -50,6 +52,8 @@ class DeadLetter:
 class Decoded:
     message: DeviceStatus | TelemetryWindow | UpdateEvent
     received_at: datetime
+    raw: bytes | None = None
+    """The validated payload as received: stored as is, not serialized again."""
 
 
 _CHANNEL_TYPES: dict[DeviceChannel, type[DeviceStatus | TelemetryWindow | UpdateEvent]] = {
@@ -90,17 +94,29 @@ def decode(item: Received, topics: Topics, max_payload_bytes: int) -> Decoded | 
             item, DeadReason.BAD_TOPIC, f"the fleet does not ingest {where.channel.value} messages"
         )
     try:
-        json.loads(item.payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return dead_letter(item, DeadReason.MALFORMED_JSON, f"not JSON: {exc}")
-    try:
         message = parse_message(kind, item.payload)
     except MessageError as exc:
-        return dead_letter(item, DeadReason.SCHEMA, str(exc))
+        # Only a rejected payload is parsed a second time, to say why (the happy path parses once).
+        return _classify(item, exc)
     if message.device_id != where.device_id:
         return dead_letter(
             item,
             DeadReason.DEVICE_MISMATCH,
             f"topic names device {where.device_id!r} but the payload says {message.device_id!r}",
         )
-    return Decoded(message=message, received_at=item.received_at)
+    return Decoded(message=message, received_at=item.received_at, raw=item.payload)
+
+
+def _classify(item: Received, exc: MessageError) -> DeadLetter:
+    try:
+        document = json.loads(item.payload)
+    except (ValueError, UnicodeDecodeError) as bad:
+        return dead_letter(item, DeadReason.MALFORMED_JSON, f"not JSON: {bad}")
+    version = document.get("schema_version", SCHEMA_VERSION) if isinstance(document, dict) else None
+    if version != SCHEMA_VERSION and version is not None:
+        return dead_letter(
+            item,
+            DeadReason.SCHEMA_VERSION,
+            f"schema_version {version!r}; this fleet reads {SCHEMA_VERSION}: upgrade the fleet or the agent",
+        )
+    return dead_letter(item, DeadReason.SCHEMA, str(exc))

@@ -83,6 +83,8 @@ class Ingester:
             paho_log.addFilter(_QuietShutdown())
         client.enable_logger(paho_log)
         client.reconnect_delay_set(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
+        if self.settings.username is not None:
+            client.username_pw_set(self.settings.username, self.settings.password)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -146,7 +148,7 @@ class Ingester:
             return
         self._generation += 1
         options = SubscribeOptions(qos=1)
-        client.subscribe([(self.topics.all_devices(channel), options) for channel in INGESTED_CHANNELS])
+        client.subscribe([(self.subscription(channel), options) for channel in INGESTED_CHANNELS])
         self._connected.set()
         log.info(
             "ingester connected to mqtt://%s:%d (session %s)",
@@ -154,6 +156,12 @@ class Ingester:
             self.settings.port,
             "resumed" if getattr(flags, "session_present", False) else "new",
         )
+
+    def subscription(self, channel: DeviceChannel) -> str:
+        """The filter for one channel; ``$share/<group>/...`` when ingest workers share the stream."""
+        topic = self.topics.all_devices(channel)
+        group = self.settings.shared_group
+        return f"$share/{group}/{topic}" if group else topic
 
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _properties: Any
@@ -285,9 +293,9 @@ class Ingester:
 
     # ------------------------------------------------------------ commands and stats
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1) -> bool:
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
         """Queue a publish; False (and a log line) when the broker is not connected or refuses it."""
-        info = self._client.publish(topic, payload, qos=qos)
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             log.warning("could not publish to %s: %s", topic, mqtt.error_string(info.rc))
             return False

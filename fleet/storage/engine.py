@@ -1,7 +1,8 @@
-"""Engine creation: URL-driven; SQLite gets WAL and a busy timeout on every connection."""
+"""Engine creation: URL-driven; SQLite gets WAL and a busy timeout; the schema is migrated with Alembic."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,24 +11,25 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from fleet.errors import StorageError
-from fleet.storage.schema import metadata
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
 def create_engine_for_url(url: str, create_schema: bool = True) -> Engine:
-    """An engine for ``url`` with the schema created; StorageError naming the URL on failure."""
+    """An engine for ``url`` migrated to the newest schema; StorageError naming the URL on failure."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise StorageError(f"{url!r} is not a database URL (e.g. sqlite:///fleet.db)") from exc
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"json_serializer": serialize_json}
     is_sqlite = parsed.get_backend_name() == "sqlite"
     if is_sqlite:
         database = parsed.database
         if database and database != ":memory:":
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    else:
+        kwargs |= {"pool_size": 10, "max_overflow": 20, "pool_pre_ping": True}
     try:
         engine = create_engine(url, **kwargs)
     except (ArgumentError, ImportError) as exc:
@@ -36,15 +38,28 @@ def create_engine_for_url(url: str, create_schema: bool = True) -> Engine:
         ) from exc
     if is_sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
+
     if create_schema:
         try:
-            metadata.create_all(engine)
+            from fleet.storage.migrate import upgrade
+
+            upgrade(engine)
         except SQLAlchemyError as exc:
             engine.dispose()
             where = parsed.render_as_string(hide_password=True)
             cause = getattr(exc, "orig", None) or exc
             raise StorageError(f"cannot open database {where}: {cause}") from exc
     return engine
+
+
+class RawJson(str):
+    """JSON text already validated: a JSON column stores it as is instead of serializing again."""
+
+    __slots__ = ()
+
+
+def serialize_json(value: Any) -> str:
+    return value if isinstance(value, RawJson) else json.dumps(value)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, Table, and_, func, insert, select, update
+from sqlalchemy import Connection, Row, Table, and_, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from fleet.ingest.decode import DeadLetter, Decoded
-from fleet.storage.schema import FLEET_DEFAULT, dead_letters, desired, devices, events, models, telemetry
+from fleet.storage.engine import RawJson
+from fleet.storage.schema import (
+    FLEET_DEFAULT,
+    dead_letters,
+    desired,
+    device_meta,
+    devices,
+    events,
+    models,
+    telemetry,
+)
 from fleet.views import (
     DeadLetterRow,
     DeviceView,
@@ -159,10 +169,13 @@ def _ref(name: str | None, version: str | None, sha256: str | None = None) -> Mo
 
 
 def _device_query() -> Any:
+    # The newest window per device through the (device_id, id) index: one index lookup per device,
+    # not a GROUP BY over the whole telemetry table.
     latest = (
-        select(telemetry.c.device_id, func.max(telemetry.c.id).label("telemetry_id"))
-        .group_by(telemetry.c.device_id)
-        .subquery("latest")
+        select(func.max(telemetry.c.id))
+        .where(telemetry.c.device_id == devices.c.device_id)
+        .correlate(devices)
+        .scalar_subquery()
     )
     own = desired.alias("own")
     fleet = desired.alias("fleet")
@@ -179,12 +192,16 @@ def _device_query() -> Any:
             telemetry.c.process_rss_bytes,
             telemetry.c.memory_used_percent,
             telemetry.c.temperature_c,
+            telemetry.c.drift_psi,
+            telemetry.c.low_confidence_share,
             func.coalesce(own.c.model_name, fleet.c.model_name).label("desired_name"),
             func.coalesce(own.c.model_version, fleet.c.model_version).label("desired_version"),
+            device_meta.c.group_name,
+            device_meta.c.tags,
         )
         .select_from(devices)
-        .outerjoin(latest, latest.c.device_id == devices.c.device_id)
-        .outerjoin(telemetry, telemetry.c.id == latest.c.telemetry_id)
+        .outerjoin(device_meta, device_meta.c.device_id == devices.c.device_id)
+        .outerjoin(telemetry, telemetry.c.id == latest)
         .outerjoin(own, own.c.target == devices.c.device_id)
         .outerjoin(fleet, fleet.c.target == FLEET_DEFAULT)
     )
@@ -204,6 +221,8 @@ def _device_view(row: Row[Any]) -> DeviceView:
             process_rss_bytes=row.process_rss_bytes,
             memory_used_percent=row.memory_used_percent,
             temperature_c=row.temperature_c,
+            drift_psi=row.drift_psi,
+            low_confidence_share=row.low_confidence_share,
         )
     return DeviceView(
         device_id=row.device_id,
@@ -216,6 +235,8 @@ def _device_view(row: Row[Any]) -> DeviceView:
         desired=_ref(row.desired_name, row.desired_version),
         update_state=row.update_state,
         telemetry=summary,
+        group=row.group_name,
+        tags=list(row.tags or []),
     )
 
 
@@ -287,6 +308,78 @@ def list_dead_letters(conn: Connection, limit: int) -> list[DeadLetterRow]:
     ]
 
 
+# ---------------------------------------------------------------- provisioning and labels
+
+
+def upsert_device_meta(
+    conn: Connection,
+    device_id: str,
+    *,
+    now: datetime,
+    group: str | None = None,
+    tags: list[str] | None = None,
+    secret_hash: str | None = None,
+) -> None:
+    """Create or update a device's group, tags and secret; None leaves a field as it is."""
+    values: dict[str, Any] = {}
+    if group is not None:
+        values["group_name"] = group or None
+    if tags is not None:
+        values["tags"] = sorted(set(tags))
+    if secret_hash is not None:
+        values["secret_hash"] = secret_hash
+    if values:
+        changed = conn.execute(
+            update(device_meta).where(device_meta.c.device_id == device_id).values(**values)
+        ).rowcount
+        if changed:
+            return
+    elif conn.execute(select(device_meta.c.device_id).where(device_meta.c.device_id == device_id)).first():
+        return
+    conn.execute(
+        insert(device_meta).values(
+            device_id=device_id,
+            group_name=values.get("group_name"),
+            tags=values.get("tags", []),
+            secret_hash=values.get("secret_hash"),
+            created_at=utc(now),
+        )
+    )
+
+
+def device_secret_hash(conn: Connection, device_id: str) -> str | None:
+    row = conn.execute(select(device_meta.c.secret_hash).where(device_meta.c.device_id == device_id)).first()
+    return None if row is None else row.secret_hash
+
+
+def model_in_use(conn: Connection, name: str, version: str) -> list[str]:
+    """Why a model cannot be deleted: desired-state rows pointing at it, and devices running it."""
+    reasons = [
+        "the fleet default" if target == FLEET_DEFAULT else f"desired by {target}"
+        for target in conn.execute(
+            select(desired.c.target).where(desired.c.model_name == name, desired.c.model_version == version)
+        ).scalars()
+    ]
+    reasons += [
+        f"running on {device_id}"
+        for device_id in conn.execute(
+            select(devices.c.device_id).where(
+                devices.c.model_name == name, devices.c.model_version == version
+            )
+        ).scalars()
+    ]
+    return reasons
+
+
+def delete_model(conn: Connection, name: str, version: str) -> str | None:
+    """Delete the registry row; the stored bundle path, or None when there was no such model."""
+    found = get_model_path(conn, name, version)
+    if found is None:
+        return None
+    conn.execute(models.delete().where(models.c.name == name, models.c.version == version))
+    return found[1]
+
+
 # ---------------------------------------------------------------- ingestion
 
 
@@ -316,16 +409,58 @@ def store_decoded(conn: Connection, item: Decoded) -> bool:
 
 
 def store_batch(conn: Connection, items: Iterable[Decoded | DeadLetter]) -> tuple[int, int]:
-    """Store a batch in the caller's transaction; returns (stored, duplicates)."""
+    """Store a batch in the caller's transaction; returns (stored, duplicates).
+
+    Telemetry windows, the bulk of the stream, go in with one multi-row INSERT per batch (statement
+    building, not the database, is what costs per message); status and events keep their order.
+    """
     stored = duplicates = 0
+    windows: list[tuple[TelemetryWindow, datetime, bytes | None]] = []
     for item in items:
         if isinstance(item, DeadLetter):
             store_dead_letter(conn, item)
+        elif isinstance(item.message, TelemetryWindow) and conn.dialect.name in ("sqlite", "postgresql"):
+            windows.append((item.message, utc(item.received_at), item.raw))
         elif store_decoded(conn, item):
             stored += 1
         else:
             duplicates += 1
+    if windows:
+        inserted = _store_telemetry_many(conn, windows)
+        stored += inserted
+        duplicates += len(windows) - inserted
     return stored, duplicates
+
+
+def _store_telemetry_many(
+    conn: Connection, windows: list[tuple[TelemetryWindow, datetime, bytes | None]]
+) -> int:
+    """One INSERT ... ON CONFLICT DO NOTHING RETURNING for many windows, then one UPDATE per device."""
+    rows = [_telemetry_row(window, received_at, raw) for window, received_at, raw in windows]
+    keys = ["device_id", "seq", "window_start"]
+    statement: Any
+    if conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        statement = sqlite_insert(telemetry).on_conflict_do_nothing(index_elements=keys)
+    else:
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        statement = pg_insert(telemetry).on_conflict_do_nothing(index_elements=keys)
+    inserted = conn.execute(statement.returning(telemetry.c.device_id), rows).all()
+    seen: dict[str, datetime] = {}
+    for row in rows:
+        if row["received_at"] > seen.get(row["device_id"], row["received_at"] - timedelta(1)):
+            seen[row["device_id"]] = row["received_at"]
+    touched = {row.device_id for row in inserted}
+    if touched:
+        conn.execute(
+            update(devices)
+            .where(devices.c.device_id == bindparam("d"), devices.c.last_seen < bindparam("seen"))
+            .values(last_seen=bindparam("seen")),
+            [{"d": device_id, "seen": seen[device_id]} for device_id in sorted(touched)],
+        )
+    return len(inserted)
 
 
 def _store_status(conn: Connection, status: DeviceStatus, received_at: datetime) -> None:
@@ -358,6 +493,16 @@ def _touch(conn: Connection, device_id: str, received_at: datetime, **values: An
 
 
 def _store_telemetry(conn: Connection, window: TelemetryWindow, received_at: datetime) -> bool:
+    row = _telemetry_row(window, received_at)
+    if not _insert_ignoring_duplicate(conn, telemetry, row, ("device_id", "seq", "window_start")):
+        return False
+    _touch(conn, window.device_id, received_at)
+    return True
+
+
+def _telemetry_row(
+    window: TelemetryWindow, received_at: datetime, raw: bytes | None = None
+) -> dict[str, Any]:
     latency = window.latency_ms
     resources = window.resources
     row = {
@@ -377,12 +522,12 @@ def _store_telemetry(conn: Connection, window: TelemetryWindow, received_at: dat
         "process_rss_bytes": resources.process_rss_bytes,
         "memory_used_percent": resources.memory_used_percent,
         "temperature_c": resources.temperature_c,
-        "payload": window.model_dump(mode="json"),
+        "drift_psi": window.prediction.drift_psi if window.prediction else None,
+        "low_confidence_share": window.prediction.low_confidence_share if window.prediction else None,
+        # The payload exactly as the device sent it (validated): no second serialization.
+        "payload": RawJson(raw.decode()) if raw is not None else window.model_dump(mode="json"),
     }
-    if not _insert_ignoring_duplicate(conn, telemetry, row, ("device_id", "seq", "window_start")):
-        return False
-    _touch(conn, window.device_id, received_at)
-    return True
+    return row
 
 
 def _store_event(conn: Connection, event: UpdateEvent, received_at: datetime) -> bool:
@@ -427,11 +572,136 @@ def _insert_ignoring_duplicate(
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        pg = pg_insert(table).values(**row).on_conflict_do_nothing(index_elements=list(keys))
-        return bool(conn.execute(pg).rowcount)
+        # psycopg reports rowcount -1 for this statement: ask for a returned row instead.
+        pg = (
+            pg_insert(table)
+            .values(**row)
+            .on_conflict_do_nothing(index_elements=list(keys))
+            .returning(table.c[keys[0]])
+        )
+        return conn.execute(pg).first() is not None
     try:
         with conn.begin_nested():
             conn.execute(insert(table).values(**row))
     except IntegrityError:
         return False
     return True
+
+
+# ---------------------------------------------------------------- time series
+
+SERIES_COLUMNS = (
+    "latency_p50",
+    "latency_p95",
+    "latency_p99",
+    "throughput_rps",
+    "error_rate",
+    "cpu_percent",
+    "memory_used_percent",
+    "process_rss_mib",
+    "temperature_c",
+    "drift_psi",
+    "low_confidence_share",
+)
+
+
+def telemetry_series(
+    conn: Connection, device_id: str, since: datetime, until: datetime, max_points: int
+) -> dict[str, Any]:
+    """Columns of one device's windows in ``[since, until)``, averaged into at most ``max_points`` buckets.
+
+    Raw windows where they are kept; hourly rollups (``telemetry_hourly``) for older hours.
+    """
+    from fleet.storage.schema import telemetry_hourly
+
+    raw = conn.execute(
+        select(
+            telemetry.c.window_start,
+            telemetry.c.window_end,
+            telemetry.c.requests,
+            telemetry.c.errors,
+            telemetry.c.latency_p50,
+            telemetry.c.latency_p95,
+            telemetry.c.latency_p99,
+            telemetry.c.cpu_percent,
+            telemetry.c.memory_used_percent,
+            telemetry.c.process_rss_bytes,
+            telemetry.c.temperature_c,
+            telemetry.c.drift_psi,
+            telemetry.c.low_confidence_share,
+        )
+        .where(
+            telemetry.c.device_id == device_id,
+            telemetry.c.window_start >= since,
+            telemetry.c.window_start < until,
+        )
+        .order_by(telemetry.c.window_start)
+    ).all()
+    points: list[tuple[float, dict[str, float | None]]] = []
+    for row in raw:
+        start, end = utc(row.window_start), utc(row.window_end)
+        seconds = max((end - start).total_seconds(), 1e-9)
+        points.append(
+            (
+                start.timestamp(),
+                {
+                    "latency_p50": row.latency_p50,
+                    "latency_p95": row.latency_p95,
+                    "latency_p99": row.latency_p99,
+                    "throughput_rps": row.requests / seconds,
+                    "error_rate": row.errors / row.requests if row.requests else 0.0,
+                    "cpu_percent": row.cpu_percent,
+                    "memory_used_percent": row.memory_used_percent,
+                    "process_rss_mib": row.process_rss_bytes / 1048576,
+                    "temperature_c": row.temperature_c,
+                    "drift_psi": row.drift_psi,
+                    "low_confidence_share": row.low_confidence_share,
+                },
+            )
+        )
+    first_raw = points[0][0] if points else until.timestamp()
+    hourly = conn.execute(
+        select(telemetry_hourly)
+        .where(
+            telemetry_hourly.c.device_id == device_id,
+            telemetry_hourly.c.hour >= since,
+            telemetry_hourly.c.hour < min(until, datetime.fromtimestamp(first_raw, UTC)),
+        )
+        .order_by(telemetry_hourly.c.hour)
+    ).all()
+    older = [
+        (
+            utc(row.hour).timestamp(),
+            {
+                "latency_p50": row.latency_p50_avg,
+                "latency_p95": row.latency_p95_avg,
+                "latency_p99": row.latency_p99_max,
+                "throughput_rps": row.requests / 3600,
+                "error_rate": row.errors / row.requests if row.requests else 0.0,
+                "cpu_percent": row.cpu_percent_avg,
+                "memory_used_percent": row.memory_used_percent_avg,
+                "process_rss_mib": None,
+                "temperature_c": row.temperature_c_max,
+                "drift_psi": row.drift_psi_avg,
+                "low_confidence_share": row.low_confidence_share_avg,
+            },
+        )
+        for row in hourly
+    ]
+    points = older + points
+    start_s, end_s = since.timestamp(), until.timestamp()
+    bucket = max((end_s - start_s) / max_points, 1e-9)
+    if len(points) <= max_points:
+        buckets = [[p] for p in points]
+    else:
+        grouped: dict[int, list[tuple[float, dict[str, float | None]]]] = {}
+        for point in points:
+            grouped.setdefault(int((point[0] - start_s) // bucket), []).append(point)
+        buckets = [grouped[key] for key in sorted(grouped)]
+    series: dict[str, Any] = {"t": [], **{column: [] for column in SERIES_COLUMNS}}
+    for members in buckets:
+        series["t"].append(datetime.fromtimestamp(members[0][0], UTC).isoformat())
+        for column in SERIES_COLUMNS:
+            values = [v for _, p in members if (v := p[column]) is not None]
+            series[column].append(round(sum(values) / len(values), 4) if values else None)
+    return {"device_id": device_id, "since": since.isoformat(), "until": until.isoformat(), "series": series}

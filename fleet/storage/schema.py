@@ -1,4 +1,4 @@
-"""Tables of the fleet database (SQLAlchemy Core). ``metadata.create_all`` builds them for now."""
+"""Tables of the fleet database (SQLAlchemy Core), built by the Alembic migrations in ``migrations/``."""
 
 from __future__ import annotations
 
@@ -89,10 +89,13 @@ telemetry = Table(
     Column("process_rss_bytes", BigInteger, nullable=False),
     Column("memory_used_percent", Float, nullable=False),
     Column("temperature_c", Float, nullable=True),
+    Column("drift_psi", Float, nullable=True),
+    Column("low_confidence_share", Float, nullable=True),
     Column("payload", JSON, nullable=False),
     # A redelivered window (QoS 1 after a reconnect) is stored once.
     UniqueConstraint("device_id", "seq", "window_start", name="uq_telemetry_window"),
     Index("ix_telemetry_device", "device_id", "id"),
+    Index("ix_telemetry_device_window", "device_id", "window_start"),
 )
 
 events = Table(
@@ -126,4 +129,87 @@ dead_letters = Table(
     Column("payload_prefix", Text, nullable=False),
     Column("payload_size", BigInteger, nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
+)
+
+device_meta = Table(
+    "device_meta",
+    metadata,
+    # Provisioning and labels, kept apart from ``devices`` (which the status messages own).
+    Column("device_id", String(64), primary_key=True),
+    Column("group_name", String(64), nullable=True),
+    Column("tags", JSON, nullable=False),
+    Column("secret_hash", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_device_meta_group", "group_name"),
+)
+
+telemetry_hourly = Table(
+    "telemetry_hourly",
+    metadata,
+    # Raw windows older than the retention period are folded into one row per device, hour and model.
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("device_id", String(64), nullable=False),
+    Column("hour", DateTime(timezone=True), nullable=False),
+    Column("model_name", String(64), nullable=False),
+    Column("model_version", String(128), nullable=False),
+    Column("windows", Integer, nullable=False),
+    Column("requests", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),
+    Column("latency_p50_avg", Float, nullable=True),
+    Column("latency_p95_avg", Float, nullable=True),
+    Column("latency_p95_max", Float, nullable=True),
+    Column("latency_p99_max", Float, nullable=True),
+    Column("cpu_percent_avg", Float, nullable=True),
+    Column("memory_used_percent_avg", Float, nullable=True),
+    Column("temperature_c_max", Float, nullable=True),
+    Column("drift_psi_avg", Float, nullable=True),
+    Column("low_confidence_share_avg", Float, nullable=True),
+    UniqueConstraint("device_id", "hour", "model_name", "model_version", name="uq_telemetry_hourly"),
+)
+
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("model_name", String(64), nullable=False),
+    Column("model_version", String(128), nullable=False),
+    Column("target", JSON, nullable=False),
+    Column("waves", JSON, nullable=False),
+    Column("gates", JSON, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("wave", Integer, nullable=False),
+    Column("wave_started_at", DateTime(timezone=True), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("last_gates", JSON, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(64), nullable=True),
+)
+
+rollout_devices = Table(
+    "rollout_devices",
+    metadata,
+    # One row per targeted device: its wave, and the assignment it had before (for roll back).
+    Column("rollout_id", Id, primary_key=True, autoincrement=False),
+    Column("device_id", String(64), primary_key=True),
+    Column("wave", Integer, nullable=False),
+    Column("had_own", Boolean, nullable=False),
+    Column("previous_name", String(64), nullable=True),
+    Column("previous_version", String(128), nullable=True),
+    Column("assigned_at", DateTime(timezone=True), nullable=True),
+    Index("ix_rollout_devices_device", "device_id"),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("rule", String(64), nullable=False),
+    Column("device_id", String(64), nullable=True),
+    Column("severity", String(16), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("value", Float, nullable=True),
+    Column("opened_at", DateTime(timezone=True), nullable=False),
+    Column("resolved_at", DateTime(timezone=True), nullable=True),
+    Index("ix_alerts_open", "rule", "device_id", "resolved_at"),
 )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,7 @@ class FakeLink:
     published: list[tuple[str, bytes]] = field(default_factory=list)
     connected: bool = True
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1) -> bool:
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
         if not self.connected:
             return False
         self.published.append((topic, payload))
@@ -57,6 +59,47 @@ class FakeLink:
         )
 
 
+PG_URL_ENV = "EDGEFLEET_TEST_PG_URL"
+DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def pg_base_url() -> str:
+    return os.environ.get(PG_URL_ENV) or DEFAULT_PG_URL
+
+
+@contextmanager
+def pg_schema_url() -> Iterator[str]:
+    """A fresh schema in the test database (search_path points at it); dropped afterwards."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    base = make_url(pg_base_url())
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    conninfo = base.set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL at {base} is not reachable ({exc}); run scripts/setup-services")
+    try:
+        yield base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+            hide_password=False
+        )
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated-on-first-use database: a SQLite file, or a private PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fleet.db'}"
+        return
+    with pg_schema_url() as url:
+        yield url
+
+
 @dataclass
 class InProcessFleet:
     client: TestClient
@@ -66,9 +109,9 @@ class InProcessFleet:
 
 
 @pytest.fixture
-def api(tmp_path: Path, signing_keys: tuple[Path, Path]) -> Iterator[InProcessFleet]:
-    """The FastAPI app with a real SQLite file and artifacts dir, no broker (commands are recorded)."""
-    engine = create_engine_for_url(f"sqlite:///{tmp_path / 'fleet.db'}")
+def api(tmp_path: Path, signing_keys: tuple[Path, Path], db_url: str) -> Iterator[InProcessFleet]:
+    """The FastAPI app on SQLite and on PostgreSQL, a real artifacts dir, no broker (commands recorded)."""
+    engine = create_engine_for_url(db_url)
     artifacts = tmp_path / "artifacts"
     link = FakeLink()
     context = FleetContext(
@@ -96,15 +139,22 @@ class RunningFleet:
     def post(self, path: str, **kwargs: Any) -> requests.Response:
         return requests.post(f"{self.url}{path}", timeout=10, **kwargs)
 
+    def json_auth(self, path: str, token: str) -> Any:
+        response = self.get(path, headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200, response.text
+        return response.json()
+
     def json(self, path: str) -> Any:
         response = self.get(path)
         assert response.status_code == 200, response.text
         return response.json()
 
 
-def fleet_config(tmp_path: Path, broker: MosquittoBroker, signing_keys: tuple[Path, Path]) -> FleetConfig:
+def fleet_config(
+    tmp_path: Path, broker: MosquittoBroker, signing_keys: tuple[Path, Path], db_url: str | None = None
+) -> FleetConfig:
     return FleetConfig(
-        db_url=f"sqlite:///{tmp_path / 'fleet.db'}",
+        db_url=db_url or f"sqlite:///{tmp_path / 'fleet.db'}",
         host="127.0.0.1",
         port=0,
         trusted_keys=[signing_keys[1].parent],
@@ -113,10 +163,9 @@ def fleet_config(tmp_path: Path, broker: MosquittoBroker, signing_keys: tuple[Pa
     )
 
 
-@pytest.fixture
-def fleet(tmp_path: Path, broker: MosquittoBroker, signing_keys: tuple[Path, Path]) -> Iterator[RunningFleet]:
-    """``FleetServer`` (uvicorn + ingester) in a thread on a free port, against the test's broker."""
-    config = fleet_config(tmp_path, broker, signing_keys)
+@contextmanager
+def running_fleet(config: FleetConfig) -> Iterator[RunningFleet]:
+    """``FleetServer`` (uvicorn + ingester) in a thread, stopped afterwards."""
     server = FleetServer(config)
     thread = threading.Thread(target=server.run, name="fleet-under-test", daemon=True)
     thread.start()
@@ -128,6 +177,24 @@ def fleet(tmp_path: Path, broker: MosquittoBroker, signing_keys: tuple[Path, Pat
         server.stop()
         thread.join(15)
         assert not thread.is_alive(), "the fleet did not stop"
+
+
+@pytest.fixture
+def fleet(
+    tmp_path: Path, broker: MosquittoBroker, signing_keys: tuple[Path, Path], db_url: str
+) -> Iterator[RunningFleet]:
+    """``FleetServer`` (uvicorn + ingester) in a thread on a free port, on SQLite and on PostgreSQL."""
+    with running_fleet(fleet_config(tmp_path, broker, signing_keys, db_url)) as running:
+        yield running
+
+
+@pytest.fixture
+def sqlite_fleet(
+    tmp_path: Path, broker: MosquittoBroker, signing_keys: tuple[Path, Path]
+) -> Iterator[RunningFleet]:
+    """The same on SQLite only, for tests whose subject is not storage (the web page)."""
+    with running_fleet(fleet_config(tmp_path, broker, signing_keys)) as running:
+        yield running
 
 
 @pytest.fixture

@@ -151,3 +151,75 @@ def test_serve_without_keys_fails_with_one_line(tmp_path: Path, capsys: pytest.C
         capsys, "fleet", "serve", "--trusted-keys", str(empty), "--db", f"sqlite:///{tmp_path / 'f.db'}"
     )
     assert code == 2 and "no public keys" in err
+
+
+def test_rollout_device_add_and_model_delete_commands(
+    fleet: RunningFleet,
+    device: TestClient,
+    signing_keys: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from fleet.auth import parse_tokens
+
+    fleet.server.context.tokens = parse_tokens(
+        "admin ada admin-token-0123456789\nviewer vera viewer-token-0123456789"
+    )
+    url = ("--fleet", fleet.url, "--token", "admin-token-0123456789")
+    for version in ("1.0.0", "2.0.0"):
+        bundle = tmp_path / f"digits-{version}.bundle"
+        bundle.write_bytes(build_bundle(signing_keys[0], "digits", version))
+        assert run(capsys, "model", "push", str(bundle), *url)[0] == 0
+    for device_id in ("pi-1", "pi-2"):
+        device.publish(Topics().status(device_id), status(device_id), retain=True)
+    wait_for(lambda: len(fleet.json_auth("/api/v1/devices", "admin-token-0123456789")) == 2)
+
+    code, _, err = run(capsys, "rollout", "status", "--fleet", fleet.url)
+    assert code == 2 and "401" in err
+    code, out, _ = run(
+        capsys,
+        "device",
+        "add",
+        "pi-3",
+        "--group",
+        "line-1",
+        "--tag",
+        "cam",
+        "--out",
+        str(tmp_path / "p"),
+        *url,
+    )
+    assert code == 0 and "pi-3:$7$101$" in out and "pattern write edgefleet/v1/devices/%u/status" in out
+    assert (tmp_path / "p" / "pi-3-agent.toml").read_text().count('username = "pi-3"') == 1
+
+    code, out, _ = run(
+        capsys,
+        "rollout",
+        "start",
+        "digits",
+        "2.0.0",
+        "--all",
+        "--soak",
+        "120",
+        "--gate",
+        "max_error_rate=0.01",
+        *url,
+    )
+    assert code == 0 and out.startswith(
+        "rollout 1 of digits 2.0.0 started: 2 devices, waves [1, 2], soak 120 s"
+    )
+    viewer = ("--fleet", fleet.url, "--token", "viewer-token-0123456789")
+    code, out, _ = run(capsys, "rollout", "status", *viewer)
+    assert code == 0 and "running" in out and "1/2" in out
+    code, _, err = run(capsys, "rollout", "pause", "1", *viewer)
+    assert code == 2 and "403" in err
+    assert run(capsys, "rollout", "pause", "1", *url)[1].startswith("rollout 1: paused")
+    assert run(capsys, "rollout", "resume", "1", *url)[1].startswith("rollout 1: running")
+    code, out, _ = run(capsys, "rollout", "abort", "1", "--reason", "not today", *url)
+    assert code == 0 and "aborted (not today)" in out
+    code, out, _ = run(capsys, "rollout", "status", "1", *url)
+    assert "aborted" in out
+
+    code, _, err = run(capsys, "model", "delete", "digits", "2.0.0", *url)
+    assert code == 2 and "409" in err and "desired by" in err
+    assert run(capsys, "model", "delete", "digits", "1.0.0", *url)[0] == 0

@@ -1,0 +1,831 @@
+"""Fleet figures from issue 5, measured side by side in one run (timings on shared cores are noisy:
+compare the figures of one run with each other, not with another machine's).
+
+* Ingestion: realistic telemetry windows (QoS 1) queued by the broker for a persistent session,
+  then drained by (a) a bare paho subscriber that only counts (the ceiling of a paho consumer) and
+  (b) the fleet's ingester storing into SQLite and into PostgreSQL with zero loss (every window in
+  the database, every message acknowledged after commit). Ratio to the bare subscriber, and devices
+  per core at one 60 s window per device (stored msg/s x 60 / CPU cores the process used).
+* Zero loss across a SIGKILL of ``fleet serve`` in the middle of a stream, and its restart.
+* A simulated fleet of agents (many devices per process; real MQTT status/events/telemetry and
+  HTTP desired-state polls) through a 4-wave gated rollout of a good model (time to complete), then
+  a slow model, which the gates must halt (and roll back) at wave 1.
+* API p99 of the device list and of one device's time series with N devices x D days of 60 s
+  windows generated straight into the database.
+
+Prints a table and, last, one line of JSON: ``{"benchmark": "fleet", "figures": {...}}``.
+
+    .venv/bin/python -m benchmarks.fleet [--messages 20000] [--agents 1000] [--api-devices 1000]
+        [--api-days 7] [--skip-postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import requests
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from sqlalchemy import Engine, func, insert, select
+
+from edgefleet.mosquitto import MosquittoBroker, free_port
+from fleet.config import MqttSettings
+from fleet.ingest.ingester import Ingester
+from fleet.storage import create_engine_for_url
+from fleet.storage.schema import devices, telemetry
+from protocol.messages import (
+    DeviceStatus,
+    LatencySummary,
+    PredictionHealth,
+    Presence,
+    ResourceUsage,
+    TelemetryWindow,
+    UpdateEvent,
+)
+from protocol.schema import ModelRef
+from protocol.signing import generate_private_key, private_key_pem, public_key_pem
+from protocol.topics import DeviceChannel, Topics
+
+TOPICS = Topics()
+PG_URL = os.environ.get("EDGEFLEET_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+BROKER_CONFIG = "max_inflight_messages 1000\nmax_queued_messages 2000000\n"
+
+
+def wait(predicate: Callable[[], Any], what: str, timeout_s: float = 120, interval_s: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise SystemExit(f"benchmark: timed out waiting for {what}")
+        time.sleep(interval_s)
+
+
+def window_payload(
+    device_id: str, seq: int, end: datetime, model: ModelRef, *, p95: float = 8.0, seconds: float = 60.0
+) -> bytes:
+    rng = random.Random(seq)
+    return (
+        TelemetryWindow(
+            device_id=device_id,
+            seq=seq,
+            window_start=end - timedelta(seconds=seconds),
+            window_end=end,
+            model=model,
+            requests=600 + rng.randint(0, 60),
+            errors={"inference": rng.randint(0, 2)},
+            latency_ms=LatencySummary(
+                p50=p95 / 2, p95=p95 * rng.uniform(0.95, 1.05), p99=p95 * 1.4, max=p95 * 3
+            ),
+            resources=ResourceUsage(
+                cpu_percent=rng.uniform(10, 60),
+                process_rss_bytes=rng.randint(50, 80) << 20,
+                memory_used_percent=rng.uniform(30, 60),
+                memory_available_bytes=1 << 30,
+                disk_free_bytes=8 << 30,
+                temperature_c=rng.uniform(40, 60),
+            ),
+            uptime_s=seq * 60.0,
+            prediction=PredictionHealth(
+                predictions=600,
+                mean_confidence=0.91,
+                confidence_p05=0.55,
+                low_confidence_share=0.04,
+                class_counts=[rng.randint(40, 80) for _ in range(10)],
+                drift_psi=0.03,
+                out_of_range_share=0.0,
+            ),
+        )
+        .model_dump_json()
+        .encode()
+    )
+
+
+# ---------------------------------------------------------------- ingestion
+
+
+def _client(client_id: str, **kwargs: Any) -> mqtt.Client:
+    return mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, **kwargs
+    )
+
+
+def _session_properties() -> Properties:
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = 3600
+    properties.ReceiveMaximum = 1000
+    return properties
+
+
+def publish_all(broker: MosquittoBroker, messages: list[tuple[str, bytes]]) -> float:
+    """Publish at QoS 1 and wait for every PUBACK; returns msg/s."""
+    done = threading.Event()
+    acked = [0]
+
+    def on_publish(*_args: Any) -> None:
+        acked[0] += 1
+        if acked[0] == len(messages):
+            done.set()
+
+    client = _client(f"bench-pub-{uuid.uuid4().hex[:6]}")
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.on_publish = on_publish
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    start = time.perf_counter()
+    for topic, payload in messages:
+        client.publish(topic, payload, qos=1)
+    if not done.wait(600):
+        raise SystemExit(f"benchmark: only {acked[0]} of {len(messages)} publishes acknowledged")
+    elapsed = time.perf_counter() - start
+    client.disconnect()
+    client.loop_stop()
+    return len(messages) / elapsed
+
+
+def park_session(broker: MosquittoBroker, client_id: str, topic: str) -> None:
+    """Create a persistent session subscribed to ``topic``, then leave: the broker queues for it."""
+    subscribed = threading.Event()
+    client = _client(client_id)
+    client.on_subscribe = lambda *_a: subscribed.set()
+    client.connect(broker.host, broker.port, clean_start=False, properties=_session_properties())
+    client.loop_start()
+    client.subscribe(topic, qos=1)
+    if not subscribed.wait(10):
+        raise SystemExit("benchmark: subscription not acknowledged")
+    client.disconnect()
+    client.loop_stop()
+
+
+def bare_drain(broker: MosquittoBroker, messages: list[tuple[str, bytes]]) -> float:
+    client_id = f"bench-bare-{uuid.uuid4().hex[:6]}"
+    park_session(broker, client_id, TOPICS.all_devices(DeviceChannel.TELEMETRY))
+    publish_all(broker, messages)
+    count = [0]
+    last = [0.0]
+
+    def on_message(*_args: Any) -> None:
+        count[0] += 1
+        last[0] = time.perf_counter()
+
+    client = _client(client_id)
+    client.on_message = on_message
+    start = time.perf_counter()
+    client.connect(broker.host, broker.port, clean_start=False, properties=_session_properties())
+    client.loop_start()
+    wait(lambda: count[0] >= len(messages), "the bare subscriber", 600, 0.01)
+    client.disconnect()
+    client.loop_stop()
+    return len(messages) / (last[0] - start)
+
+
+def fleet_drain(broker: MosquittoBroker, db_url: str, messages: list[tuple[str, bytes]]) -> dict[str, float]:
+    engine = create_engine_for_url(db_url)
+    settings = MqttSettings(
+        host=broker.host, port=broker.port, client_id=f"bench-fleet-{uuid.uuid4().hex[:6]}"
+    )
+    ingester = Ingester(settings, engine)
+    park_session(broker, settings.client_id, TOPICS.all_devices(DeviceChannel.TELEMETRY))
+    publish_all(broker, messages)
+    cpu0 = time.process_time()
+    start = time.perf_counter()
+    ingester.start()
+    wait(lambda: ingester.stats().acked >= len(messages), "the fleet ingester", 900, 0.01)
+    elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
+    stats = ingester.stats()
+    ingester.stop()
+    with engine.connect() as conn:
+        rows = conn.execute(select(func.count()).select_from(telemetry)).scalar_one()
+    engine.dispose()
+    if rows != len(messages) or stats.dead_lettered:
+        raise SystemExit(f"benchmark: LOSS: {rows} rows for {len(messages)} messages ({stats})")
+    return {"rate": len(messages) / elapsed, "cpu_s": cpu, "wall_s": elapsed, "rows": rows}
+
+
+WORKER = """
+import sys, time
+from fleet.config import MqttSettings
+from fleet.ingest.ingester import Ingester
+from fleet.storage import create_engine_for_url
+host, port, client_id, db_url, group = sys.argv[1:6]
+engine = create_engine_for_url(db_url)
+ingester = Ingester(MqttSettings(host=host, port=int(port), client_id=client_id, shared_group=group), engine)
+print("ready", flush=True)
+sys.stdin.readline()
+ingester.start()
+sys.stdin.readline()
+ingester.stop()
+print(ingester.stats().model_dump_json(), flush=True)
+"""
+
+
+def shared_drain(
+    broker: MosquittoBroker, db_url: str, messages: list[tuple[str, bytes]], workers: int
+) -> float:
+    """``workers`` ingest processes in one MQTT v5 shared-subscription group drain the parked stream."""
+    create_engine_for_url(db_url).dispose()  # migrate once, before the workers race to
+    # A fresh group: sessions parked by an earlier run would otherwise take their share of the stream.
+    group = f"bench{uuid.uuid4().hex[:6]}"
+    ids = [f"bench-shared-{uuid.uuid4().hex[:6]}" for _ in range(workers)]
+    for client_id in ids:
+        park_session(broker, client_id, f"$share/{group}/{TOPICS.all_devices(DeviceChannel.TELEMETRY)}")
+    publish_all(broker, messages)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, broker.host, str(broker.port), client_id, db_url, group],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for client_id in ids
+    ]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    engine = create_engine_for_url(db_url)
+
+    def stored() -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(telemetry)).scalar_one())
+
+    start = time.perf_counter()
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    wait(lambda: stored() >= len(messages), "the shared-subscription workers", 900, 0.02)
+    elapsed = time.perf_counter() - start
+    acked = 0
+    for proc in procs:
+        out, _ = proc.communicate("stop\n", timeout=60)
+        acked += json.loads(out.strip().splitlines()[-1])["acked"]
+    final = stored()
+    engine.dispose()
+    if final != len(messages):
+        raise SystemExit(f"benchmark: LOSS with shared subscriptions: {final} of {len(messages)}")
+    return len(messages) / elapsed
+
+
+def make_messages(n: int, devices_n: int) -> list[tuple[str, bytes]]:
+    model = ModelRef(name="digits", version="1.0.0")
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    out = []
+    for i in range(n):
+        device_id = f"dev-{i % devices_n:04d}"
+        seq = i // devices_n
+        out.append(
+            (
+                TOPICS.telemetry(device_id),
+                window_payload(device_id, seq, base + timedelta(minutes=seq), model),
+            )
+        )
+    return out
+
+
+# ---------------------------------------------------------------- fleet as a process
+
+
+def serve(
+    workdir: Path, broker: MosquittoBroker, key: Path, db_url: str, *extra: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    log = open(workdir / "fleet.log", "ab")  # noqa: SIM115 - handed to the child
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fleet",
+            "fleet",
+            "serve",
+            "--db",
+            db_url,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--mqtt-host",
+            broker.host,
+            "--mqtt-port",
+            str(broker.port),
+            "--mqtt-client-id",
+            "bench-fleet-process",
+            "--trusted-keys",
+            str(key),
+            "--artifacts",
+            str(workdir / "artifacts"),
+            *extra,
+        ],
+        stdout=log,
+        stderr=log,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait(lambda: _ok(url), "fleet serve", 60, 0.1)
+    wait(lambda: "ingester connected" in (workdir / "fleet.log").read_text(), "the fleet's ingester", 30, 0.1)
+    return process, url
+
+
+def _ok(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/api/v1/health", timeout=1).ok
+    except requests.RequestException:
+        return False
+
+
+def kill_restart(broker: MosquittoBroker, key: Path, n: int) -> dict[str, float]:
+    workdir = Path(tempfile.mkdtemp(prefix="fleet-kill-"))
+    db = workdir / "fleet.db"
+    db_url = f"sqlite:///{db}"
+    process, _ = serve(workdir, broker, key, db_url)
+    engine = create_engine_for_url(db_url)
+
+    def stored() -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(telemetry)).scalar_one())
+
+    messages = make_messages(n, 100)
+    publisher = _client("bench-kill-pub")
+    publisher.max_inflight_messages_set(100)
+    publisher.connect(broker.host, broker.port)
+    publisher.loop_start()
+    killed_at_stored = -1
+    for i, (topic, payload) in enumerate(messages):
+        publisher.publish(topic, payload, qos=1).wait_for_publish(10)
+        if killed_at_stored < 0 and i >= n // 2:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            killed_at_stored = stored()
+    start = time.perf_counter()
+    process, _ = serve(workdir, broker, key, db_url)
+    wait(lambda: stored() >= n, "all windows after the restart", 300, 0.1)
+    recovered = time.perf_counter() - start
+    final = stored()
+    publisher.disconnect()
+    publisher.loop_stop()
+    process.send_signal(signal.SIGTERM)
+    process.wait(30)
+    engine.dispose()
+    return {
+        "sent": n,
+        "stored": final,
+        "lost": n - final,
+        "stored_before_kill": killed_at_stored,
+        "recover_s": recovered,
+    }
+
+
+# ---------------------------------------------------------------- the simulated fleet
+
+
+class Simulator:
+    """Many simulated agents behind one MQTT connection and one HTTP session (the fleet cannot tell)."""
+
+    def __init__(self, broker: MosquittoBroker, fleet_url: str, n: int, slow_versions: set[str]) -> None:
+        self.ids = [f"sim-{i:04d}" for i in range(n)]
+        self.fleet_url = fleet_url
+        self.slow = slow_versions
+        self.model = {d: ModelRef(name="digits", version="1.0.0") for d in self.ids}
+        self.seq = dict.fromkeys(self.ids, 0)
+        self.pending: set[str] = set()
+        self.lock = threading.Lock()
+        self.http = requests.Session()
+        self.client = _client(f"bench-sim-{uuid.uuid4().hex[:6]}")
+        self.client.max_inflight_messages_set(1000)
+        self.client.max_queued_messages_set(0)
+        self.client.on_message = self._on_cmd
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        self.client.subscribe(f"{TOPICS.prefix}/devices/+/cmd", qos=1)
+        self.stop = threading.Event()
+
+    def _on_cmd(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.pending.add(TOPICS.parse_device_topic(message.topic).device_id)
+
+    def announce(self) -> None:
+        for device_id in self.ids:
+            self._status(device_id)
+
+    def _status(self, device_id: str) -> None:
+        status = DeviceStatus(
+            device_id=device_id,
+            presence=Presence.ONLINE,
+            ts=datetime.now(UTC),
+            agent_version="sim",
+            model=self.model[device_id],
+        )
+        self.client.publish(TOPICS.status(device_id), status.model_dump_json(), qos=1, retain=True)
+
+    def _install(self, device_id: str) -> None:
+        desired = self.http.get(f"{self.fleet_url}/api/v1/devices/{device_id}/desired", timeout=10).json()
+        target = desired.get("model")
+        if not target or target["version"] == self.model[device_id].version:
+            return
+        new = ModelRef(name=target["name"], version=target["version"], sha256=target["sha256"])
+        update_id = uuid.uuid4().hex[:8]
+        for state in ("download", "verify", "stage", "smoke", "activate", "commit"):
+            event = UpdateEvent(
+                device_id=device_id,
+                ts=datetime.now(UTC),
+                update_id=update_id,
+                state=state,
+                target=new,
+                previous=self.model[device_id],
+            )
+            self.client.publish(TOPICS.events(device_id), event.model_dump_json(), qos=1)
+        self.model[device_id] = new
+        self._status(device_id)
+
+    def run(self, window_s: float) -> None:
+        """Every ``window_s``: install what was asked for, then one telemetry window per device."""
+        while not self.stop.is_set():
+            began = time.monotonic()
+            with self.lock:
+                todo, self.pending = self.pending, set()
+            for device_id in sorted(todo):
+                self._install(device_id)
+            end = datetime.now(UTC)
+            for device_id in self.ids:
+                model = self.model[device_id]
+                p95 = 24.0 if model.version in self.slow else 8.0
+                self.seq[device_id] += 1
+                payload = window_payload(
+                    device_id, self.seq[device_id], end, model, p95=p95, seconds=window_s
+                )
+                self.client.publish(TOPICS.telemetry(device_id), payload, qos=1)
+            self.stop.wait(max(0.0, window_s - (time.monotonic() - began)))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def rollout_run(
+    broker: MosquittoBroker, key_pair: tuple[Path, Path], agents: int, soak_s: float
+) -> dict[str, Any]:
+    from tests.fleet.bundles import build_bundle
+
+    workdir = Path(tempfile.mkdtemp(prefix="fleet-rollout-"))
+    db_url = f"sqlite:///{workdir / 'fleet.db'}"
+    process, url = serve(workdir, broker, key_pair[1], db_url, "--rollout-tick", "0.5")
+    try:
+        for version in ("1.0.0", "2.0.0", "3.0.0"):
+            data = build_bundle(key_pair[0], "digits", version)
+            response = requests.post(
+                f"{url}/api/v1/models",
+                data=data,
+                headers={"Content-Type": "application/octet-stream"},
+                timeout=30,
+            )
+            response.raise_for_status()
+        requests.post(
+            f"{url}/api/v1/deployments",
+            json={"name": "digits", "version": "1.0.0", "device_id": None},
+            timeout=30,
+        ).raise_for_status()
+        sim = Simulator(broker, url, agents, slow_versions={"3.0.0"})
+        sim.announce()
+        wait(
+            lambda: len(requests.get(f"{url}/api/v1/devices", timeout=30).json()) == agents,
+            "simulated devices",
+            120,
+            0.5,
+        )
+        runner = threading.Thread(target=sim.run, args=(2.0,), daemon=True)
+        runner.start()
+        time.sleep(6)  # a few windows on the old model: the latency baseline
+        gates = {"soak_s": soak_s, "install_timeout_s": 120}
+        results: dict[str, Any] = {}
+        for version, label in (("2.0.0", "good"), ("3.0.0", "bad")):
+            start = time.perf_counter()
+            body = {"name": "digits", "version": version, "target": {"all": True}, "gates": gates}
+            response = requests.post(f"{url}/api/v1/rollouts", json=body, timeout=30)
+            response.raise_for_status()
+            rollout_id = response.json()["id"]
+
+            def finished(rid: int = rollout_id) -> dict[str, Any] | None:
+                view: dict[str, Any] = requests.get(f"{url}/api/v1/rollouts/{rid}", timeout=30).json()
+                return view if view["state"] not in ("running", "paused") else None
+
+            view = wait(finished, f"rollout of {version}", 900, 0.5)
+            elapsed = time.perf_counter() - start
+            results[label] = {
+                "state": view["state"],
+                "wave_reached": view["wave"] + 1,
+                "waves": view["waves"],
+                "devices_assigned": view["devices_assigned"],
+                "seconds": elapsed,
+                "reason": view["reason"],
+            }
+            if label == "good":
+                wait(lambda: all(m.version == "2.0.0" for m in sim.model.values()), "all on 2.0.0", 60, 0.5)
+                time.sleep(4)  # fresh baseline windows on 2.0.0
+        sim.close()
+        with create_engine_for_url(db_url).connect() as conn:
+            results["telemetry_rows"] = conn.execute(select(func.count()).select_from(telemetry)).scalar_one()
+        return results
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+
+
+# ---------------------------------------------------------------- API latency on a big database
+
+
+def generate(engine: Engine, devices_n: int, days: float) -> int:
+    """N devices x D days of 60 s windows, bulk-loaded with the driver (executemany / COPY).
+
+    The ``payload`` column gets ``{}``: the endpoints measured here do not read it."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    windows = int(days * 24 * 60)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(devices),
+            [
+                {
+                    "device_id": f"dev-{d:04d}",
+                    "presence": "online",
+                    "first_seen": now - timedelta(days=days),
+                    "last_seen": now,
+                    "agent_version": "sim",
+                    "model_name": "digits",
+                    "model_version": "1.0.0",
+                }
+                for d in range(devices_n)
+            ],
+        )
+    columns = [c.name for c in telemetry.columns if c.name != "id"]
+    rng = random.Random(0)
+    rows = 0
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.begin() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        for d in range(devices_n):
+            batch = []
+            for w in range(windows):
+                end = now - timedelta(minutes=windows - w - 1)
+                start = end - timedelta(seconds=60)
+                p95 = 8 + rng.random()
+                values = {
+                    "device_id": f"dev-{d:04d}",
+                    "seq": w,
+                    "window_start": start,
+                    "window_end": end,
+                    "received_at": end,
+                    "model_name": "digits",
+                    "model_version": "1.0.0",
+                    "requests": 600,
+                    "errors": 1,
+                    "latency_p50": p95 / 2,
+                    "latency_p95": p95,
+                    "latency_p99": p95 * 1.4,
+                    "cpu_percent": 30.0,
+                    "process_rss_bytes": 60 << 20,
+                    "memory_used_percent": 45.0,
+                    "temperature_c": 50.0,
+                    "drift_psi": 0.03,
+                    "low_confidence_share": 0.04,
+                    "payload": "{}",
+                }
+                if sqlite:  # the text format SQLAlchemy's SQLite DateTime stores
+                    for key in ("window_start", "window_end", "received_at"):
+                        values[key] = values[key].strftime("%Y-%m-%d %H:%M:%S.%f")
+                batch.append(tuple(values[c] for c in columns))
+            if sqlite:
+                marks = ", ".join("?" for _ in columns)
+                raw.executemany(f"INSERT INTO telemetry ({', '.join(columns)}) VALUES ({marks})", batch)
+            else:
+                with raw.cursor().copy(f"COPY telemetry ({', '.join(columns)}) FROM STDIN") as copy:
+                    for row in batch:
+                        copy.write_row(row)
+            rows += len(batch)
+    return rows
+
+
+def p99(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+
+def api_latency(
+    key: Path, broker: MosquittoBroker, db_url: str, *, devices_n: int, days: float, requests_n: int
+) -> dict[str, Any]:
+    engine = create_engine_for_url(db_url)
+    t0 = time.perf_counter()
+    rows = generate(engine, devices_n, days)
+    generated_s = time.perf_counter() - t0
+    engine.dispose()
+    workdir = Path(tempfile.mkdtemp(prefix="fleet-api-"))
+    process, url = serve(workdir, broker, key, db_url)
+    session = requests.Session()
+    try:
+        out: dict[str, Any] = {"rows": rows, "generate_s": generated_s}
+        for name, path in (
+            ("device_list", lambda i: "/api/v1/devices"),
+            ("series_6h", lambda i: f"/api/v1/devices/dev-{i % devices_n:04d}/series?hours=6&points=360"),
+            ("series_7d", lambda i: f"/api/v1/devices/dev-{i % devices_n:04d}/series?hours=168&points=500"),
+        ):
+            session.get(url + path(0), timeout=60).raise_for_status()
+            samples = []
+            for i in range(requests_n):
+                start = time.perf_counter()
+                response = session.get(url + path(i * 7919), timeout=60)
+                samples.append((time.perf_counter() - start) * 1000)
+                response.raise_for_status()
+            out[name] = {"p50_ms": statistics.median(samples), "p99_ms": p99(samples), "n": requests_n}
+        return out
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+
+
+def fresh_pg_url() -> tuple[str, Callable[[], None]]:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    base = make_url(PG_URL)
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    conninfo = base.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+
+    def drop() -> None:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+    url = base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    return url, drop
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=20000, help="telemetry messages per ingestion run")
+    parser.add_argument("--kill-messages", type=int, default=4000, help="messages in the kill/restart run")
+    parser.add_argument("--agents", type=int, default=1000, help="simulated agents in the rollout run")
+    parser.add_argument("--soak", type=float, default=6.0, help="soak seconds per wave in the rollout run")
+    parser.add_argument("--api-devices", type=int, default=1000)
+    parser.add_argument(
+        "--api-days", type=float, default=1.0, help="days of 60 s windows per device (7 = a week)"
+    )
+    parser.add_argument("--api-requests", type=int, default=200, help="requests per API latency figure")
+    parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--only", choices=["ingest", "kill", "rollout", "api"], action="append", default=None)
+    args = parser.parse_args(argv)
+    only = set(args.only or ["ingest", "kill", "rollout", "api"])
+    figures: dict[str, Any] = {"cpu_count": os.cpu_count()}
+    rows: list[tuple[str, str]] = []
+    workdir = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
+    key = generate_private_key()
+    key_pair = (workdir / "operator.key", workdir / "operator.pub")
+    key_pair[0].write_bytes(private_key_pem(key))
+    key_pair[1].write_bytes(public_key_pem(key.public_key()))
+    began = time.perf_counter()
+
+    with MosquittoBroker(workdir / "mosquitto", extra_config=BROKER_CONFIG) as broker:
+        if "ingest" in only:
+            messages = make_messages(args.messages, 1000)
+            size = statistics.mean(len(p) for _, p in messages)
+            bare = bare_drain(broker, messages)
+            figures["ingest"] = {
+                "messages": len(messages),
+                "payload_bytes": round(size),
+                "bare_paho_msg_s": round(bare),
+            }
+            rows.append(("telemetry payload (bytes, mean)", f"{size:.0f}"))
+            rows.append(("bare paho subscriber, QoS 1 drain (msg/s)", f"{bare:,.0f}"))
+            backends = [("sqlite", f"sqlite:///{workdir / 'ingest.db'}")]
+            cleanup: list[Callable[[], None]] = []
+            if not args.skip_postgres:
+                url, drop = fresh_pg_url()
+                backends.append(("postgresql", url))
+                cleanup.append(drop)
+            try:
+                for name, url in backends:
+                    result = fleet_drain(broker, url, messages)
+                    ratio = result["rate"] / bare
+                    per_core = result["rows"] / result["cpu_s"] * 60
+                    figures["ingest"][name] = {
+                        "stored_msg_s": round(result["rate"]),
+                        "ratio_to_bare": round(ratio, 3),
+                        "cpu_s": round(result["cpu_s"], 2),
+                        "devices_per_core_60s": round(per_core),
+                        "lost": 0,
+                    }
+                    rows.append(
+                        (f"fleet ingester -> {name}, stored, zero loss (msg/s)", f"{result['rate']:,.0f}")
+                    )
+                    rows.append((f"  ratio to the bare subscriber ({name})", f"{ratio:.2f}x"))
+                    rows.append((f"  devices per core at 60 s windows ({name})", f"{per_core:,.0f}"))
+                    shared_url = url
+                    if name == "sqlite":
+                        shared_url = f"sqlite:///{workdir / 'ingest-shared.db'}"
+                    else:
+                        shared_url, drop_shared = fresh_pg_url()
+                        cleanup.append(drop_shared)
+                    shared = shared_drain(broker, shared_url, messages, 2)
+                    figures["ingest"][name]["two_workers_shared_msg_s"] = round(shared)
+                    figures["ingest"][name]["two_workers_ratio_to_bare"] = round(shared / bare, 3)
+                    rows.append(
+                        (
+                            f"  2 ingest workers, $share group ({name}) (msg/s; ratio)",
+                            f"{shared:,.0f}; {shared / bare:.2f}x",
+                        )
+                    )
+            finally:
+                for drop in cleanup:
+                    drop()
+        if "kill" in only:
+            kill = kill_restart(broker, key_pair[1], args.kill_messages)
+            figures["kill_restart"] = kill
+            rows.append(
+                (
+                    "SIGKILL mid-stream: sent / stored / lost",
+                    f"{kill['sent']} / {kill['stored']} / {kill['lost']}",
+                )
+            )
+            rows.append(
+                (
+                    "  stored before the kill; catch-up after restart (s)",
+                    f"{kill['stored_before_kill']}; {kill['recover_s']:.1f}",
+                )
+            )
+        if "rollout" in only:
+            rollout = rollout_run(broker, key_pair, args.agents, args.soak)
+            figures["rollout"] = {"agents": args.agents, "soak_s": args.soak, **rollout}
+            good, bad = rollout["good"], rollout["bad"]
+            rows.append(
+                (
+                    f"{args.agents} agents, good model: state, waves, time (s)",
+                    f"{good['state']}, {good['waves']}, {good['seconds']:.1f}",
+                )
+            )
+            rows.append(
+                (
+                    "slow model (3x p95): state at wave, devices touched",
+                    f"{bad['state']} at wave {bad['wave_reached']}, {bad['devices_assigned']}",
+                )
+            )
+            rows.append(("  slow model: time to halt (s)", f"{bad['seconds']:.1f}"))
+        if "api" in only:
+            backends = [("sqlite", f"sqlite:///{workdir / 'api.db'}", None)]
+            if not args.skip_postgres:
+                url, drop = fresh_pg_url()
+                backends.append(("postgresql", url, drop))
+            figures["api"] = {"devices": args.api_devices, "days": args.api_days}
+            for name, url, drop_fn in backends:
+                try:
+                    result = api_latency(
+                        key_pair[1],
+                        broker,
+                        url,
+                        devices_n=args.api_devices,
+                        days=args.api_days,
+                        requests_n=args.api_requests,
+                    )
+                finally:
+                    if drop_fn is not None:
+                        drop_fn()
+                figures["api"][name] = result
+                rows.append(
+                    (
+                        f"API on {name}: {result['rows']:,} windows generated in (s)",
+                        f"{result['generate_s']:.0f}",
+                    )
+                )
+                for key_name in ("device_list", "series_6h", "series_7d"):
+                    r = result[key_name]
+                    rows.append(
+                        (f"  {key_name} p50 / p99 (ms, {name})", f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f}")
+                    )
+    figures["total_s"] = round(time.perf_counter() - began, 1)
+    width = max(len(r[0]) for r in rows)
+    print("\nfleet benchmark (one run, side by side; noisy shared cores)")
+    for label, value in rows:
+        print(f"  {label.ljust(width)}  {value}")
+    print(json.dumps({"benchmark": "fleet", "figures": figures}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,51 @@
+"""``/api/v1/rollouts``: start a gated rollout, watch it, pause, resume, abort or roll it back."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
+from starlette.concurrency import run_in_threadpool
+
+from fleet.api.context import FleetContext, get_context
+from fleet.api.security import Operator, Viewer
+from fleet.rollouts.spec import RolloutAction, RolloutRequest, RolloutView
+
+router = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"])
+Context = Annotated[FleetContext, Depends(get_context)]
+RolloutId = Annotated[int, Path(ge=1)]
+
+
+@router.post("", status_code=201, response_model=RolloutView)
+async def start_rollout(body: RolloutRequest, context: Context, who: Operator) -> RolloutView:
+    """Wave 1 is assigned at once; later waves follow when the gates pass after each soak."""
+    return await run_in_threadpool(context.controller().start, body, who.name)
+
+
+@router.get("", response_model=list[RolloutView])
+def list_rollouts(context: Context, _who: Viewer) -> list[RolloutView]:
+    return context.controller().all()
+
+
+@router.get("/{rollout_id}", response_model=RolloutView)
+def get_rollout(rollout_id: RolloutId, context: Context, _who: Viewer) -> RolloutView:
+    return context.controller().get(rollout_id)
+
+
+def _action(name: str) -> None:
+    def endpoint(
+        rollout_id: RolloutId, context: Context, who: Operator, body: RolloutAction | None = None
+    ) -> RolloutView:
+        reason = body.reason if body is not None and body.reason else f"{name} by {who.name}"
+        method = getattr(context.controller(), name)
+        result: RolloutView = method(rollout_id, reason)
+        return result
+
+    endpoint.__name__ = f"{name}_rollout"
+    router.post(
+        f"/{{rollout_id}}/{name}", response_model=RolloutView, summary=f"{name.capitalize()} a rollout"
+    )(endpoint)
+
+
+for _name in ("pause", "resume", "abort", "rollback"):
+    _action(_name)

@@ -1,0 +1,1 @@
+"""Gated rollouts: waves of devices, health gates from telemetry, promote / halt / roll back."""

@@ -1,0 +1,143 @@
+"""What an operator asks for (target, waves, gates) and what the API shows. Pure pydantic, no I/O."""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from protocol.schema import DEVICE_ID_RE
+
+DEFAULT_WAVES = ["1", "10%", "50%", "100%"]
+_WAVE = re.compile(r"^(\d+(?:\.\d+)?)%$|^(\d+)$")
+
+
+class RolloutState(StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    HALTED = "halted"
+    ABORTED = "aborted"
+    ROLLED_BACK = "rolled_back"
+
+
+ACTIVE_STATES = (RolloutState.RUNNING, RolloutState.PAUSED)
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Target(Spec):
+    """Which devices: all of them, a group, devices carrying every given tag, or a list of ids."""
+
+    all: bool = Field(False, description="every known device")
+    group: str | None = Field(None, description="devices in this group")
+    tags: list[str] = Field(default_factory=list, description="devices carrying every one of these tags")
+    devices: list[str] = Field(default_factory=list, description="these device ids")
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> Target:
+        chosen = sum([self.all, self.group is not None, bool(self.tags), bool(self.devices)])
+        if chosen != 1:
+            raise ValueError("choose exactly one of all, group, tags or devices")
+        for device_id in self.devices:
+            if not DEVICE_ID_RE.match(device_id):
+                raise ValueError(f"device id {device_id!r} is not valid")
+        return self
+
+
+class Gates(Spec):
+    """Health gates judged on each wave's devices after its soak time."""
+
+    soak_s: float = Field(600, ge=0, description="how long each wave runs before it is judged")
+    max_latency_p95_ratio: float = Field(
+        1.5, gt=0, description="median window p95 latency on the new model / on the previous model"
+    )
+    max_error_rate: float = Field(0.02, ge=0, le=1, description="failed requests / requests")
+    max_drift_psi: float = Field(0.25, ge=0, description="mean drift PSI against the manifest baseline")
+    max_low_confidence_share: float = Field(0.3, ge=0, le=1, description="mean low-confidence share")
+    max_offline_share: float = Field(0.2, ge=0, le=1, description="share of the wave's devices offline")
+    max_rollbacks: int = Field(0, ge=0, description="agent rollbacks or failed installs tolerated")
+    install_timeout_s: float = Field(
+        1800, gt=0, description="a wave whose devices do not all run the model by then fails"
+    )
+    on_failure: Literal["rollback", "halt"] = Field(
+        "rollback", description="roll the devices back to what they ran, or only stop"
+    )
+
+
+class RolloutRequest(Spec):
+    name: str
+    version: str
+    target: Target
+    waves: list[str] = Field(default_factory=lambda: list(DEFAULT_WAVES))
+    gates: Gates = Field(default_factory=Gates)
+
+    @field_validator("waves")
+    @classmethod
+    def _waves(cls, waves: list[str]) -> list[str]:
+        if not waves:
+            raise ValueError("at least one wave")
+        for wave in waves:
+            match = _WAVE.match(wave.strip())
+            if match is None:
+                raise ValueError(f"wave {wave!r} is neither a device count (e.g. 1) nor a percentage (10%)")
+            if match.group(1) is not None and not 0 < float(match.group(1)) <= 100:
+                raise ValueError(f"wave {wave!r} is not a percentage in (0, 100]")
+            if match.group(2) is not None and int(match.group(2)) < 1:
+                raise ValueError(f"wave {wave!r} must be at least one device")
+        return [wave.strip() for wave in waves]
+
+
+def wave_sizes(waves: list[str], total: int) -> list[int]:
+    """Cumulative device counts per wave for ``total`` devices; the last wave always takes them all."""
+    sizes: list[int] = []
+    for wave in waves:
+        count = math.ceil(float(wave[:-1]) / 100 * total) if wave.endswith("%") else int(wave)
+        count = max(1, min(count, total))
+        if not sizes or count > sizes[-1]:
+            sizes.append(count)
+    if not sizes or sizes[-1] < total:
+        sizes.append(total)
+    return sizes
+
+
+class GateResult(Spec):
+    gate: str
+    ok: bool
+    value: float | None
+    limit: float | None
+    detail: str
+
+
+class RolloutView(Spec):
+    id: int
+    name: str
+    version: str
+    target: Target
+    waves: list[int] = Field(description="cumulative device counts per wave")
+    gates: Gates
+    state: RolloutState
+    wave: int = Field(description="index of the current wave (0-based)")
+    wave_started_at: datetime | None
+    reason: str | None
+    last_gates: list[GateResult] | None
+    devices_total: int
+    devices_assigned: int
+    devices_on_target: int
+    created_at: datetime
+    updated_at: datetime
+    created_by: str | None
+
+
+class RolloutAction(Spec):
+    reason: str | None = Field(None, description="why, for the record")
+
+
+def gate_dicts(results: list[GateResult]) -> list[dict[str, Any]]:
+    return [result.model_dump(mode="json") for result in results]

@@ -1,0 +1,1 @@
+"""Alembic migrations of the fleet database; ``fleet.storage.migrate`` runs them at start."""
