@@ -14,7 +14,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, fleet_credentials
 from agent.errors import AgentError
 from agent.http_api import InferenceAPI
 from agent.mqtt_link import MqttLink
@@ -26,6 +26,7 @@ from agent.store import ModelStore
 from agent.systemd import Notifier
 from agent.telemetry import RequestMetrics, Telemetry
 from agent.update import Updater
+from agent.update.fleet_auth import attach
 from agent.update.machine import State
 from agent.update.probation import ProbationPolicy
 from agent.update.runner import StepRunner, WorkerRunner
@@ -112,6 +113,7 @@ class Agent:
             from protocol.signing import TrustedKeys
 
             self.session.headers.setdefault("User-Agent", user_agent)
+            attach(self.session, cfg.fleet.url, fleet_credentials(cfg))
             trusted = TrustedKeys.from_paths(cfg.trusted_keys)
         else:  # the agent: heavy steps in a worker process, nothing heavy stays resident here
             runner = WorkerRunner(
@@ -124,6 +126,7 @@ class Agent:
                 timeout_s=cfg.fleet.timeout_s,
                 user_agent=user_agent,
                 stopping=self.stopping,
+                credentials=fleet_credentials(cfg),
             )
         self.mqtt = MqttLink(
             cfg.device_id,

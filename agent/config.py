@@ -37,6 +37,16 @@ class FleetConfig(_Section):
         gt=0,
         description="Connect and read timeout of each HTTP request to the fleet, in seconds.",
     )
+    username: str | None = Field(
+        default=None,
+        description="Device name for the fleet API's HTTP Basic auth (the device id from "
+        "`edgefleet device add`); unset: the [mqtt] username.",
+    )
+    password: str | None = Field(
+        default=None,
+        description="Device secret for the fleet API's HTTP Basic auth; unset: the [mqtt] password. "
+        "Sent only to the fleet's own origin, never to a bundle URL on another host.",
+    )
 
 
 class MqttConfig(_Section):
@@ -289,3 +299,10 @@ def reference_markdown() -> str:
 
     section(AgentConfig, "top level")
     return "\n".join(out)
+
+
+def fleet_credentials(config: AgentConfig) -> tuple[str, str] | None:
+    """HTTP Basic credentials for the fleet: [fleet] ones, else the broker's; None when incomplete."""
+    user = config.fleet.username or config.mqtt.username
+    secret = config.fleet.password or config.mqtt.password
+    return (user, secret) if user and secret else None

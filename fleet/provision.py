@@ -68,8 +68,8 @@ def provision(
     hashed = hash_secret(secret)
     agent_config = (
         f'device_id = "{request.device_id}"\n'
-        'state_dir = "/var/lib/edgefleet-agent"\n'
-        'trusted_keys = ["/etc/edgefleet/keys"]\n\n'
+        'state_dir = "/var/lib/edgefleet"  # StateDirectory= of systemd/edgefleet-agent.service\n'
+        'trusted_keys = ["/etc/edgefleet/trusted"]\n\n'
         "[fleet]\n"
         f'url = "{fleet_url}"\n\n'
         "[mqtt]\n"

@@ -27,6 +27,7 @@ from agent.errors import DownloadError, UpdateError
 from agent.runtime import RuntimeChoice
 from agent.serving import ActiveModel
 from agent.store import ModelStore
+from agent.update.fleet_auth import FleetCredentials, basic_header
 from agent.update.smoke import smoke
 from protocol.errors import MessageError
 from protocol.messages import DesiredModel, DesiredState, parse_message
@@ -151,6 +152,7 @@ class WorkerRunner:
         user_agent: str,
         stopping: threading.Event,
         python: str = sys.executable,
+        credentials: FleetCredentials | None = None,
     ) -> None:
         self.fleet_url = fleet_url
         self.device_id = device_id
@@ -162,10 +164,14 @@ class WorkerRunner:
         self.user_agent = user_agent
         self.stopping = stopping
         self.python = python
+        self.credentials = credentials
 
     def fetch_desired(self) -> DesiredState:
         url = f"{self.fleet_url.rstrip('/')}/api/v1/devices/{self.device_id}/desired"
-        request = urllib.request.Request(url, headers={"User-Agent": self.user_agent})
+        headers = {"User-Agent": self.user_agent}
+        if self.credentials is not None:
+            headers["Authorization"] = basic_header(self.credentials)
+        request = urllib.request.Request(url, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 body = response.read(1024 * 1024)
@@ -205,6 +211,7 @@ class WorkerRunner:
             "threads": self.threads,
             "timeout_s": self.timeout_s,
             "user_agent": self.user_agent,
+            "credentials": list(self.credentials) if self.credentials else None,  # via stdin, never argv
             **args,
         }
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}

@@ -35,6 +35,7 @@ def main() -> int:
     request = json.loads(sys.stdin.read())
     import requests
 
+    from agent.update.fleet_auth import attach
     from agent.update.runner import InProcessRunner
     from protocol.signing import TrustedKeys
 
@@ -42,6 +43,8 @@ def main() -> int:
     try:
         session = requests.Session()
         session.headers["User-Agent"] = request["user_agent"]
+        credentials = request.get("credentials")
+        attach(session, request["fleet_url"], (credentials[0], credentials[1]) if credentials else None)
         runner = InProcessRunner(
             session=session,
             fleet_url=request["fleet_url"],

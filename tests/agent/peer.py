@@ -15,6 +15,8 @@ class FleetPeer:
         self.desired: dict[str, dict[str, Any]] = {}
         self.files: dict[str, bytes] = {}
         self.requests: list[str] = []
+        self.authorizations: list[tuple[str, str | None]] = []
+        """(path, Authorization header) of every GET."""
         self.ranges: list[str] = []
         """The Range header of each bundle request that had one."""
         self.cut: dict[str, int] = {}
@@ -31,6 +33,7 @@ class FleetPeer:
 
             def do_GET(self) -> None:
                 peer.requests.append(self.path)
+                peer.authorizations.append((self.path, self.headers.get("Authorization")))
                 parts = self.path.strip("/").split("/")
                 body: bytes | None = None
                 kind = "application/json"
