@@ -207,6 +207,9 @@ def run_demo(options: DemoOptions, stop: Callable[[], bool] = lambda: False) -> 
                 broker.port,
                 public,
                 telemetry_interval_s=options.telemetry_interval_s,
+                # A new model is watched this long before it is committed (30 s by default); the
+                # demo shortens it so the second deployment does not wait on the first's probation.
+                probation_s=10,
             )
             for i in range(options.devices)
         ]

@@ -176,6 +176,7 @@ class AgentProcess(ManagedProcess):
         *,
         telemetry_interval_s: float = 2,
         poll_interval_s: float = 30,
+        probation_s: float | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
         self.device_id = device_id
@@ -192,6 +193,7 @@ class AgentProcess(ManagedProcess):
             f'[mqtt]\nhost = "127.0.0.1"\nport = {mqtt_port}\n'
             f'[api]\nhost = "127.0.0.1"\nport = {self.port}\n'
             f"[telemetry]\ninterval_s = {telemetry_interval_s}\n"
+            + (f"[update]\nprobation_s = {probation_s}\n" if probation_s is not None else "")
         )
         super().__init__(
             device_id,
