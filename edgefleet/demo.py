@@ -17,6 +17,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -165,6 +166,20 @@ def deploy(fleet_url: str, bundle: Path, version: str) -> None:
     )
 
 
+def wait_for_fleet_view(
+    fleet_url: str, version: str, count: int, timeout_s: float = 90
+) -> list[dict[str, Any]]:
+    """The fleet's device list once ``count`` devices report ``version`` as committed (or at the
+    deadline: the demo shows what the fleet knows rather than failing)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        devices: list[dict[str, Any]] = requests.get(f"{fleet_url}/api/v1/devices", timeout=5).json()
+        committed = [d for d in devices if (d.get("model") or {}).get("version") == version]
+        if len(committed) >= count or time.monotonic() > deadline:
+            return devices
+        time.sleep(0.5)
+
+
 def run_demo(options: DemoOptions, stop: Callable[[], bool] = lambda: False) -> None:
     work = options.workdir.resolve()
     if options.fresh and work.exists():
@@ -245,7 +260,8 @@ def run_demo(options: DemoOptions, stop: Callable[[], bool] = lambda: False) -> 
             print(f"    {device}: accuracy {acc:.3f} with 2.0.0")
         time.sleep(options.telemetry_interval_s * 2 + 0.5)
 
-        devices = requests.get(f"{fleet.url}/api/v1/devices", timeout=5).json()
+        say("waiting for both devices to commit 2.0.0 after their probation")
+        devices = wait_for_fleet_view(fleet.url, "2.0.0", len(agents))
         say("the fleet's view:")
         print(
             json.dumps(
