@@ -172,72 +172,52 @@ def _keys_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# Options `convert` and `bundle` share, by their argparse destination.
+_SHARED_FIELDS = (
+    "model", "evaluation", "mode", "name", "version", "task", "labels", "description",
+    "key", "out", "force", "runtime", "timeout", "smoke_samples",
+)  # fmt: skip
+
+
+def _shared_fields(args: argparse.Namespace) -> dict[str, Any]:
+    return {field: getattr(args, field) for field in _SHARED_FIELDS}
+
+
+def _print_report(result: Any, report_json: Path | None) -> None:
+    from converter.report import report_table, write_report_json
+
+    print(report_table(result))
+    if report_json is not None:
+        write_report_json(result, report_json)
+
+
 def _convert(args: argparse.Namespace) -> int:
     from converter.errors import AccuracyGateError
     from converter.pipeline import ConversionRequest, convert
-    from converter.report import report_table, write_report_json
 
     request = ConversionRequest.build(
-        model=args.model,
+        **_shared_fields(args),
         calibration=args.calibration,
-        evaluation=args.evaluation,
-        mode=args.mode,
-        name=args.name,
-        version=args.version,
-        task=args.task,
-        labels=args.labels,
-        description=args.description,
-        key=args.key,
-        out=args.out,
-        force=args.force,
-        runtime=args.runtime,
-        timeout=args.timeout,
-        smoke_samples=args.smoke_samples,
         io_type=args.io_type,
         max_drop=args.max_drop,
         rnn=args.rnn,
         float_layers=[name.strip() for name in args.float_layers.split(",") if name.strip()],
         image_preprocessing=args.image_preprocessing,
     )
-
-    def progress(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
     try:
-        result = convert(request, progress=progress)
+        result = convert(request, progress=_progress)
     except AccuracyGateError as exc:
         print(exc.report, flush=True)
         raise
-    print(report_table(result))
-    if args.report_json is not None:
-        write_report_json(result, args.report_json)
+    _print_report(result, args.report_json)
     return 0
 
 
 def _bundle(args: argparse.Namespace) -> int:
-    from converter.report import report_table, write_report_json
     from converter.tflite_bundle import BundleRequest, bundle_tflite
 
-    request = BundleRequest.build(
-        model=args.model,
-        evaluation=args.evaluation,
-        mode=args.mode,
-        name=args.name,
-        version=args.version,
-        task=args.task,
-        labels=args.labels,
-        description=args.description,
-        key=args.key,
-        out=args.out,
-        force=args.force,
-        runtime=args.runtime,
-        timeout=args.timeout,
-        smoke_samples=args.smoke_samples,
-    )
-    result = bundle_tflite(request, progress=_progress)
-    print(report_table(result))
-    if args.report_json is not None:
-        write_report_json(result, args.report_json)
+    request = BundleRequest.build(**_shared_fields(args))
+    _print_report(bundle_tflite(request, progress=_progress), args.report_json)
     return 0
 
 
