@@ -14,7 +14,6 @@ the old or the new file, never half of one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -26,43 +25,18 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.errors import StoreError
+from protocol import bundle
+from protocol.bundle import LABELS, MANIFEST, MODEL, SIGNATURE, sha256_hex, write_atomically
+from protocol.errors import BundleError
 from protocol.manifest import Manifest
 from protocol.schema import ModelRef
-
-# The bundle's member names (protocol.bundle). Not imported from there: protocol.bundle imports
-# protocol.signing, which imports cryptography (+7.5 MB resident), and the serving process never
-# verifies a signature itself (update steps run in a worker process: agent.update.runner).
-MANIFEST = "manifest.json"
-MODEL = "model.tflite"
-LABELS = "labels.txt"
-SAMPLES = "samples.npz"
-SIGNATURE = "manifest.sig"
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary name beside ``path``, fsync, then rename: never a half file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def parse_manifest(data: bytes) -> Manifest:
     try:
-        return Manifest.model_validate_json(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "manifest"
-        raise StoreError(f"manifest.json is not a valid edgefleet manifest: {where}: {first['msg']}") from exc
+        return bundle.parse_manifest(data)
+    except BundleError as exc:
+        raise StoreError(str(exc)) from exc
 
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")

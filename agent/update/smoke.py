@@ -12,7 +12,8 @@ import numpy as np
 from agent.errors import SmokeTestError, StoreError, VerifyError
 from agent.runtime import ModelLoadError, RuntimeChoice, RuntimeError_
 from agent.serving import ActiveModel
-from agent.store import SAMPLES, ModelStore
+from agent.store import ModelStore
+from protocol.bundle import SAMPLES
 
 __all__ = ["smoke"]
 
