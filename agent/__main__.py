@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from agent.cli import register
-from edgefleet.runner import run_command
+from protocol.runner import run_command
 
 
 def main(argv: list[str] | None = None) -> int:

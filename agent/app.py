@@ -14,34 +14,34 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from agent.config import AgentConfig, fleet_credentials
+from agent.config import AgentConfig
 from agent.errors import AgentError
 from agent.http_api import InferenceAPI
 from agent.mqtt_link import MqttLink
 from agent.outbox import Outbox
-from agent.runtime import resolve_runtime
 from agent.scheduler import IntervalJob
 from agent.serving import ModelHolder
 from agent.store import ModelStore
 from agent.systemd import Notifier
 from agent.telemetry import RequestMetrics, Telemetry
-from agent.update import Updater
-from agent.update.fleet_auth import attach
+from agent.tls import mqtt_context
+from agent.update import UpdatePolicy, Updater, build_updater
+from agent.update.faults import Faults
 from agent.update.machine import State
-from agent.update.probation import ProbationPolicy
-from agent.update.runner import StepRunner, WorkerRunner
-from edgefleet import __version__
 from protocol.manifest import BaselineStats
 from protocol.messages import UpdateEvent
 from protocol.schema import ModelRef
 from protocol.topics import Topics
+from protocol.version import __version__
+from runtime import resolve_runtime
 
 if TYPE_CHECKING:
     import requests
 
 log = logging.getLogger(__name__)
 
-_STATUS_STATES = {State.ACTIVATE.value, State.ROLLBACK.value, State.FAILED.value, State.COMMIT.value}
+_STATUS_STATES = frozenset({State.ACTIVATE, State.ROLLBACK, State.FAILED, State.COMMIT})
+"""Update states that change (or confirm) the serving model: the retained status follows them."""
 
 
 class Agent:
@@ -68,8 +68,8 @@ class Agent:
         model = self.holder.current
         return model.ref if model is not None else None
 
-    def update_state(self) -> str:
-        return self.updater.state if self.updater is not None else State.IDLE.value
+    def update_state(self) -> State:
+        return self.updater.state if self.updater is not None else State.IDLE
 
     def status_line(self) -> str:
         """systemd STATUS=: what serves and where the update machine is."""
@@ -107,27 +107,6 @@ class Agent:
                 "no trusted keys in %s: every bundle will be refused", ", ".join(map(str, cfg.trusted_keys))
             )
         user_agent = f"edgefleet-agent/{__version__}"
-        runner: StepRunner | None = None
-        trusted = None
-        if self.session is not None:  # tests and tools: the steps run here, on that session
-            from protocol.signing import TrustedKeys
-
-            self.session.headers.setdefault("User-Agent", user_agent)
-            attach(self.session, cfg.fleet.url, fleet_credentials(cfg))
-            trusted = TrustedKeys.from_paths(cfg.trusted_keys)
-        else:  # the agent: heavy steps in a worker process, nothing heavy stays resident here
-            runner = WorkerRunner(
-                fleet_url=cfg.fleet.url,
-                device_id=cfg.device_id,
-                trusted_paths=cfg.trusted_keys,
-                state_dir=cfg.state_dir,
-                runtime=cfg.runtime.kind,
-                threads=cfg.runtime.threads,
-                timeout_s=cfg.fleet.timeout_s,
-                user_agent=user_agent,
-                stopping=self.stopping,
-                credentials=fleet_credentials(cfg),
-            )
         self.mqtt = MqttLink(
             cfg.device_id,
             cfg.mqtt.host,
@@ -140,37 +119,28 @@ class Agent:
             outbox=Outbox(cfg.state_dir / "outbox.sqlite", limit=cfg.mqtt.queue_limit),
             username=cfg.mqtt.username,
             password=cfg.mqtt.password,
+            tls=mqtt_context(cfg.mqtt.tls),  # TlsFileError names a missing or unusable file
         )
-        self.updater = Updater(
-            cfg.device_id,
+        self.updater = build_updater(
+            cfg,
             self.store,
             self.holder,
-            runner=runner,
-            session=self.session,
-            trusted=trusted,
-            fleet_url=cfg.fleet.url,
-            runtime=cfg.runtime.kind,
-            threads=cfg.runtime.threads,
-            timeout_s=cfg.fleet.timeout_s,
-            max_state_restarts=cfg.update.max_state_restarts,
-            emit=self._on_event,
-            probation=probation_policy(cfg),
-            usage=self.metrics.usage,
-            download_attempts=cfg.update.download_attempts,
-            retry_base_s=cfg.update.retry_base_s,
+            user_agent=user_agent,
             stopping=self.stopping,
-            hang_in=_fault_state(),
+            usage=self.metrics.usage,
+            emit=self._on_event,
+            session=self.session,  # None: each heavy step in a worker process
+            faults=Faults.from_environ(os.environ),
         )
         # A crash after the switch is settled here, before anything serves.
-        self.updater.resume(local_only=True)
-        if self.holder.current is None:
-            self.holder.swap(self.updater.load_serving(self.store.read_pointer()))
+        self.updater.start_up()
         self.api = InferenceAPI(
             cfg.api.host,
             cfg.api.port,
             self.holder,
             self.metrics,
             max_body_bytes=cfg.api.max_body_bytes,
+            max_instances=cfg.api.max_instances,
             update_state=self.update_state,
             unix_socket=cfg.api.unix_socket,
         ).start()
@@ -208,10 +178,7 @@ class Agent:
         if self._telemetry_job is not None and config.telemetry.interval_s != old.telemetry.interval_s:
             self._telemetry_job.set_interval(config.telemetry.interval_s)
         if self.updater is not None:
-            self.updater.probation = probation_policy(config)
-            self.updater.max_state_restarts = config.update.max_state_restarts
-            self.updater.download_attempts = config.update.download_attempts
-            self.updater.retry_base_s = config.update.retry_base_s
+            self.updater.reload(UpdatePolicy.from_config(config.update))
         live = {"fleet": {"poll_interval_s"}, "telemetry": {"interval_s"}, "update": None}
         ignored = []
         for section, value in config.model_dump().items():
@@ -259,30 +226,6 @@ class Agent:
 def _any_public_key(paths: list[Path]) -> bool:
     """Whether any *.pub is there (parsed by the worker that verifies: cryptography stays out)."""
     return any(path.is_file() or (path.is_dir() and any(path.glob("*.pub"))) for path in paths)
-
-
-FAULT_ENV = "EDGEFLEET_FAULT_HANG_IN"
-"""Test hook: the update machine hangs after saving this state (the kill tests use it)."""
-
-
-def _fault_state() -> State | None:
-    name = os.environ.get(FAULT_ENV)
-    if not name:
-        return None
-    log.warning("%s=%s: the update machine will hang in that state (fault injection)", FAULT_ENV, name)
-    return State(name)
-
-
-def probation_policy(config: AgentConfig) -> ProbationPolicy:
-    u = config.update
-    return ProbationPolicy(
-        duration_s=u.probation_s,
-        requests=u.probation_requests,
-        min_requests=u.probation_min_requests,
-        max_error_rate=u.max_error_rate,
-        max_latency_factor=u.max_latency_factor,
-        check_interval_s=u.health_check_interval_s,
-    )
 
 
 def run(

@@ -37,11 +37,15 @@ def _run(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     from agent.config import load_config
     from agent.errors import ConfigError
+    from agent.tls import mqtt_context
+    from agent.update.fleet_http import desired_context
     from protocol.errors import EdgefleetError
     from protocol.signing import TrustedKeys
 
     try:
         config = load_config(args.config)
+        mqtt_context(config.mqtt.tls)  # the TLS files exist, are readable and match
+        desired_context(config.fleet.url, config.fleet.ca_file)
         trusted = TrustedKeys.from_paths(config.trusted_keys)
     except ConfigError as exc:
         print(exc, file=sys.stderr)

@@ -45,8 +45,44 @@ class FleetConfig(_Section):
     password: str | None = Field(
         default=None,
         description="Device secret for the fleet API's HTTP Basic auth; unset: the [mqtt] password. "
-        "Sent only to the fleet's own origin, never to a bundle URL on another host.",
+        "Sent only to the fleet's own origin, never to a bundle URL on another host, never after a "
+        "redirect to another origin.",
     )
+    ca_file: Path | None = Field(
+        default=None,
+        description="For an https:// url: PEM CA certificate(s) the fleet's certificate (and that of "
+        "any bundle host) must chain to; unset: the system's CA store. The host name is always checked.",
+    )
+
+
+class MqttTlsConfig(_Section):
+    enabled: bool = Field(
+        default=False,
+        description="Connect to the broker over TLS; also on when ca_file is set. Use the broker's "
+        "TLS port (usually 8883).",
+    )
+    ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA certificate(s) the broker's certificate must chain to; unset: the system's "
+        "CA store.",
+    )
+    cert_file: Path | None = Field(
+        default=None,
+        description="This device's client certificate (PEM), its identity for a broker that requires "
+        "one; with key_file.",
+    )
+    key_file: Path | None = Field(
+        default=None, description="The unencrypted PEM private key of cert_file; readable by the agent only."
+    )
+    check_hostname: bool = Field(
+        default=True,
+        description="Check that the broker's certificate names [mqtt] host. false accepts any name on a "
+        "certificate the CA signed: only for a lab broker reached by an address its certificate lacks.",
+    )
+
+    @property
+    def active(self) -> bool:
+        return self.enabled or self.ca_file is not None
 
 
 class MqttConfig(_Section):
@@ -64,6 +100,7 @@ class MqttConfig(_Section):
         description="Messages the on-disk outbox (state_dir/outbox.sqlite) keeps until the broker "
         "acknowledges them; when full, the oldest are dropped and counted in telemetry.",
     )
+    tls: MqttTlsConfig = Field(default_factory=MqttTlsConfig, description="TLS to the broker.")
 
 
 class ApiConfig(_Section):
@@ -73,6 +110,12 @@ class ApiConfig(_Section):
     )
     max_body_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413."
+    )
+    max_instances: int = Field(
+        default=4096,
+        ge=1,
+        description="Most instances one predict request may carry; more get 400 naming the limit (a "
+        "fixed-batch model runs one invoke per batch of its size, never resized).",
     )
     unix_socket: Path | None = Field(
         default=None,
@@ -277,7 +320,7 @@ def reference_markdown() -> str:
     """A Markdown table per section, from the field descriptions (docs/agent.md embeds it)."""
     out: list[str] = []
 
-    def section(model: type[BaseModel], title: str) -> None:
+    def section(model: type[BaseModel], title: str, prefix: str = "") -> None:
         out.append(f"### `{title}`\n\n| key | default | description |\n|---|---|---|")
         nested: list[tuple[type[BaseModel], str]] = []
         for name, field in model.model_fields.items():
@@ -295,7 +338,7 @@ def reference_markdown() -> str:
             out.append(f"| `{name}` | {default} | {field.description or ''} |")
         out.append("")
         for sub, name in nested:
-            section(sub, f"[{name}]")
+            section(sub, f"[{prefix}{name}]", f"{prefix}{name}.")
 
     section(AgentConfig, "top level")
     return "\n".join(out)

@@ -47,3 +47,11 @@ class ActivateError(UpdateError):
 
 class HealthCheckError(UpdateError):
     """The new model misbehaved on probation (errors, latency, failed health checks)."""
+
+
+class UnroutedEventError(AgentError):
+    """A bug in the update machine: a handler posted an event its transition table does not route.
+
+    Never a normal failure: it is not turned into a rollback but propagates (with a traceback),
+    so the table gets fixed instead of the machine silently stopping in a state.
+    """

@@ -1,17 +1,21 @@
-"""The local inference API: stdlib ``ThreadingHTTPServer``, HTTP/1.1 keep-alive, JSON bodies.
+"""The local inference API: stdlib ``ThreadingHTTPServer``, HTTP/1.1 keep-alive.
 
-``POST /v1/predict``  ``{"inputs": <one instance or a batch>}`` -> outputs and predictions
-``GET  /v1/health``   status, active model, update state
+``POST /v1/predict``  ``{"inputs": <one instance or a batch, or an object by input name>}``
+                      -> every output and, for classifiers, predictions
+``GET  /v1/health``   status (ok, degraded after recent inference failures, no-model), active
+                      model, update state
 ``GET  /v1/model``    the active model's manifest
 
-A ``POST /v1/predict`` with ``Content-Type: application/octet-stream`` carries little-endian
-float32 instances back to back and is answered with the float32 outputs (``X-Output-Shape``,
-``X-Classes``). The same API can also listen on a Unix socket.
+Binary bodies (``agent.predict_io``): ``application/octet-stream`` carries little-endian float32
+instances of a single-input model and is answered with the primary output's float32 values
+(``X-Output-Shape``, ``X-Classes``); ``application/x-npz`` carries every input by name and is
+answered with every output by name (``X-Output-Shapes``). Any failure of the runtime is a 500
+counted in telemetry; the interpreter is ready for the next request. The same API can also
+listen on a Unix socket.
 """
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import os
@@ -19,15 +23,25 @@ import socketserver
 import threading
 import time
 from collections.abc import Callable
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agent.errors import BadInputError
-from agent.serving import ModelHolder, parse_inputs, parse_tensor_body
+from agent.http_base import FastHandler
+from agent.predict_io import (
+    NPZ,
+    parse_float32_body,
+    parse_json_inputs,
+    parse_npz_body,
+    response_json,
+    response_npz,
+    shapes_header,
+)
+from agent.serving import ActiveModel, ModelHolder, PredictResult
+from agent.serving_health import ServingHealth
 from agent.telemetry import RequestMetrics
 from protocol.errors import EdgefleetError
 
@@ -37,34 +51,46 @@ BINARY = "application/octet-stream"
 NO_MODEL = "no model is active yet; the agent installs one when the fleet deploys it"
 
 
+class _Refused(Exception):  # noqa: N818 - internal control flow, never leaves the handler
+    """A request answered with an error status (and counted in telemetry under ``kind``)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str = "bad_request",
+        *,
+        nonfinite: bool = False,
+        close: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind = status, message, kind
+        self.nonfinite, self.close = nonfinite, close
+
+
+def _form(content_type: str) -> str:
+    """Which body form a Content-Type names: npz, float32 or (anything else) json."""
+    media = content_type.split(";", maxsplit=1)[0].strip().lower()
+    return {NPZ: "npz", BINARY: "float32"}.get(media, "json")
+
+
+def _json_request(body: bytes) -> tuple[dict[str, Any], int]:
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: [[[[...
+        raise _Refused(400, f'the body is not valid JSON ({exc}); send {{"inputs": [...]}}') from None
+    if not isinstance(payload, dict) or "inputs" not in payload:
+        raise _Refused(400, 'the body must be a JSON object with an "inputs" member')
+    top_k = payload.get("top_k", 1)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 100:
+        raise _Refused(400, '"top_k" must be a whole number from 1 to 100')
+    return payload, top_k
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     api: InferenceAPI
-
-
-_MAX_HEADER_LINE = 65536
-_MAX_HEADERS = 100
-_REASONS = {status.value: status.phrase for status in HTTPStatus}
-
-
-class _Headers(dict[str, str]):
-    """Request headers by lower-case name; ``get`` is case-insensitive like email.message's."""
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return super().get(key.lower(), default)
-
-
-_date_cache: tuple[int, str] = (0, "")
-
-
-def _http_date() -> str:
-    """The Date header, formatted once per second."""
-    global _date_cache  # noqa: PLW0603 - a one-entry cache
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, email.utils.formatdate(now, usegmt=True))
-    return _date_cache[1]
 
 
 class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -72,74 +98,11 @@ class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     api: InferenceAPI
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out as two writes; with Nagle on, the body waits for the client's
-    # delayed ACK (~40 ms on Linux) and every keep-alive request took 44 ms instead of ~1.
-    disable_nagle_algorithm = True
+class _Handler(FastHandler):
     server: _Server | _UnixServer
-    raw_requestline: bytes
-    timeout = 60  # an idle keep-alive connection is closed after this many seconds
 
-    def address_string(self) -> str:
-        return str(self.client_address[0]) if self.client_address else "unix"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.address_string(), *args)
-
-    # -- plumbing ----------------------------------------------------------------------------
-    def parse_request(self) -> bool:
-        """The request line and headers, without ``email.parser`` (a third of the per-request
-        cost in the stdlib version); the same rules for keep-alive and ``Expect: 100-continue``."""
-        self.request_version = self.default_request_version
-        self.close_connection = True
-        self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
-        words = self.requestline.split()
-        if len(words) != 3:
-            self.send_error(400, f"Bad request line {self.requestline!r}")
-            return False
-        command, path, version = words
-        if version not in ("HTTP/1.1", "HTTP/1.0"):
-            self.send_error(505, f"HTTP version {version} is not supported; use HTTP/1.1")
-            return False
-        self.command, self.path, self.request_version = command, path, version
-        headers = _Headers()
-        while True:
-            line = self.rfile.readline(_MAX_HEADER_LINE + 1)
-            if len(line) > _MAX_HEADER_LINE:
-                self.send_error(431, "a header line is too long")
-                return False
-            if line in (b"\r\n", b"\n", b""):
-                break
-            name, sep, value = line.decode("iso-8859-1").partition(":")
-            if not sep:
-                self.send_error(400, f"malformed header line {line[:80]!r}")
-                return False
-            headers[name.strip().lower()] = value.strip()
-            if len(headers) > _MAX_HEADERS:
-                self.send_error(431, "too many headers")
-                return False
-        self.headers = headers  # type: ignore[assignment]
-        connection = headers.get("connection", "").lower()
-        self.close_connection = connection == "close" or (
-            version == "HTTP/1.0" and connection != "keep-alive"
-        )
-        if version == "HTTP/1.1" and headers.get("expect", "").lower() == "100-continue":
-            return self.handle_expect_100()
-        return True
-
-    def _send(self, status: int, content_type: str, data: bytes, extra: str = "") -> None:
-        """Status line, headers and body in one write (one syscall, one segment for small bodies)."""
-        if self.close_connection or self.server.api.stopping:
-            self.close_connection = True
-            extra += "Connection: close\r\n"
-        head = (
-            f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nDate: {_http_date()}\r\n"
-            f"Content-Type: {content_type}\r\nContent-Length: {len(data)}\r\n{extra}\r\n"
-        )
-        self.wfile.write(head.encode("latin-1") + data)
-        if log.isEnabledFor(logging.DEBUG):
-            self.log_request(status, len(data))
+    def closing(self) -> bool:
+        return self.server.api.stopping
 
     def _send_json(self, status: int, body: object) -> None:
         self._send(status, "application/json", json.dumps(body, allow_nan=False).encode())
@@ -157,24 +120,27 @@ class _Handler(BaseHTTPRequestHandler):
             api.leave()
 
     # -- routes ------------------------------------------------------------------------------
-    def do_GET(self) -> None:
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server dispatches to
         self._tracked(self._get)
 
-    def do_POST(self) -> None:
+    def do_POST(self) -> None:  # noqa: N802 - the name http.server dispatches to
         self._tracked(self._post)
 
     def _get(self) -> None:
         api = self.server.api
         model = api.holder.current
         if self.path == "/v1/health":
-            self._send_json(
-                200,
-                {
-                    "status": "ok" if model else "no-model",
-                    "model": model.ref.model_dump(mode="json") if model else None,
-                    "update_state": api.update_state(),
-                },
-            )
+            failures = api.health.recent_failures()
+            status = "no-model" if model is None else "degraded" if failures else "ok"
+            health: dict[str, Any] = {
+                "status": status,
+                "model": model.ref.model_dump(mode="json") if model else None,
+                "update_state": api.update_state(),
+            }
+            if failures:
+                health["recent_failures"] = failures
+                health["last_error"] = api.health.last_error
+            self._send_json(200, health)
         elif self.path == "/v1/model":
             if model is None:
                 self._send_json(503, {"error": "no model is active yet"})
@@ -184,103 +150,107 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(404, {"error": f"no such endpoint: GET {self.path}"})
 
     def _post(self) -> None:
-        api = self.server.api
         if self.path != "/v1/predict":
             self._discard_body()
             self._send_json(404, {"error": f"no such endpoint: POST {self.path}"})
             return
+        try:
+            self._predict(self._read_body())
+        except _Refused as refused:
+            if refused.close:
+                self.close_connection = True
+            self._error(refused.status, refused.message, refused.kind, nonfinite=refused.nonfinite)
+        except OSError:
+            raise  # the connection itself failed: http.server closes it
+        except Exception:  # a bug: answer and count it rather than drop the connection
+            log.exception("predict request failed unexpectedly")
+            self.close_connection = True
+            self._error(500, "internal error; see the agent's log", "internal")
+
+    def _read_body(self) -> bytes:
         length_header = self.headers.get("Content-Length")
         if self.headers.get("Transfer-Encoding") or length_header is None:
-            self.close_connection = True
-            self._error(411, "send the JSON body with a Content-Length header", "bad_request")
-            return
+            raise _Refused(411, "send the body with a Content-Length header", close=True)
         try:
             length = int(length_header)
             if length < 0:
                 raise ValueError
         except ValueError:
-            self.close_connection = True
-            self._error(400, "Content-Length is not a number", "bad_request")
-            return
-        if length > api.max_body_bytes:
-            self.close_connection = True  # the body stays unread
-            self._error(413, f"the body is {length} bytes; the limit is {api.max_body_bytes}", "too_large")
-            return
-        body = self.rfile.read(length)
+            raise _Refused(400, "Content-Length is not a number", close=True) from None
+        limit = self.server.api.max_body_bytes
+        if length > limit:  # the body stays unread
+            raise _Refused(413, f"the body is {length} bytes; the limit is {limit}", "too_large", close=True)
+        body: bytes = self.rfile.read(length)
+        return body
+
+    def _predict(self, body: bytes) -> None:
+        api = self.server.api
         started = time.perf_counter()
         model = api.holder.current  # this request runs on this model, whatever swaps meanwhile
-        binary = self.headers.get("Content-Type", "").split(";")[0].strip() == BINARY
+        form = _form(self.headers.get("Content-Type", ""))
+        payload: dict[str, Any] = {}
         top_k = 1
-        if binary:
-            if model is None:
-                self._error(503, NO_MODEL, "no_model")
-                return
-            try:
-                batch = parse_tensor_body(body, model.input_spec)
-            except BadInputError as exc:
-                self._error(400, str(exc), "bad_request", nonfinite="NaN" in str(exc))
-                return
-        else:
-            try:
-                payload = json.loads(body)
-            except (ValueError, UnicodeDecodeError) as exc:
-                self._error(
-                    400, f'the body is not valid JSON ({exc}); send {{"inputs": [...]}}', "bad_request"
-                )
-                return
-            if not isinstance(payload, dict) or "inputs" not in payload:
-                self._error(400, 'the body must be a JSON object with an "inputs" member', "bad_request")
-                return
-            top_k = payload.get("top_k", 1)
-            if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 100:
-                self._error(400, '"top_k" must be a whole number from 1 to 100', "bad_request")
-                return
-            if model is None:
-                self._error(503, NO_MODEL, "no_model")
-                return
-            try:
-                batch = parse_inputs(payload["inputs"], model.input_spec)
-            except BadInputError as exc:
-                self._error(400, str(exc), "bad_request", nonfinite="NaN" in str(exc))
-                return
+        if form == "json":
+            payload, top_k = _json_request(body)
+        if model is None:
+            raise _Refused(503, NO_MODEL, "no_model")
         try:
-            result = model.predict(batch)
-        except EdgefleetError as exc:
-            log.error("inference failed: %s", exc)
-            self.server.api.metrics.record_error("inference", model_sha=model.sha256)
-            self._send_json(500, {"error": f"inference failed: {exc}"})
+            if form == "json":
+                arrays = parse_json_inputs(payload["inputs"], model)
+            elif form == "npz":
+                arrays = parse_npz_body(body, model, api.max_body_bytes)
+            else:
+                arrays = parse_float32_body(body, model)
+            if len(arrays[0]) > api.max_instances:
+                raise BadInputError(
+                    f"a request may hold at most {api.max_instances} instances "
+                    f"(api.max_instances), got {len(arrays[0])}"
+                )
+            result = model.predict(arrays)
+        except BadInputError as exc:
+            raise _Refused(400, str(exc), nonfinite="NaN" in str(exc)) from None
+        except Exception as exc:  # the boundary: any failure is a 500, never a dropped connection
+            self._inference_failed(model, exc)
             return
-        latency_ms = (time.perf_counter() - started) * 1000
         api.metrics.record_success(
-            latency_ms,
+            (time.perf_counter() - started) * 1000,
             model.sha256,
             classes=result.classes,
             confidences=result.confidences,
             output_counts=model.output_counts(result),
-            instances=len(batch),
-            out_of_range=model.out_of_range(batch),
+            instances=len(arrays[0]),
+            out_of_range=len(result.out_of_range),
         )
-        if binary:
-            data = np.ascontiguousarray(result.outputs, dtype="<f4").tobytes()
-            extra = (
-                f"X-Output-Shape: {','.join(str(d) for d in result.outputs.shape)}\r\n"
-                f"X-Model: {model.manifest.name}/{model.manifest.version}\r\n"
-            )
-            if result.classes is not None:
-                extra += f"X-Classes: {','.join(str(c) for c in result.classes.tolist())}\r\n"
-            self._send(200, BINARY, data, extra)
+        self._respond(form, model, result, top_k)
+
+    def _inference_failed(self, model: ActiveModel, exc: Exception) -> None:
+        api = self.server.api
+        if isinstance(exc, EdgefleetError):
+            message = f"inference failed: {exc}"
+            log.error("%s", message)
+        else:
+            message = f"inference failed: an internal error ({type(exc).__name__}); see the agent's log"
+            log.exception("inference failed unexpectedly")
+        api.metrics.record_error("inference", model_sha=model.sha256)
+        api.health.failed(message)
+        self._send_json(500, {"error": message})
+
+    def _respond(self, form: str, model: ActiveModel, result: PredictResult, top_k: int) -> None:
+        if form == "json":
+            self._send_json(200, response_json(model, result, top_k))
             return
-        response: dict[str, Any] = {
-            "model": {"name": model.manifest.name, "version": model.manifest.version},
-            "outputs": result.outputs.tolist(),
-        }
-        predictions = result.predictions
-        if predictions is not None:
-            response["predictions"] = [p.as_json() for p in predictions]
-            if top_k > 1:
-                for entry, top in zip(response["predictions"], result.top(top_k), strict=True):
-                    entry["top"] = [t.as_json() for t in top]
-        self._send_json(200, response)
+        extra = f"X-Model: {model.manifest.name}/{model.manifest.version}\r\n"
+        if result.classes is not None:
+            extra += f"X-Classes: {','.join(str(c) for c in result.classes.tolist())}\r\n"
+        if result.out_of_range:
+            extra += f"X-Out-Of-Range: {','.join(str(i) for i in result.out_of_range)}\r\n"
+        if form == "npz":
+            extra += f"X-Output-Shapes: {shapes_header(result)}\r\n"
+            self._send(200, NPZ, response_npz(result), extra)
+            return
+        data = np.ascontiguousarray(result.outputs, dtype="<f4").tobytes()
+        extra += f"X-Output-Shape: {','.join(str(d) for d in result.outputs.shape)}\r\n"
+        self._send(200, BINARY, data, extra)
 
     def _discard_body(self) -> None:
         try:
@@ -308,6 +278,8 @@ class InferenceAPI:
         metrics: RequestMetrics,
         *,
         max_body_bytes: int = 16 * 1024 * 1024,
+        max_instances: int = 4096,
+        health: ServingHealth | None = None,
         update_state: Callable[[], str] = lambda: "idle",
         unix_socket: Path | None = None,
     ) -> None:
@@ -316,6 +288,8 @@ class InferenceAPI:
         self.holder = holder
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.max_instances = max_instances
+        self.health = health or ServingHealth()
         self.update_state = update_state
         self.unix_socket = unix_socket
         self.stopping = False

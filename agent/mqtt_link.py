@@ -7,11 +7,16 @@ stored messages to paho in order (at most ``window`` unacknowledged at a time) w
 and a message leaves the outbox only in ``on_publish``, when the broker's PUBACK arrived. paho
 itself re-sends what is in flight after a reconnect; what the outbox drops when full is counted
 and reported in telemetry.
+
+With a TLS context the link connects over TLS (the context decides what is trusted and whether a
+client certificate is presented); a refused handshake is logged once per distinct cause, in words
+(``agent.tls.describe_handshake``), and kept in ``last_error`` until the next successful connect.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +27,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.outbox import Outbox
+from agent.tls import TlsHandshakeError, describe_handshake, record_handshake_errors
 from protocol.errors import MessageError
 from protocol.messages import Command, CommandKind, DeviceStatus, Presence, UpdateEvent, parse_message
 from protocol.schema import ModelRef
@@ -48,6 +54,7 @@ class MqttLink:
         username: str | None = None,
         password: str | None = None,
         window: int = 20,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.device_id = device_id
         self.host = host
@@ -79,6 +86,13 @@ class MqttLink:
         if username is not None:
             self._client.username_pw_set(username, password)
         self._client.reconnect_delay_set(min_delay=1, max_delay=60)
+        self._tls_failure: BaseException | None = None
+        self.last_error: TlsHandshakeError | None = None
+        """Why the last TLS connection attempt failed; None after a successful connect."""
+        if tls is not None:
+            record_handshake_errors(tls, self._record_tls_failure)
+            self._client.tls_set_context(tls)
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.will_set(
             self.topics.status(device_id), self._status_payload(Presence.OFFLINE), qos=1, retain=True
         )
@@ -211,6 +225,8 @@ class MqttLink:
             log.warning("MQTT broker %s:%s refused the connection: %s", self.host, self.port, reason)
             return
         log.info("connected to MQTT broker %s:%s", self.host, self.port)
+        self.last_error = None
+        self._tls_failure = None
         client.subscribe(self.topics.cmd(self.device_id), qos=1)
         self._publish_direct(self.topics.status(self.device_id), self._status_payload(Presence.ONLINE))
         self.connected.set()
@@ -220,8 +236,27 @@ class MqttLink:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         self.connected.clear()
+        if self._report_tls_failure():
+            return
         if reason.is_failure:
             log.warning("lost the MQTT broker (%s); reconnecting with backoff", reason)
+
+    def _record_tls_failure(self, exc: BaseException) -> None:
+        self._tls_failure = exc
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._report_tls_failure()
+
+    def _report_tls_failure(self) -> bool:
+        """Log and keep the TLS failure of the last attempt, if it was one (once per cause)."""
+        failure, self._tls_failure = self._tls_failure, None
+        if failure is None:
+            return False
+        error = TlsHandshakeError(describe_handshake(failure, f"MQTT broker {self.host}:{self.port}"))
+        if self.last_error is None or str(self.last_error) != str(error):
+            log.error("%s; retrying with backoff", error)
+        self.last_error = error
+        return True
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
         """The broker acknowledged ``mid`` (PUBACK): only now does the message leave the outbox."""

@@ -1,13 +1,15 @@
-"""The predict path: input checks, quantization, the interpreter, dequantization, predictions.
+"""The serving model: preprocessing, the runtime's ``run_samples``, every output, predictions.
 
-The smoke test of an update runs through exactly this code, so what is tested is what serves.
-The serving model is one reference to an immutable ``ActiveModel``: switching models swaps that
-reference, and a request in flight finishes on the model it started with.
+The smoke test and the probation checks of an update run through exactly this code, so what
+is tested is what serves. The serving model is one reference to an immutable ``ActiveModel``:
+switching models swaps that reference, and a request in flight finishes on the model it
+started with. Requests are parsed in ``agent.predict_io``.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,13 +17,26 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.errors import BadInputError, VerifyError
-from agent.runtime import LoadedModel, RuntimeChoice, load_model
 from agent.store import StoredModel
 from protocol.manifest import Manifest, TaskKind, TensorSpec
+from protocol.samples import SmokeSamples
 from protocol.schema import ModelRef
-from protocol.tensors import dequantize, quantize
+from runtime import (
+    InputMismatchError,
+    LoadedModel,
+    RuntimeChoice,
+    TensorDetail,
+    compare_outputs,
+    load_model,
+    run_samples,
+)
 
-MAX_BATCH = 4096
+MAX_CHUNK = 256
+"""Instances per invoke for a dynamic-batch model: bounds the interpreter's arena."""
+
+OUT_OF_RANGE_MARGIN = 0.1
+"""An input feature is "far" outside the baseline when it passes the recorded min/max by more
+than this share of the recorded range (the evaluation set's extremes are not hard limits)."""
 
 
 @dataclass(frozen=True)
@@ -36,13 +51,24 @@ class Prediction:
 
 @dataclass(frozen=True)
 class PredictResult:
-    outputs: npt.NDArray[np.float32]
-    """The first output, dequantized, batch first."""
+    names: list[str]
+    """Output names, in the manifest's order."""
+    tensors: list[npt.NDArray[np.float32]]
+    """Every output, dequantized, batch first."""
+    primary: int = 0
+    """Index of the output the conveniences (classes, histograms) are computed from."""
     classes: npt.NDArray[np.int64] | None = None
     """Classification: the top class of each instance."""
     confidences: npt.NDArray[np.float32] | None = None
     """Classification: the top class's score of each instance."""
     labels: list[str] | None = None
+    out_of_range: list[int] = field(default_factory=list)
+    """Instances with an input feature far outside the baseline's recorded range."""
+
+    @property
+    def outputs(self) -> npt.NDArray[np.float32]:
+        """The primary output."""
+        return self.tensors[self.primary]
 
     def top(self, k: int) -> list[list[Prediction]]:
         """Classification: the ``k`` best classes of each instance, best first."""
@@ -68,6 +94,12 @@ class PredictResult:
 
 
 @dataclass(frozen=True)
+class _Preprocess:
+    offset: npt.NDArray[np.float32]
+    scale: npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
 class ActiveModel:
     """A loaded model with its manifest: immutable apart from the interpreter's own lock."""
 
@@ -75,10 +107,14 @@ class ActiveModel:
     manifest: Manifest
     labels: list[str] | None
     loaded: LoadedModel = field(repr=False)
+    dynamic_batch: bool = False
+    """The model (and its manifest) let the batch be resized; else it runs in chunks of its
+    fixed batch and is never resized."""
+    preprocess: tuple[_Preprocess | None, ...] = ()
     input_bounds: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = field(
         default=None, repr=False
     )
-    """The baseline's per-feature (min, max) of the first flattened input features."""
+    """The first input's per-feature bounds (baseline range plus margin), flattened features."""
 
     @property
     def ref(self) -> ModelRef:
@@ -90,40 +126,50 @@ class ActiveModel:
 
     @property
     def output_spec(self) -> TensorSpec:
-        return self.manifest.outputs[0]
+        return self.manifest.outputs[self.manifest.primary_output_index]
+
+    @property
+    def fixed_batch(self) -> int | None:
+        return None if self.dynamic_batch else self.loaded.inputs[0].shape[0]
+
+    def takes_floats(self, position: int) -> bool:
+        """Whether callers send real values for this input (float or quantized tensors)."""
+        detail = self.loaded.inputs[position]
+        return detail.dtype.kind == "f" or detail.quantized
 
     @classmethod
     def load(cls, stored: StoredModel, runtime: RuntimeChoice = "auto", threads: int = 1) -> ActiveModel:
         """Load a stored model into a fresh interpreter and check it matches its manifest."""
         loaded = load_model(stored.model, runtime=runtime, threads=threads)
-        check_compatible(stored.manifest, loaded)
-        bounds = None
-        baseline = stored.manifest.baseline
-        if baseline is not None and baseline.input_ranges:
-            bounds = (
-                np.array([r.min for r in baseline.input_ranges], dtype=np.float32),
-                np.array([r.max for r in baseline.input_ranges], dtype=np.float32),
-            )
+        manifest = stored.manifest
+        check_compatible(manifest, loaded)
+        dynamic = all(
+            d.signature[0] == -1 and s.fixed_batch is None
+            for d, s in zip(loaded.inputs, manifest.inputs, strict=True)
+        )
         return cls(
             sha256=stored.sha256,
-            manifest=stored.manifest,
+            manifest=manifest,
             labels=stored.labels,
             loaded=loaded,
-            input_bounds=bounds,
+            dynamic_batch=dynamic,
+            preprocess=tuple(_preprocess_for(manifest, spec) for spec in manifest.inputs),
+            input_bounds=_bounds(manifest),
         )
 
-    def out_of_range(self, batch: npt.NDArray[np.float32]) -> int:
-        """Instances with any feature outside the baseline's range (0 without a baseline)."""
-        if self.input_bounds is None:
-            return 0
+    def out_of_range_instances(self, first_input: npt.NDArray[Any]) -> list[int]:
+        """Instances with any feature far outside the baseline's range ([] without a baseline)."""
+        if self.input_bounds is None or first_input.dtype.kind != "f":
+            return []
         low, high = self.input_bounds
-        flat = batch.reshape(len(batch), -1)[:, : len(low)]
+        flat = first_input.reshape(len(first_input), -1)[:, : len(low)]
         width = flat.shape[1]
         outside = (flat < low[:width]) | (flat > high[:width])
-        return int(np.count_nonzero(outside.any(axis=1)))
+        return [int(i) for i in np.flatnonzero(outside.any(axis=1))]
 
     def output_counts(self, result: PredictResult) -> npt.NDArray[np.int64] | None:
-        """Regression/forecast: the first output value's counts over the baseline's histogram edges."""
+        """Regression/forecast: the primary output's first value counted over the baseline's
+        histogram edges."""
         baseline = self.manifest.baseline
         if result.classes is not None or baseline is None or baseline.output_histogram is None:
             return None
@@ -132,24 +178,72 @@ class ActiveModel:
         counts, _ = np.histogram(np.clip(first, edges[0], edges[-1]), bins=edges)
         return counts.astype(np.int64)
 
-    def predict(self, batch: npt.NDArray[np.float32]) -> PredictResult:
-        """Run a checked float batch (see ``parse_inputs``) and dequantize the first output."""
-        pre = self.manifest.preprocessing
-        if pre.scale != 1.0 or pre.offset != 0.0:
-            batch = ((batch - pre.offset) * pre.scale).astype(np.float32)
-        raw = self.loaded.run([quantize(batch, self.input_spec)])
-        outputs = dequantize(raw[0], self.output_spec)
-        if self.manifest.task == TaskKind.CLASSIFICATION and outputs.ndim == 2:
+    def predict(self, inputs: npt.NDArray[Any] | Sequence[npt.NDArray[Any]]) -> PredictResult:
+        """Run checked batches (one per input, see ``agent.predict_io``): real values get the
+        manifest's preprocessing and are quantized by the runtime; every output comes back.
+
+        Raises ``BadInputError`` for arrays the model cannot take and ``runtime.InvokeError``
+        when the runtime fails (the interpreter is ready again afterwards)."""
+        arrays = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
+        out_of_range = self.out_of_range_instances(arrays[0]) if arrays else []
+        ready = [self._preprocessed(i, a) for i, a in enumerate(arrays)]
+        try:
+            tensors = run_samples(self.loaded, ready, dynamic_batch=self.dynamic_batch, max_chunk=MAX_CHUNK)
+        except InputMismatchError as exc:
+            raise BadInputError(str(exc)) from exc
+        return self._result(tensors, out_of_range)
+
+    def check_samples(self, samples: SmokeSamples, atol: float, limit: int | None = None) -> str | None:
+        """None when the model reproduces the recorded outputs (the first ``limit`` samples);
+        else one line naming the output that does not."""
+        count = samples.count if limit is None else min(limit, samples.count)
+        inputs = [a[:count] for a in samples.inputs]
+        if samples.legacy:  # raw values: preprocessed like a request
+            inputs = [self._preprocessed(i, a) for i, a in enumerate(inputs)]
+        actual = run_samples(self.loaded, inputs, dynamic_batch=self.dynamic_batch, max_chunk=MAX_CHUNK)
+        if samples.legacy:  # one output was recorded: the first
+            actual = actual[:1]
+        return compare_outputs(actual, [o[:count] for o in samples.outputs], atol)
+
+    def _preprocessed(self, position: int, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        pre = self.preprocess[position] if position < len(self.preprocess) else None
+        if pre is None or array.dtype.kind != "f":  # already the tensor's storage values
+            return array
+        return ((array - pre.offset) * pre.scale).astype(np.float32)
+
+    def _result(self, tensors: list[npt.NDArray[np.float32]], out_of_range: list[int]) -> PredictResult:
+        names = [spec.name for spec in self.manifest.outputs]
+        primary = self.manifest.primary_output_index
+        outputs = tensors[primary]
+        if self.manifest.task == TaskKind.CLASSIFICATION and outputs.ndim == 2 and outputs.shape[1]:
             classes = np.argmax(outputs, axis=1).astype(np.int64)
             confidences = outputs[np.arange(len(outputs)), classes].astype(np.float32)
-            return PredictResult(outputs, classes, confidences, self.labels)
-        return PredictResult(outputs=outputs)
+            return PredictResult(names, tensors, primary, classes, confidences, self.labels, out_of_range)
+        return PredictResult(names, tensors, primary, out_of_range=out_of_range)
+
+
+def _preprocess_for(manifest: Manifest, spec: TensorSpec) -> _Preprocess | None:
+    pre = manifest.preprocessing.get(spec.name)
+    if pre is None or not pre.applies:
+        return None
+    return _Preprocess(
+        offset=np.asarray(pre.offset, dtype=np.float32), scale=np.asarray(pre.scale, dtype=np.float32)
+    )
+
+
+def _bounds(manifest: Manifest) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None:
+    baseline = manifest.baseline
+    if baseline is None or not baseline.input_ranges:
+        return None
+    low = np.array([r.min for r in baseline.input_ranges], dtype=np.float32)
+    high = np.array([r.max for r in baseline.input_ranges], dtype=np.float32)
+    # A feature constant in the baseline (a border pixel) gets the margin of the whole input.
+    width = np.maximum(high - low, float(high.max() - low.min()))
+    return low - OUT_OF_RANGE_MARGIN * width, high + OUT_OF_RANGE_MARGIN * width
 
 
 def check_compatible(manifest: Manifest, loaded: LoadedModel) -> None:
     """The model's tensors must be the ones the manifest describes (names aside)."""
-    if len(manifest.inputs) != 1:
-        raise VerifyError(f"the agent serves single-input models; {manifest.name} has {len(manifest.inputs)}")
     for kind, specs, details in (
         ("input", manifest.inputs, loaded.inputs),
         ("output", manifest.outputs, loaded.outputs),
@@ -157,81 +251,34 @@ def check_compatible(manifest: Manifest, loaded: LoadedModel) -> None:
         if len(specs) != len(details):
             raise VerifyError(f"the manifest lists {len(specs)} {kind}s but the model has {len(details)}")
         for spec, detail in zip(specs, details, strict=True):
-            if np.dtype(spec.dtype) != detail.dtype:
-                raise VerifyError(
-                    f"{kind} {spec.name}: manifest says {spec.dtype}, the model has {detail.dtype}"
-                )
-            if not _shape_matches(spec.shape[1:], detail.shape[1:]):
-                raise VerifyError(
-                    f"{kind} {spec.name}: manifest shape {spec.shape} does not match "
-                    f"the model's {list(detail.shape)}"
-                )
+            _check_tensor(kind, spec, detail)
+    batches = {d.shape[0] for d in loaded.inputs}
+    if len(batches) != 1:
+        raise VerifyError(f"the model's inputs disagree on the batch size ({sorted(batches)})")
 
 
-def _shape_matches(expected: list[int], actual: tuple[int, ...] | list[int]) -> bool:
-    return len(expected) == len(actual) and all(e in (-1, a) for e, a in zip(expected, actual, strict=True))
-
-
-def describe_expected(spec: TensorSpec) -> str:
-    instance = ["N" if d == -1 else str(d) for d in spec.shape[1:]]
-    one = "[" + ", ".join(instance) + "]"
-    batch = "[" + ", ".join(["N", *instance]) + "]"
-    dtype = "float32" if spec.quantization is not None else spec.dtype
-    return f"one instance of shape {one} or a batch of shape {batch}, of finite numbers ({dtype})"
-
-
-def parse_inputs(value: object, spec: TensorSpec) -> npt.NDArray[np.float32]:
-    """JSON ``inputs`` -> a float32 batch of the model's instance shape, or BadInputError."""
-    expected = describe_expected(spec)
-    if not isinstance(value, list):
-        raise BadInputError(f'"inputs" must be a nested list: {expected}')
-    try:
-        array = np.array(value)
-    except ValueError as exc:  # ragged lists
-        raise BadInputError(f'"inputs" is ragged (rows of different lengths); expected {expected}') from exc
-    if array.dtype.kind not in "iuf":
-        raise BadInputError(f'"inputs" must hold only numbers (got {_kind_name(array)}); expected {expected}')
-    instance = spec.shape[1:]
-    if _shape_matches(instance, array.shape):
-        array = array[np.newaxis]
-    elif not (
-        array.ndim == len(instance) + 1 and _shape_matches(instance, array.shape[1:]) and array.shape[0] >= 1
+def _check_tensor(kind: str, spec: TensorSpec, detail: TensorDetail) -> None:
+    if np.dtype(spec.dtype) != detail.dtype:
+        raise VerifyError(f"{kind} {spec.name}: manifest says {spec.dtype}, the model has {detail.dtype}")
+    if (spec.quantization is not None) != detail.quantized:
+        raise VerifyError(
+            f"{kind} {spec.name}: the manifest and the model disagree on whether it is quantized"
+        )
+    # The manifest may say -1 where the model allocated a size (older manifests wrote -1 for
+    # every batch); a fixed size in the manifest must be the model's.
+    allocated = detail.shape
+    if len(spec.shape) != len(allocated) or any(
+        s not in (-1, a) for s, a in zip(spec.shape, allocated, strict=True)
     ):
-        raise BadInputError(f'"inputs" has shape {list(array.shape)}; expected {expected}')
-    if array.shape[0] > MAX_BATCH:
-        raise BadInputError(f"a batch may hold at most {MAX_BATCH} instances, got {array.shape[0]}")
-    batch = array.astype(np.float32)
-    if not np.all(np.isfinite(batch)):
-        raise BadInputError(
-            f'"inputs" holds NaN or infinite values (or numbers too large for float32); expected {expected}'
+        raise VerifyError(
+            f"{kind} {spec.name}: manifest shape {spec.shape} does not match the model's "
+            f"{list(detail.signature)}"
         )
-    return batch
-
-
-def parse_tensor_body(body: bytes, spec: TensorSpec) -> npt.NDArray[np.float32]:
-    """A binary body: little-endian float32 values, one or more instances back to back."""
-    instance = [d for d in spec.shape[1:]]
-    if any(d == -1 for d in instance):
-        raise BadInputError("this model has a variable dimension: send JSON, binary bodies need fixed shapes")
-    per = int(np.prod(instance)) if instance else 1
-    if len(body) == 0 or len(body) % (4 * per):
-        raise BadInputError(
-            f"the binary body is {len(body)} bytes; expected a multiple of {4 * per} "
-            f"(float32 little-endian instances of shape {instance})"
+    if kind == "input" and spec.batch_dim != 0:
+        raise VerifyError(
+            f"input {spec.name}: the agent batches along the first axis; batch_dim {spec.batch_dim} "
+            "is not served"
         )
-    count = len(body) // (4 * per)
-    if count > MAX_BATCH:
-        raise BadInputError(f"a batch may hold at most {MAX_BATCH} instances, got {count}")
-    batch = np.frombuffer(body, dtype="<f4").reshape([count, *instance]).astype(np.float32)
-    if not np.all(np.isfinite(batch)):
-        raise BadInputError("the binary body holds NaN or infinite values")
-    return batch
-
-
-def _kind_name(array: npt.NDArray[Any]) -> str:
-    return {"U": "strings", "S": "strings", "b": "booleans", "O": "null or mixed values"}.get(
-        array.dtype.kind, str(array.dtype)
-    )
 
 
 class ModelHolder:

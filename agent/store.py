@@ -4,9 +4,9 @@ Layout::
 
     state_dir/
       models/<bundle-sha256>/   manifest.json, manifest.sig, model.tflite, samples.npz, labels.txt
-      downloads/                bundles being fetched (<sha256>.part, then <sha256>.bundle)
+      downloads/                bundles being fetched (<sha256>.bundle.part, then <sha256>.bundle)
       active.json               {"active": sha|null, "previous": sha|null}
-      update.json               the update state machine's record (agent.update.persist)
+      update.json               the update state machine's record (agent.update.record)
 
 Every file is written to a temporary name, fsynced and renamed, so a power cut leaves either
 the old or the new file, never half of one.

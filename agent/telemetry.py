@@ -16,22 +16,36 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 import psutil
 
+from agent.resources import guarded, sample_resources, sample_temperature
 from agent.store import write_json
 from protocol.manifest import BaselineStats
 from protocol.messages import LatencySummary, PredictionHealth, ResourceUsage, TelemetryWindow
 from protocol.schema import ModelRef
 from protocol.topics import Topics
 
+__all__ = [
+    "LATENCY_EDGES_MS",
+    "LatencyHistogram",
+    "ModelUsage",
+    "RequestMetrics",
+    "Sink",
+    "Telemetry",
+    "encode_window",
+    "prediction_health",
+    "psi",
+    "sample_resources",
+    "sample_temperature",
+]
+
 log = logging.getLogger(__name__)
 
 LOW_CONFIDENCE = 0.5
-_T = TypeVar("_T")
 
 
 class Sink(Protocol):
@@ -300,42 +314,6 @@ def prediction_health(window: _Window, baseline: BaselineStats | None) -> Predic
     )
 
 
-def sample_temperature() -> float | None:
-    """The first temperature sensor's reading in Celsius, or None (no sensor, no support, error)."""
-    reader = getattr(psutil, "sensors_temperatures", None)
-    if reader is None:
-        return None
-    try:
-        sensors = reader()
-    except Exception:
-        return None
-    for readings in (sensors or {}).values():
-        for reading in readings:
-            if reading.current is not None and math.isfinite(reading.current):
-                return float(reading.current)
-    return None
-
-
-def _guarded(read: Callable[[], _T], fallback: _T) -> _T:
-    """psutil under emulation or in a tight sandbox may fail on one reading: report the rest."""
-    try:
-        return read()
-    except Exception:
-        return fallback
-
-
-def sample_resources(state_dir: Path) -> ResourceUsage:
-    memory = _guarded(psutil.virtual_memory, None)
-    return ResourceUsage(
-        cpu_percent=round(max(0.0, _guarded(lambda: psutil.cpu_percent(interval=None), 0.0)), 1),
-        process_rss_bytes=_guarded(lambda: psutil.Process().memory_info().rss, 0),
-        memory_used_percent=round(min(100.0, max(0.0, memory.percent)), 1) if memory is not None else 0.0,
-        memory_available_bytes=memory.available if memory is not None else 0,
-        disk_free_bytes=_guarded(lambda: psutil.disk_usage(str(state_dir)).free, None),
-        temperature_c=sample_temperature(),
-    )
-
-
 def encode_window(message: TelemetryWindow) -> bytes:
     """The wire form: compact JSON without members that equal the schema's defaults (nulls, zero
     counters); parsing restores them. ``schema_version`` and ``kind`` are always written: a reader
@@ -379,7 +357,7 @@ class Telemetry:
         self._started = monotonic()
         self._window_start_wall = wall().replace(microsecond=0)
         self._seq = self._load_seq()
-        _guarded(lambda: psutil.cpu_percent(interval=None), 0.0)  # start the CPU measurement window
+        guarded(lambda: psutil.cpu_percent(interval=None), 0.0)  # start the CPU measurement window
 
     def _load_seq(self) -> int:
         try:

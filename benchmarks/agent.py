@@ -1,4 +1,4 @@
-"""Agent figures from issue 4, measured side by side in one run.
+"""Agent figures, measured side by side in one run.
 
 Runs the real chain (Mosquitto, the fleet, one agent as processes; the digits CNN converted to
 int8 by the real converter), then measures on the same model and the same input:
@@ -14,7 +14,9 @@ int8 by the real converter), then measures on the same model and the same input:
   back by probation (v3; the rollback is forced by reloading the config with SIGHUP so that any
   latency counts as worse than the previous model's);
 * the agent's RSS against the bare process; its CPU while idle with telemetry every 10 s;
-* telemetry bytes per device per day at 60 s windows, MQTT framing included.
+* telemetry bytes per device per day at 60 s windows, MQTT framing included;
+* a 256x256x3 float image model on a second agent: its bundle (``edgefleet bundle``) against
+  its model, and the p50 of an ``.npz``, a raw float32 and a JSON body against the raw invoke.
 
 Prints a table and, last, one line of JSON: ``{"benchmark": "agent", "figures": {...}}``.
 Timings on shared cores are noisy: compare the figures of one run with each other.
@@ -39,19 +41,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import paho.mqtt.client as mqtt
 import psutil
 import requests
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.runtime import load_model
 from edgefleet.mosquitto import MosquittoBroker, free_port, wait_for_port
 from edgefleet.stack import AgentProcess, FleetProcess, convert_digits, run_edgefleet
-from protocol.bundle import read_bundle
+from edgefleet.wait import wait_until
+from protocol.bundle import read_bundle, read_samples
 from protocol.manifest import TensorSpec
 from protocol.signing import TrustedKeys
-from protocol.tensors import quantize
+from protocol.tensors import dequantize, quantize
 from protocol.topics import Topics
+from runtime import LoadedModel, load_model
 
 DEVICE = "bench-1"
 
@@ -171,6 +175,26 @@ LOADGEN = textwrap.dedent(
 )
 
 
+IMAGE_MODEL = textwrap.dedent(
+    """
+    # A 256x256x3 float image classifier with ~3.7 MB of float32 weights, like a small published one.
+    import os, sys
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+    import tensorflow as tf
+    keras.utils.set_random_seed(0)
+    image = keras.Input((256, 256, 3), name="image")
+    x = keras.layers.Conv2D(8, 3, strides=4, activation="relu")(image)
+    x = keras.layers.Conv2D(16, 3, strides=4, activation="relu")(x)
+    x = keras.layers.Dense(256, activation="relu")(keras.layers.Flatten()(x))
+    model = keras.Model(image, keras.layers.Dense(10, activation="softmax")(x))
+    with open(sys.argv[1], "wb") as handle:
+        handle.write(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    """
+)
+IMAGE_DEVICE = "bench-img"
+
+
 # -- measurements --------------------------------------------------------------------------------
 def bare_runtime(model_path: Path, runtime: str, n: int, threads: int = 1) -> dict[str, float]:
     out = subprocess.run(
@@ -183,10 +207,13 @@ def bare_runtime(model_path: Path, runtime: str, n: int, threads: int = 1) -> di
     return result
 
 
-def raw_invoke_p50(model: bytes, x: np.ndarray, spec: TensorSpec, n: int) -> float:
+def raw_invoke_p50(model: bytes, x: npt.NDArray[np.float32], spec: TensorSpec, n: int) -> float:
     """The agent's own runtime wrapper, in this process: the floor the HTTP figures add to."""
-    loaded = load_model(model, "tflite-runtime")
-    batch = quantize(x[np.newaxis], spec)
+    return raw_invoke_p50_of(load_model(model, "tflite-runtime"), quantize(x[np.newaxis], spec), n)
+
+
+def raw_invoke_p50_of(loaded: LoadedModel, batch: npt.NDArray[Any], n: int) -> float:
+    """p50 of one invoke of ``batch`` (already in the input's dtype, the loaded batch size)."""
     times = []
     for _ in range(n):
         start = time.perf_counter()
@@ -285,12 +312,7 @@ def mqtt_bytes_per_day(topic: str, payload_bytes: int, interval_s: float, keepal
 
 
 def _wait(predicate: Any, what: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} did not happen within {timeout_s}s")
+    wait_until(predicate, what, timeout_s, interval_s=0.1)
 
 
 def _events(fleet_url: str) -> list[dict[str, Any]]:
@@ -332,14 +354,92 @@ def fastapi_throughput(model_path: Path, body_path: Path, seconds: float) -> dic
         server.wait(10)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _npz_body(x: npt.NDArray[np.float32]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, image=x)
+    return buffer.getvalue()
+
+
+def image_figures(
+    work: Path, *, key: Path, public: Path, fleet: FleetProcess, broker_port: int, n: int
+) -> dict[str, Any]:
+    """The 256x256x3 float model: its bundle against its model, and each body form's p50 on a
+    second agent against the raw invoke of one image in the agent's own runtime wrapper."""
+    model_path, bundle_path = work / "image256.tflite", work / "image256.bundle"
+    subprocess.run([sys.executable, "-c", IMAGE_MODEL, str(model_path)], check=True, capture_output=True)
+    run_edgefleet(
+        [
+            "bundle",
+            str(model_path),
+            "--name",
+            "image256",
+            "--version",
+            "1.0.0",
+            "--task",
+            "classification",
+            "--key",
+            str(key),
+            "--out",
+            str(bundle_path),
+        ]
+    )
+    x = np.random.default_rng(0).uniform(0, 1, (1, 256, 256, 3)).astype(np.float32)
+    loaded = load_model(model_path.read_bytes(), "tflite-runtime")
+    raw = raw_invoke_p50_of(loaded, x, n)
+    agent = AgentProcess(
+        IMAGE_DEVICE,
+        work / "devices",
+        fleet.url,
+        broker_port,
+        public,
+        poll_interval_s=300,
+        env={"EDGEFLEET_AGENT_RUNTIME__KIND": "tflite-runtime", "EDGEFLEET_AGENT_UPDATE__PROBATION_S": "0"},
+    )
+    try:
+        agent.start_and_wait()
+        requests.post(
+            f"{fleet.url}/api/v1/models",
+            data=bundle_path.read_bytes(),
+            timeout=60,
+            headers={"Content-Type": "application/octet-stream"},
+        ).raise_for_status()
+        requests.post(
+            f"{fleet.url}/api/v1/deployments",
+            timeout=10,
+            json={"name": "image256", "version": "1.0.0", "device_id": IMAGE_DEVICE},
+        ).raise_for_status()
+        agent.wait_for_version("1.0.0", timeout_s=120)
+        npz = http_p50(agent.port, _npz_body(x), "application/x-npz", n)
+        octets = http_p50(
+            agent.port, np.ascontiguousarray(x, dtype="<f4").tobytes(), "application/octet-stream", n
+        )
+        json_p50 = http_p50(
+            agent.port, json.dumps({"inputs": x[0].tolist()}).encode(), "application/json", max(5, n // 20)
+        )
+    finally:
+        agent.stop()
+    return {
+        "image256_model_bytes": model_path.stat().st_size,
+        "image256_bundle_bytes": bundle_path.stat().st_size,
+        "image256_bundle_over_model": round(bundle_path.stat().st_size / model_path.stat().st_size, 3),
+        "image256_raw_invoke_p50_ms": round(raw, 3),
+        "image256_http_npz_p50_ms": round(npz, 3),
+        "image256_http_npz_over_raw_ms": round(npz - raw, 3),
+        "image256_http_float32_p50_ms": round(octets, 3),
+        "image256_http_float32_over_raw_ms": round(octets - raw, 3),
+        "image256_http_json_p50_ms": round(json_p50, 3),
+        "image256_http_json_over_raw_ms": round(json_p50 - raw, 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear run of measurements
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput run")
     parser.add_argument("--requests", type=int, default=1000, help="requests per latency figure")
     parser.add_argument(
-        "--idle-seconds", type=float, default=60.0, help="how long idle CPU is measured (issue: 60)"
+        "--idle-seconds", type=float, default=60.0, help="seconds of idle CPU measurement"
     )
     args = parser.parse_args(argv)
     topics = Topics()
@@ -362,7 +462,10 @@ def main(argv: list[str] | None = None) -> int:
         manifest = bundle.verify(TrustedKeys.from_paths([public]))
         model_path = work / "v1.tflite"
         model_path.write_bytes(bundle.members["model.tflite"])
-        x = np.load(io.BytesIO(bundle.members["samples.npz"]))["x"][0].astype(np.float32)
+        samples = read_samples(bundle.members["samples.npz"])
+        # The recorded input is what the tensor takes (int8 for this model): back to real values.
+        first = samples.inputs[0][0]
+        x = first.astype(np.float32) if samples.legacy else dequantize(first, manifest.inputs[0])
         json_body = work / "body.json"
         json_body.write_text(json.dumps({"inputs": x.tolist()}))
         binary_body = work / "body.bin"
@@ -425,15 +528,15 @@ def main(argv: list[str] | None = None) -> int:
                 )
 
                 # Rollback of v3 under load: any latency is now worse than the previous model's.
-                with agent.config_path.open("a") as config:
-                    config.write("[update]\nmax_latency_factor = 1e-9\n")
+                agent.configure({"update": {"max_latency_factor": 1e-9}})
                 assert agent.process is not None
                 agent.process.send_signal(signal.SIGHUP)
-                time.sleep(1.0)
+                # An update runs under the policy it started with: v3 must start after the reload.
+                agent.wait_for_log("SIGHUP: config reloaded", timeout_s=60)
                 load = Load(agent.port, json_body, "application/json", seconds_switch, track=True)
                 time.sleep(1.0)
                 _push_and_deploy(fleet.url, v3, "3.0.0")
-                _wait(
+                agent.wait_until(  # on a timeout, the error carries the agent's log
                     lambda: any(
                         e.get("state") == "failed" and e.get("target", {}).get("version") == "3.0.0"
                         for e in _events(fleet.url)
@@ -448,6 +551,14 @@ def main(argv: list[str] | None = None) -> int:
                     if e.get("state") == "failed" and e.get("target", {}).get("version") == "3.0.0"
                 )
                 served_after = agent.serving_version()
+                image = image_figures(
+                    work,
+                    key=key,
+                    public=public,
+                    fleet=fleet,
+                    broker_port=broker.port,
+                    n=max(50, args.requests // 5),
+                )
 
                 process = psutil.Process(agent.process.pid)
                 rss = process.memory_info().rss
@@ -505,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         "telemetry_mqtt_bytes_per_day_60s_busy": mqtt_bytes_per_day(topic, len(busiest), 60, 30),
         "telemetry_mqtt_bytes_per_day_60s_idle": mqtt_bytes_per_day(topic, len(idle_window), 60, 30),
     }
+    figures.update(image)
     if activation["failed"] or rollback["failed"]:
         figures["switch_errors"] = activation["errors"] + rollback["errors"]
     figures["rollback_reason"] = rollback_reason

@@ -1,4 +1,4 @@
-"""Fleet figures from issue 5, measured side by side in one run (timings on shared cores are noisy:
+"""The fleet's figures, measured side by side in one run (timings on shared cores are noisy:
 compare the figures of one run with each other, not with another machine's).
 
 * Ingestion: realistic telemetry windows (QoS 1) queued by the broker for a persistent session,
@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from sqlalchemy import Engine, func, insert, select
 
-from edgefleet.mosquitto import MosquittoBroker, free_port
+from converter.keys import generate_key_pair
+from edgefleet.mosquitto import MosquittoBroker
+from edgefleet.stack import FleetProcess
+from edgefleet.wait import wait_until
 from fleet.config import MqttSettings
 from fleet.ingest.ingester import Ingester
 from fleet.storage import create_engine_for_url
@@ -60,23 +63,13 @@ from protocol.messages import (
     UpdateEvent,
 )
 from protocol.schema import ModelRef
-from protocol.signing import generate_private_key, private_key_pem, public_key_pem
 from protocol.topics import DeviceChannel, Topics
 
 TOPICS = Topics()
 PG_URL = os.environ.get("EDGEFLEET_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 BROKER_CONFIG = "max_inflight_messages 1000\nmax_queued_messages 2000000\n"
-
-
-def wait(predicate: Callable[[], Any], what: str, timeout_s: float = 120, interval_s: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"benchmark: timed out waiting for {what}")
-        time.sleep(interval_s)
+POISON_SHARE = 0.05
+"""Share of bad messages in the poisoned ingestion run (goal: within 10 % of the clean stream)."""
 
 
 def window_payload(
@@ -192,13 +185,17 @@ def bare_drain(broker: MosquittoBroker, messages: list[tuple[str, bytes]]) -> fl
     start = time.perf_counter()
     client.connect(broker.host, broker.port, clean_start=False, properties=_session_properties())
     client.loop_start()
-    wait(lambda: count[0] >= len(messages), "the bare subscriber", 600, 0.01)
+    wait_until(lambda: count[0] >= len(messages), "the bare subscriber", 600, 0.01)
     client.disconnect()
     client.loop_stop()
     return len(messages) / (last[0] - start)
 
 
-def fleet_drain(broker: MosquittoBroker, db_url: str, messages: list[tuple[str, bytes]]) -> dict[str, float]:
+def fleet_drain(
+    broker: MosquittoBroker, db_url: str, messages: list[tuple[str, bytes]], poison: int = 0
+) -> dict[str, float]:
+    """Drain ``messages`` (``poison`` of them bad) through the ingester; every valid one must be stored
+    and every bad one dead-lettered."""
     engine = create_engine_for_url(db_url)
     settings = MqttSettings(
         host=broker.host, port=broker.port, client_id=f"bench-fleet-{uuid.uuid4().hex[:6]}"
@@ -209,7 +206,7 @@ def fleet_drain(broker: MosquittoBroker, db_url: str, messages: list[tuple[str, 
     cpu0 = time.process_time()
     start = time.perf_counter()
     ingester.start()
-    wait(lambda: ingester.stats().acked >= len(messages), "the fleet ingester", 900, 0.01)
+    wait_until(lambda: ingester.stats().acked >= len(messages), "the fleet ingester", 900, 0.01)
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu0
     stats = ingester.stats()
@@ -217,9 +214,9 @@ def fleet_drain(broker: MosquittoBroker, db_url: str, messages: list[tuple[str, 
     with engine.connect() as conn:
         rows = conn.execute(select(func.count()).select_from(telemetry)).scalar_one()
     engine.dispose()
-    if rows != len(messages) or stats.dead_lettered:
-        raise SystemExit(f"benchmark: LOSS: {rows} rows for {len(messages)} messages ({stats})")
-    return {"rate": len(messages) / elapsed, "cpu_s": cpu, "wall_s": elapsed, "rows": rows}
+    if rows != len(messages) - poison or sum(stats.dead_lettered.values()) != poison:
+        raise SystemExit(f"benchmark: LOSS: {rows} rows for {len(messages)} messages, {poison} bad ({stats})")
+    return {"rate": rows / elapsed, "cpu_s": cpu, "wall_s": elapsed, "rows": rows}
 
 
 WORKER = """
@@ -272,7 +269,7 @@ def shared_drain(
         assert proc.stdin is not None
         proc.stdin.write("go\n")
         proc.stdin.flush()
-    wait(lambda: stored() >= len(messages), "the shared-subscription workers", 900, 0.02)
+    wait_until(lambda: stored() >= len(messages), "the shared-subscription workers", 900, 0.02)
     elapsed = time.perf_counter() - start
     acked = 0
     for proc in procs:
@@ -283,6 +280,27 @@ def shared_drain(
     if final != len(messages):
         raise SystemExit(f"benchmark: LOSS with shared subscriptions: {final} of {len(messages)}")
     return len(messages) / elapsed
+
+
+POISON: tuple[Callable[[str], bytes], ...] = (
+    lambda _d: b"[" * 100_000,  # nested past the depth limit
+    lambda d: window_payload(d, 2**63, datetime.now(UTC), ModelRef(name="digits", version="1.0.0")),
+    lambda _d: b"\xff not json",
+    lambda d: b'{"schema_version": 1, "kind": "telemetry", "device_id": "%s"}' % d.encode(),
+)
+"""Bad messages of several kinds: too deep, an integer past 64 bits, not JSON, not a window."""
+
+
+def with_poison(messages: list[tuple[str, bytes]], share: float) -> tuple[list[tuple[str, bytes]], int]:
+    """``messages`` with every ``1/share``-th one replaced by a bad message on the same topic."""
+    step = max(1, round(1 / share))
+    out = list(messages)
+    bad = 0
+    for index in range(step - 1, len(out), step):
+        topic = out[index][0]
+        out[index] = (topic, POISON[bad % len(POISON)](topic.split("/")[-2]))
+        bad += 1
+    return out, bad
 
 
 def make_messages(n: int, devices_n: int) -> list[tuple[str, bytes]]:
@@ -304,56 +322,28 @@ def make_messages(n: int, devices_n: int) -> list[tuple[str, bytes]]:
 # ---------------------------------------------------------------- fleet as a process
 
 
-def serve(
-    workdir: Path, broker: MosquittoBroker, key: Path, db_url: str, *extra: str
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    log = open(workdir / "fleet.log", "ab")  # noqa: SIM115 - handed to the child
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fleet",
-            "fleet",
-            "serve",
-            "--db",
-            db_url,
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--mqtt-host",
-            broker.host,
-            "--mqtt-port",
-            str(broker.port),
-            "--mqtt-client-id",
-            "bench-fleet-process",
-            "--trusted-keys",
-            str(key),
-            "--artifacts",
-            str(workdir / "artifacts"),
-            *extra,
-        ],
-        stdout=log,
-        stderr=log,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+def serve(workdir: Path, broker: MosquittoBroker, key: Path, db_url: str, *extra: str) -> FleetProcess:
+    """``fleet serve`` as a process, once its API answers and its ingester is subscribed."""
+    fleet = FleetProcess(
+        workdir,
+        broker.port,
+        key,
+        mqtt_host=broker.host,
+        db_url=db_url,
+        client_id="bench-fleet-process",
+        extra=extra,
+        module="fleet",
     )
-    url = f"http://127.0.0.1:{port}"
-    wait(lambda: _ok(url), "fleet serve", 60, 0.1)
-    wait(lambda: "ingester connected" in (workdir / "fleet.log").read_text(), "the fleet's ingester", 30, 0.1)
-    return process, url
-
-
-def _ok(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/api/v1/health", timeout=1).ok
-    except requests.RequestException:
-        return False
+    fleet.start_and_wait(60)
+    fleet.wait_ingesting(30)
+    return fleet
 
 
 def kill_restart(broker: MosquittoBroker, key: Path, n: int) -> dict[str, float]:
     workdir = Path(tempfile.mkdtemp(prefix="fleet-kill-"))
     db = workdir / "fleet.db"
     db_url = f"sqlite:///{db}"
-    process, _ = serve(workdir, broker, key, db_url)
+    process = serve(workdir, broker, key, db_url)
     engine = create_engine_for_url(db_url)
 
     def stored() -> int:
@@ -369,18 +359,16 @@ def kill_restart(broker: MosquittoBroker, key: Path, n: int) -> dict[str, float]
     for i, (topic, payload) in enumerate(messages):
         publisher.publish(topic, payload, qos=1).wait_for_publish(10)
         if killed_at_stored < 0 and i >= n // 2:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
+            process.kill()
             killed_at_stored = stored()
     start = time.perf_counter()
-    process, _ = serve(workdir, broker, key, db_url)
-    wait(lambda: stored() >= n, "all windows after the restart", 300, 0.1)
+    process = serve(workdir, broker, key, db_url)
+    wait_until(lambda: stored() >= n, "all windows after the restart", 300, 0.1)
     recovered = time.perf_counter() - start
     final = stored()
     publisher.disconnect()
     publisher.loop_stop()
-    process.send_signal(signal.SIGTERM)
-    process.wait(30)
+    process.stop(30)
     engine.dispose()
     return {
         "sent": n,
@@ -485,7 +473,8 @@ def rollout_run(
 
     workdir = Path(tempfile.mkdtemp(prefix="fleet-rollout-"))
     db_url = f"sqlite:///{workdir / 'fleet.db'}"
-    process, url = serve(workdir, broker, key_pair[1], db_url, "--rollout-tick", "0.5")
+    process = serve(workdir, broker, key_pair[1], db_url, "--rollout-tick", "0.5")
+    url = process.url
     try:
         for version in ("1.0.0", "2.0.0", "3.0.0"):
             data = build_bundle(key_pair[0], "digits", version)
@@ -503,7 +492,7 @@ def rollout_run(
         ).raise_for_status()
         sim = Simulator(broker, url, agents, slow_versions={"3.0.0"})
         sim.announce()
-        wait(
+        wait_until(
             lambda: len(requests.get(f"{url}/api/v1/devices", timeout=30).json()) == agents,
             "simulated devices",
             120,
@@ -525,7 +514,7 @@ def rollout_run(
                 view: dict[str, Any] = requests.get(f"{url}/api/v1/rollouts/{rid}", timeout=30).json()
                 return view if view["state"] not in ("running", "paused") else None
 
-            view = wait(finished, f"rollout of {version}", 900, 0.5)
+            view = wait_until(finished, f"rollout of {version}", 900, 0.5)
             elapsed = time.perf_counter() - start
             results[label] = {
                 "state": view["state"],
@@ -536,15 +525,16 @@ def rollout_run(
                 "reason": view["reason"],
             }
             if label == "good":
-                wait(lambda: all(m.version == "2.0.0" for m in sim.model.values()), "all on 2.0.0", 60, 0.5)
+                wait_until(
+                    lambda: all(m.version == "2.0.0" for m in sim.model.values()), "all on 2.0.0", 60, 0.5
+                )
                 time.sleep(4)  # fresh baseline windows on 2.0.0
         sim.close()
         with create_engine_for_url(db_url).connect() as conn:
             results["telemetry_rows"] = conn.execute(select(func.count()).select_from(telemetry)).scalar_one()
         return results
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
+        process.stop(30)
 
 
 # ---------------------------------------------------------------- API latency on a big database
@@ -635,7 +625,8 @@ def api_latency(
     generated_s = time.perf_counter() - t0
     engine.dispose()
     workdir = Path(tempfile.mkdtemp(prefix="fleet-api-"))
-    process, url = serve(workdir, broker, key, db_url)
+    process = serve(workdir, broker, key, db_url)
+    url = process.url
     session = requests.Session()
     try:
         out: dict[str, Any] = {"rows": rows, "generate_s": generated_s}
@@ -654,8 +645,7 @@ def api_latency(
             out[name] = {"p50_ms": statistics.median(samples), "p99_ms": p99(samples), "n": requests_n}
         return out
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
+        process.stop(30)
 
 
 def fresh_pg_url() -> tuple[str, Callable[[], None]]:
@@ -676,7 +666,25 @@ def fresh_pg_url() -> tuple[str, Callable[[], None]]:
     return url, drop
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class Report:
+    """The figures of one run: ``figures`` as JSON, ``rows`` as the printed table."""
+
+    figures: dict[str, Any]
+    rows: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, label: str, value: str) -> None:
+        self.rows.append((label, value))
+
+    def print(self) -> None:
+        width = max((len(label) for label, _ in self.rows), default=0)
+        print("\nfleet benchmark (one run, side by side; noisy shared cores)")
+        for label, value in self.rows:
+            print(f"  {label.ljust(width)}  {value}")
+        print(json.dumps({"benchmark": "fleet", "figures": self.figures}, default=str))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -691,139 +699,155 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-requests", type=int, default=200, help="requests per API latency figure")
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--only", choices=["ingest", "kill", "rollout", "api"], action="append", default=None)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def ingest_figures(
+    report: Report, broker: MosquittoBroker, workdir: Path, messages_n: int, skip_postgres: bool
+) -> None:
+    messages = make_messages(messages_n, 1000)
+    size = statistics.mean(len(p) for _, p in messages)
+    bare = bare_drain(broker, messages)
+    figures: dict[str, Any] = {
+        "messages": len(messages),
+        "payload_bytes": round(size),
+        "bare_paho_msg_s": round(bare),
+    }
+    report.figures["ingest"] = figures
+    report.add("telemetry payload (bytes, mean)", f"{size:.0f}")
+    report.add("bare paho subscriber, QoS 1 drain (msg/s)", f"{bare:,.0f}")
+    backends = [("sqlite", f"sqlite:///{workdir / 'ingest.db'}")]
+    cleanup: list[Callable[[], None]] = []
+    if not skip_postgres:
+        url, drop = fresh_pg_url()
+        backends.append(("postgresql", url))
+        cleanup.append(drop)
+    try:
+        for name, url in backends:
+            result = fleet_drain(broker, url, messages)
+            ratio = result["rate"] / bare
+            per_core = result["rows"] / result["cpu_s"] * 60
+            figures[name] = {
+                "stored_msg_s": round(result["rate"]),
+                "ratio_to_bare": round(ratio, 3),
+                "cpu_s": round(result["cpu_s"], 2),
+                "devices_per_core_60s": round(per_core),
+                "lost": 0,
+            }
+            report.add(f"fleet ingester -> {name}, stored, zero loss (msg/s)", f"{result['rate']:,.0f}")
+            report.add(f"  ratio to the bare subscriber ({name})", f"{ratio:.2f}x")
+            report.add(f"  devices per core at 60 s windows ({name})", f"{per_core:,.0f}")
+            poisoned, bad = with_poison(messages, POISON_SHARE)
+            if name == "sqlite":
+                poison_url = f"sqlite:///{workdir / 'ingest-poison.db'}"
+            else:
+                poison_url, drop_poison = fresh_pg_url()
+                cleanup.append(drop_poison)
+            dirty = fleet_drain(broker, poison_url, poisoned, poison=bad)
+            figures[name]["poisoned_5pct_stored_msg_s"] = round(dirty["rate"])
+            figures[name]["poisoned_5pct_ratio_to_clean"] = round(dirty["rate"] / result["rate"], 3)
+            report.add(
+                f"  with {POISON_SHARE:.0%} poison ({name}): stored msg/s; ratio to clean",
+                f"{dirty['rate']:,.0f}; {dirty['rate'] / result['rate']:.2f}x",
+            )
+            if name == "sqlite":
+                shared_url = f"sqlite:///{workdir / 'ingest-shared.db'}"
+            else:
+                shared_url, drop_shared = fresh_pg_url()
+                cleanup.append(drop_shared)
+            shared = shared_drain(broker, shared_url, messages, 2)
+            figures[name]["two_workers_shared_msg_s"] = round(shared)
+            figures[name]["two_workers_ratio_to_bare"] = round(shared / bare, 3)
+            report.add(
+                f"  2 ingest workers, $share group ({name}) (msg/s; ratio)",
+                f"{shared:,.0f}; {shared / bare:.2f}x",
+            )
+    finally:
+        for drop in cleanup:
+            drop()
+
+
+def kill_figures(report: Report, broker: MosquittoBroker, key: Path, messages_n: int) -> None:
+    kill = kill_restart(broker, key, messages_n)
+    report.figures["kill_restart"] = kill
+    report.add(
+        "SIGKILL mid-stream: sent / stored / lost", f"{kill['sent']} / {kill['stored']} / {kill['lost']}"
+    )
+    report.add(
+        "  stored before the kill; catch-up after restart (s)",
+        f"{kill['stored_before_kill']}; {kill['recover_s']:.1f}",
+    )
+
+
+def rollout_figures(
+    report: Report, broker: MosquittoBroker, key_pair: tuple[Path, Path], agents: int, soak_s: float
+) -> None:
+    rollout = rollout_run(broker, key_pair, agents, soak_s)
+    report.figures["rollout"] = {"agents": agents, "soak_s": soak_s, **rollout}
+    good, bad = rollout["good"], rollout["bad"]
+    report.add(
+        f"{agents} agents, good model: state, waves, time (s)",
+        f"{good['state']}, {good['waves']}, {good['seconds']:.1f}",
+    )
+    report.add(
+        "slow model (3x p95): state at wave, devices touched",
+        f"{bad['state']} at wave {bad['wave_reached']}, {bad['devices_assigned']}",
+    )
+    report.add("  slow model: time to halt (s)", f"{bad['seconds']:.1f}")
+
+
+def api_figures(
+    report: Report, broker: MosquittoBroker, workdir: Path, key: Path, args: argparse.Namespace
+) -> None:
+    backends: list[tuple[str, str, Callable[[], None] | None]] = [
+        ("sqlite", f"sqlite:///{workdir / 'api.db'}", None)
+    ]
+    if not args.skip_postgres:
+        url, drop = fresh_pg_url()
+        backends.append(("postgresql", url, drop))
+    report.figures["api"] = {"devices": args.api_devices, "days": args.api_days}
+    for name, url, drop_fn in backends:
+        try:
+            result = api_latency(
+                key,
+                broker,
+                url,
+                devices_n=args.api_devices,
+                days=args.api_days,
+                requests_n=args.api_requests,
+            )
+        finally:
+            if drop_fn is not None:
+                drop_fn()
+        report.figures["api"][name] = result
+        report.add(
+            f"API on {name}: {result['rows']:,} windows generated in (s)", f"{result['generate_s']:.0f}"
+        )
+        for key_name in ("device_list", "series_6h", "series_7d"):
+            r = result[key_name]
+            report.add(f"  {key_name} p50 / p99 (ms, {name})", f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     only = set(args.only or ["ingest", "kill", "rollout", "api"])
-    figures: dict[str, Any] = {"cpu_count": os.cpu_count()}
-    rows: list[tuple[str, str]] = []
+    report = Report({"cpu_count": os.cpu_count()})
     workdir = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
-    key = generate_private_key()
-    key_pair = (workdir / "operator.key", workdir / "operator.pub")
-    key_pair[0].write_bytes(private_key_pem(key))
-    key_pair[1].write_bytes(public_key_pem(key.public_key()))
+    pair = generate_key_pair(workdir)
+    key_pair = (pair.private_path, pair.public_path)
     began = time.perf_counter()
 
     with MosquittoBroker(workdir / "mosquitto", extra_config=BROKER_CONFIG) as broker:
         if "ingest" in only:
-            messages = make_messages(args.messages, 1000)
-            size = statistics.mean(len(p) for _, p in messages)
-            bare = bare_drain(broker, messages)
-            figures["ingest"] = {
-                "messages": len(messages),
-                "payload_bytes": round(size),
-                "bare_paho_msg_s": round(bare),
-            }
-            rows.append(("telemetry payload (bytes, mean)", f"{size:.0f}"))
-            rows.append(("bare paho subscriber, QoS 1 drain (msg/s)", f"{bare:,.0f}"))
-            backends = [("sqlite", f"sqlite:///{workdir / 'ingest.db'}")]
-            cleanup: list[Callable[[], None]] = []
-            if not args.skip_postgres:
-                url, drop = fresh_pg_url()
-                backends.append(("postgresql", url))
-                cleanup.append(drop)
-            try:
-                for name, url in backends:
-                    result = fleet_drain(broker, url, messages)
-                    ratio = result["rate"] / bare
-                    per_core = result["rows"] / result["cpu_s"] * 60
-                    figures["ingest"][name] = {
-                        "stored_msg_s": round(result["rate"]),
-                        "ratio_to_bare": round(ratio, 3),
-                        "cpu_s": round(result["cpu_s"], 2),
-                        "devices_per_core_60s": round(per_core),
-                        "lost": 0,
-                    }
-                    rows.append(
-                        (f"fleet ingester -> {name}, stored, zero loss (msg/s)", f"{result['rate']:,.0f}")
-                    )
-                    rows.append((f"  ratio to the bare subscriber ({name})", f"{ratio:.2f}x"))
-                    rows.append((f"  devices per core at 60 s windows ({name})", f"{per_core:,.0f}"))
-                    shared_url = url
-                    if name == "sqlite":
-                        shared_url = f"sqlite:///{workdir / 'ingest-shared.db'}"
-                    else:
-                        shared_url, drop_shared = fresh_pg_url()
-                        cleanup.append(drop_shared)
-                    shared = shared_drain(broker, shared_url, messages, 2)
-                    figures["ingest"][name]["two_workers_shared_msg_s"] = round(shared)
-                    figures["ingest"][name]["two_workers_ratio_to_bare"] = round(shared / bare, 3)
-                    rows.append(
-                        (
-                            f"  2 ingest workers, $share group ({name}) (msg/s; ratio)",
-                            f"{shared:,.0f}; {shared / bare:.2f}x",
-                        )
-                    )
-            finally:
-                for drop in cleanup:
-                    drop()
+            ingest_figures(report, broker, workdir, args.messages, args.skip_postgres)
         if "kill" in only:
-            kill = kill_restart(broker, key_pair[1], args.kill_messages)
-            figures["kill_restart"] = kill
-            rows.append(
-                (
-                    "SIGKILL mid-stream: sent / stored / lost",
-                    f"{kill['sent']} / {kill['stored']} / {kill['lost']}",
-                )
-            )
-            rows.append(
-                (
-                    "  stored before the kill; catch-up after restart (s)",
-                    f"{kill['stored_before_kill']}; {kill['recover_s']:.1f}",
-                )
-            )
+            kill_figures(report, broker, key_pair[1], args.kill_messages)
         if "rollout" in only:
-            rollout = rollout_run(broker, key_pair, args.agents, args.soak)
-            figures["rollout"] = {"agents": args.agents, "soak_s": args.soak, **rollout}
-            good, bad = rollout["good"], rollout["bad"]
-            rows.append(
-                (
-                    f"{args.agents} agents, good model: state, waves, time (s)",
-                    f"{good['state']}, {good['waves']}, {good['seconds']:.1f}",
-                )
-            )
-            rows.append(
-                (
-                    "slow model (3x p95): state at wave, devices touched",
-                    f"{bad['state']} at wave {bad['wave_reached']}, {bad['devices_assigned']}",
-                )
-            )
-            rows.append(("  slow model: time to halt (s)", f"{bad['seconds']:.1f}"))
+            rollout_figures(report, broker, key_pair, args.agents, args.soak)
         if "api" in only:
-            backends = [("sqlite", f"sqlite:///{workdir / 'api.db'}", None)]
-            if not args.skip_postgres:
-                url, drop = fresh_pg_url()
-                backends.append(("postgresql", url, drop))
-            figures["api"] = {"devices": args.api_devices, "days": args.api_days}
-            for name, url, drop_fn in backends:
-                try:
-                    result = api_latency(
-                        key_pair[1],
-                        broker,
-                        url,
-                        devices_n=args.api_devices,
-                        days=args.api_days,
-                        requests_n=args.api_requests,
-                    )
-                finally:
-                    if drop_fn is not None:
-                        drop_fn()
-                figures["api"][name] = result
-                rows.append(
-                    (
-                        f"API on {name}: {result['rows']:,} windows generated in (s)",
-                        f"{result['generate_s']:.0f}",
-                    )
-                )
-                for key_name in ("device_list", "series_6h", "series_7d"):
-                    r = result[key_name]
-                    rows.append(
-                        (f"  {key_name} p50 / p99 (ms, {name})", f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f}")
-                    )
-    figures["total_s"] = round(time.perf_counter() - began, 1)
-    width = max(len(r[0]) for r in rows)
-    print("\nfleet benchmark (one run, side by side; noisy shared cores)")
-    for label, value in rows:
-        print(f"  {label.ljust(width)}  {value}")
-    print(json.dumps({"benchmark": "fleet", "figures": figures}, default=str))
+            api_figures(report, broker, workdir, key_pair[1], args)
+    report.figures["total_s"] = round(time.perf_counter() - began, 1)
+    report.print()
     return 0
 
 

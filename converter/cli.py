@@ -7,6 +7,7 @@ and never imports numpy or TensorFlow.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ MODES = ("auto", "int8", "float16", "dynamic", "none", "int16x8")
 IO_TYPES = ("int8", "uint8", "float")
 TASKS = ("classification", "regression", "forecast")
 RUNTIMES = ("tflite-runtime", "litert", "any")
+PREPROCESSING = ("none", "standardize", "minmax", "scale")
 
 
 def register(commands: Any) -> None:
@@ -88,10 +90,11 @@ def register(commands: Any) -> None:
     convert.add_argument(
         "--image-preprocessing",
         choices=("scale01", "minus1to1", "raw"),
-        default="scale01",
-        help="a --calibration folder of images: pixels 0..255 become x/255 (scale01, default), "
-        "x/127.5-1 (minus1to1) or x (raw); images are resized to the model's input",
+        help="a --calibration folder of images: pixels 0..255 become x/255 (scale01, the default), "
+        "x/127.5-1 (minus1to1) or x (raw); images are resized to the model's input. Not recorded: "
+        "callers send model inputs. With --preprocessing the pixels are read raw and that maps them",
     )
+    _preprocessing_options(convert)
     convert.add_argument(
         "--float-layers",
         default="",
@@ -158,8 +161,64 @@ def register(commands: Any) -> None:
     bundle.add_argument("--runtime", choices=RUNTIMES, default="tflite-runtime")
     bundle.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS")
     bundle.add_argument("--report-json", type=Path, metavar="PATH", help="also write the report as JSON")
-    bundle.add_argument("--smoke-samples", type=int, default=8, metavar="N")
+    bundle.add_argument(
+        "--smoke-samples",
+        type=int,
+        default=8,
+        metavar="N",
+        help="samples recorded for the device's smoke test (default 8; fewer when the tensors are large)",
+    )
+    bundle.add_argument(
+        "--primary-output",
+        metavar="NAME",
+        help="a model with several outputs: the one metrics, baseline, labels and health checks use "
+        "(default: the first); every output is described and smoke-tested",
+    )
     bundle.set_defaults(handler=_bundle)
+
+
+def _preprocessing_options(convert: Any) -> None:
+    group = convert.add_argument_group(
+        "preprocessing",
+        "What the model was trained with, recorded in the manifest: the agent applies (x - offset) * "
+        "scale to the raw values callers send (V,V,...: one value, or one per feature/channel of the "
+        "last axis). With any of these the --calibration and --evaluation data are raw values too: the "
+        "converter applies the recorded preprocessing to them exactly as the agent will before it "
+        "calibrates and validates. Without them nothing is recorded and the data are model inputs, "
+        "unless the model carries a Keras Normalization/Rescaling layer (recorded as in_model).",
+    )
+    group.add_argument(
+        "--preprocessing",
+        choices=PREPROCESSING,
+        help="none: raw values go in; standardize (x - mean) / std or minmax (x - min) / (max - min) "
+        "computed per last-axis feature from the calibration data, unless --preprocess-mean/-std give "
+        "them; scale: --preprocess-scale and --preprocess-offset",
+    )
+    group.add_argument("--preprocess-mean", type=_floats, metavar="V[,V]", help="standardize: the mean(s)")
+    group.add_argument("--preprocess-std", type=_floats, metavar="V[,V]", help="standardize: the std(s)")
+    group.add_argument("--preprocess-scale", type=_floats, metavar="V[,V]", help="scale: multiply by")
+    group.add_argument(
+        "--preprocess-offset", type=_floats, metavar="V[,V]", help="scale: subtract first (default 0)"
+    )
+    group.add_argument(
+        "--preprocessing-file",
+        type=Path,
+        metavar="JSON",
+        help='the whole preprocessing as JSON, e.g. {"method": "scale", "scale": 0.00392, "offset": 0}',
+    )
+    group.add_argument(
+        "--channel-order", choices=("rgb", "bgr"), help="image models: the channel order trained on"
+    )
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r} holds a value that is not a finite number")
+    return values
 
 
 def _keys_generate(args: argparse.Namespace) -> int:
@@ -203,6 +262,13 @@ def _convert(args: argparse.Namespace) -> int:
         rnn=args.rnn,
         float_layers=[name.strip() for name in args.float_layers.split(",") if name.strip()],
         image_preprocessing=args.image_preprocessing,
+        preprocessing=args.preprocessing,
+        preprocess_mean=args.preprocess_mean,
+        preprocess_std=args.preprocess_std,
+        preprocess_scale=args.preprocess_scale,
+        preprocess_offset=args.preprocess_offset,
+        preprocessing_file=args.preprocessing_file,
+        channel_order=args.channel_order,
     )
     try:
         result = convert(request, progress=_progress)
@@ -216,7 +282,7 @@ def _convert(args: argparse.Namespace) -> int:
 def _bundle(args: argparse.Namespace) -> int:
     from converter.tflite_bundle import BundleRequest, bundle_tflite
 
-    request = BundleRequest.build(**_shared_fields(args))
+    request = BundleRequest.build(**_shared_fields(args), primary_output=args.primary_output)
     _print_report(bundle_tflite(request, progress=_progress), args.report_json)
     return 0
 

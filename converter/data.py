@@ -137,6 +137,35 @@ def load_npz(path: Path, role: str, need_y: bool) -> Dataset:
     return Dataset(x=np.ascontiguousarray(x, dtype=np.float32), y=y)
 
 
+def load_multi_input_npz(path: Path, role: str, count: int) -> tuple[list[npt.NDArray[np.float32]], Dataset]:
+    """Inputs of a model with ``count`` inputs: an ``.npz`` with ``x_0`` .. ``x_{count-1}`` and ``y``.
+
+    The returned ``Dataset`` holds ``x_0`` as ``x`` (for the baseline's input ranges) and ``y``.
+    """
+    names = [f"x_{i}" for i in range(count)]
+    if path.suffix.lower() != ".npz":
+        raise InputError(
+            f"the model has {count} inputs: give {role} data as an .npz with {', '.join(names)} and y"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise InputError(f"{role} file {path} is not a readable .npz archive: {exc}") from exc
+    missing = [name for name in [*names, "y"] if name not in arrays]
+    if missing:
+        raise InputError(
+            f"{role} file {path} lacks {', '.join(missing)}: the model has {count} inputs, so it needs "
+            f"{', '.join(names)} (one array per input, in the model's input order) and y; "
+            f"it holds {', '.join(sorted(arrays)) or 'nothing'}"
+        )
+    xs = [_checked(Dataset(x=arrays[name], y=None), f"{role} {name}", path).x for name in names]
+    y = arrays["y"]
+    if any(len(x) != len(y) for x in xs):
+        raise InputError(f"{role} file {path}: {', '.join(names)} and y hold different numbers of samples")
+    return xs, Dataset(x=xs[0], y=y)
+
+
 def check_against_input(data: Dataset, role: str, input_shape: list[int | None]) -> None:
     """Shape (batch dimension free) and finiteness of ``data.x`` for a model input."""
     expected = input_shape[1:]

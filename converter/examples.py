@@ -12,6 +12,7 @@ TensorFlow and tflite-runtime cannot share a process.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -62,8 +63,10 @@ def train_digits(out_dir: Path, seed: int = 0, epochs: int = 25, filters: int = 
 def train_diabetes(out_dir: Path, seed: int = 0, epochs: int = 150, width: int = 256) -> float:
     """Train an MLP on scikit-learn's diabetes data; return its held-out MAE (disease progression units).
 
-    Inputs are standardized features; a final ``Rescaling`` layer puts the output back into the
-    target's own units, so the MAE in the report is the one a clinician would read.
+    The model is trained on standardized features; a final ``Rescaling`` layer puts the output
+    back into the target's own units, so the MAE in the report is the one a clinician would read.
+    The data files hold the features as they come (what a device is sent) and
+    ``preprocessing.json`` the standardization, which the converter records and applies.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -72,10 +75,12 @@ def train_diabetes(out_dir: Path, seed: int = 0, epochs: int = 150, width: int =
 
     keras.utils.set_random_seed(seed)
     x, y = load_diabetes(return_X_y=True)
-    x_train, x_eval, y_train, y_eval = train_test_split(x, y, test_size=0.2, random_state=seed)
-    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
-    x_train = ((x_train - mean) / std).astype(np.float32)
-    x_eval = ((x_eval - mean) / std).astype(np.float32)
+    raw_train, raw_eval, y_train, y_eval = train_test_split(
+        x.astype(np.float32), y, test_size=0.2, random_state=seed
+    )
+    # float32 statistics, applied the way the converter and the agent apply them.
+    mean, scale = raw_train.mean(axis=0), np.float32(1.0) / raw_train.std(axis=0)
+    x_train, x_eval = (raw_train - mean) * scale, (raw_eval - mean) * scale
     y_mean, y_std = float(y_train.mean()), float(y_train.std())
     model = keras.Sequential(
         [
@@ -93,8 +98,15 @@ def train_diabetes(out_dir: Path, seed: int = 0, epochs: int = 150, width: int =
     predicted = model.predict(x_eval, verbose=0).reshape(-1)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir / "model.keras")
-    np.savez(out_dir / "calibration.npz", x=x_train)
-    np.savez(out_dir / "evaluation.npz", x=x_eval, y=y_eval.astype(np.float32).reshape(-1, 1))
+    np.savez(out_dir / "calibration.npz", x=raw_train)
+    np.savez(out_dir / "evaluation.npz", x=raw_eval, y=y_eval.astype(np.float32).reshape(-1, 1))
+    preprocessing = {
+        "method": "standardize",
+        "offset": [float(v) for v in mean],
+        "scale": [float(v) for v in scale],
+        "description": "standardized with the training split's mean and std",
+    }
+    (out_dir / PREPROCESSING_FILE).write_text(json.dumps(preprocessing, indent=2) + "\n")
     return float(np.mean(np.abs(predicted - y_eval)))
 
 
@@ -154,6 +166,8 @@ def train_sunspots(
 
 EXAMPLES = ("digits", "diabetes", "sunspots")
 TASKS = {"digits": "classification", "diabetes": "regression", "sunspots": "forecast"}
+PREPROCESSING_FILE = "preprocessing.json"
+"""What a trained example was preprocessed with (when not inside the model), for --preprocessing-file."""
 
 
 def convert_argv(example: str, folder: Path, key: Path, out: Path, mode: str, *extra: str) -> list[str]:
@@ -167,6 +181,8 @@ def convert_argv(example: str, folder: Path, key: Path, out: Path, mode: str, *e
     ]  # fmt: skip
     if (folder / "labels.txt").is_file():
         argv += ["--labels", str(folder / "labels.txt")]
+    if (folder / PREPROCESSING_FILE).is_file():
+        argv += ["--preprocessing-file", str(folder / PREPROCESSING_FILE)]
     return argv
 
 

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import numpy as np
-import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from converter.errors import InputError, OutputExistsError
 from protocol.bundle import LABELS, MODEL, SAMPLES, bundle_bytes, file_entries, write_atomically
 from protocol.manifest import Manifest
 from protocol.signing import Signature, sign
-
-
-def samples_npz(x: npt.NDArray[np.float32], y: npt.NDArray[np.float32]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, x=x.astype(np.float32), y=y.astype(np.float32))
-    return buffer.getvalue()
 
 
 def member_files(model: bytes, samples: bytes, labels: bytes | None) -> dict[str, bytes]:

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 from converter.errors import InputError
 from converter.metrics import TASK_METRICS
-from protocol.manifest import TaskKind
+from protocol.manifest import Manifest, TaskKind, ValidationReport
 
 if TYPE_CHECKING:
     from converter.gates import Gate
-    from converter.pipeline import Candidate, ConversionResult
+    from converter.results import Candidate, ConversionResult
 
 _METRIC_NAMES = {
     "accuracy": "accuracy",
@@ -34,6 +34,7 @@ def report_dict(result: ConversionResult) -> dict[str, Any]:
         "mode": manifest.quantization.value,
         "model_size": result.model_size,
         "bundle_size": result.bundle_size,
+        "samples_size": manifest.files["samples.npz"].size if "samples.npz" in manifest.files else None,
         "float32_weight_bytes": result.float32_weight_bytes,
         "float32_model_bytes": result.float32_model_bytes,
         "size_ratio": result.size_ratio,
@@ -60,8 +61,33 @@ def write_report_json(result: ConversionResult, path: Path) -> None:
 
 def report_table(result: ConversionResult) -> str:
     manifest = result.manifest
+    lines = [f"{label:<16}{value}" for label, value in _summary_rows(result)]
+    lines += _validation_lines(manifest.validation)
+    lines += _runtime_lines(manifest)
+    if len(result.candidates) > 1:
+        from converter.gates import parse_gates
+
+        conversion = manifest.conversion
+        gates = parse_gates([f"{k}={v}" for k, v in (conversion.max_drop if conversion else {}).items()],
+                            manifest.task)  # fmt: skip
+        chosen = next((c for c in result.candidates if c.mode is manifest.quantization), None)
+        lines.append("")
+        lines.append(
+            candidates_table(manifest.task, result.candidates, result.float32_model_bytes, gates, chosen)
+        )
+    lines.append("")
+    lines.append(f"smoke samples   {manifest.smoke.samples}, atol {manifest.smoke.atol:.3g}")
+    timing = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in result.seconds.items())
+    lines.append(f"time            {timing}")
+    lines += [f"note: {note}" for note in result.notes]
+    lines += [f"warning: {warning}" for warning in result.warnings]
+    return "\n".join(lines)
+
+
+def _summary_rows(result: ConversionResult) -> list[tuple[str, str]]:
+    manifest = result.manifest
     rows: list[tuple[str, str]] = [
-        ("bundle", f"{result.request.out} ({result.bundle_size:,} bytes, signed by key {result.key_id})"),
+        ("bundle", f"{result.request.out} ({_bundle_size(result)}; signed by key {result.key_id})"),
         ("model", f"{manifest.name} {manifest.version}, {manifest.task.value}"),
         (
             "mode",
@@ -82,7 +108,12 @@ def report_table(result: ConversionResult) -> str:
             if spec.quantization
             else ""
         )
-        rows.append((kind, f"{spec.name} {spec.shape} {spec.dtype}{quant}"))
+        primary = " (primary)" if len(manifest.outputs) > 1 and spec.name == manifest.primary_output else ""
+        rows.append((kind, f"{spec.name} {spec.shape} {spec.dtype}{quant}{primary}"))
+    for name, pre in manifest.preprocessing.items():
+        rows.append(
+            ("preprocessing", f"{name}: {pre.method}" + (f", {pre.description}" if pre.description else ""))
+        )
     conversion = manifest.conversion
     if conversion is not None:
         if conversion.recurrent:
@@ -91,31 +122,47 @@ def report_table(result: ConversionResult) -> str:
             rows.append(("float layers", ", ".join(conversion.float_layers)))
         if conversion.max_drop:
             rows.append(("budget", ", ".join(f"{k} {v}" for k, v in conversion.max_drop.items())))
-    lines = [f"{label:<16}{value}" for label, value in rows]
-    validation = manifest.validation
-    if validation is not None:
-        lines.append("")
-        lines.append(f"validation on {validation.samples} evaluation samples in {validation.runtime}")
-    if validation is not None and not any(key.endswith("_source") for key in validation.metrics):
+    return rows
+
+
+def _bundle_size(result: ConversionResult) -> str:
+    """The bundle against its model: what the smoke samples and the rest add."""
+    samples = result.manifest.files.get("samples.npz")
+    samples_size = samples.size if samples is not None else 0
+    rest = result.bundle_size - result.model_size - samples_size
+    return (
+        f"{result.bundle_size:,} bytes: model.tflite {result.model_size:,} + samples.npz {samples_size:,} "
+        f"+ manifest, signature and archive framing {rest:,}"
+    )
+
+
+def _validation_lines(validation: ValidationReport | None) -> list[str]:
+    if validation is None:
+        return []
+    lines = ["", f"validation on {validation.samples} evaluation samples in {validation.runtime}"]
+    if not any(key.endswith("_source") for key in validation.metrics):
         # A ready-made TFLite model (edgefleet bundle): no source model to compare with.
         for key, label in _METRIC_NAMES.items():
             if key in validation.metrics:
                 lines.append(f"  {label:<16}{validation.metrics[key]:>10.4f}")
-    elif validation is not None:
-        lines.append(f"  {'metric':<16}{'source':>10}{'converted':>12}{'change':>10}")
-        for key, label in _METRIC_NAMES.items():
-            if key in validation.metrics and f"{key}_source" in validation.metrics:
-                source, converted = validation.metrics[f"{key}_source"], validation.metrics[key]
-                change = round(converted - source, 4) + 0.0  # no "-0.0000"
-                lines.append(f"  {label:<16}{source:>10.4f}{converted:>12.4f}{change:>+10.4f}")
-        if validation.top1_agreement is not None:
-            lines.append(f"  {'top-1 agreement':<16}{validation.top1_agreement:>22.2%}")
-        if validation.snr_db is not None:
-            lines.append(f"  {'output SNR':<16}{validation.snr_db:>19.1f} dB")
-        lines.append(f"  {'max abs error':<16}{validation.max_abs_error:>22.6f}")
-        lines.append(f"  {'mean abs error':<16}{validation.mean_abs_error:>22.6f}")
-    lines.append("")
-    lines.append(f"  {'runtime':<16}{'version':<10}{'loads':<7}{'p50 latency':>14}")
+        return lines
+    lines.append(f"  {'metric':<16}{'source':>10}{'converted':>12}{'change':>10}")
+    for key, label in _METRIC_NAMES.items():
+        if key in validation.metrics and f"{key}_source" in validation.metrics:
+            source, converted = validation.metrics[f"{key}_source"], validation.metrics[key]
+            change = round(converted - source, 4) + 0.0  # no "-0.0000"
+            lines.append(f"  {label:<16}{source:>10.4f}{converted:>12.4f}{change:>+10.4f}")
+    if validation.top1_agreement is not None:
+        lines.append(f"  {'top-1 agreement':<16}{validation.top1_agreement:>22.2%}")
+    if validation.snr_db is not None:
+        lines.append(f"  {'output SNR':<16}{validation.snr_db:>19.1f} dB")
+    lines.append(f"  {'max abs error':<16}{validation.max_abs_error:>22.6f}")
+    lines.append(f"  {'mean abs error':<16}{validation.mean_abs_error:>22.6f}")
+    return lines
+
+
+def _runtime_lines(manifest: Manifest) -> list[str]:
+    lines = ["", f"  {'runtime':<16}{'version':<10}{'loads':<7}{'p50 latency':>14}"]
     for name, check in manifest.runtimes.items():
         latency = f"{check.latency_ms_p50:.3f} ms" if check.latency_ms_p50 is not None else "-"
         lines.append(
@@ -123,25 +170,7 @@ def report_table(result: ConversionResult) -> str:
         )
         if check.error:
             lines.append(f"    {check.error}")
-    if len(result.candidates) > 1:
-        from converter.gates import parse_gates
-
-        gates = parse_gates([f"{k}={v}" for k, v in (conversion.max_drop if conversion else {}).items()],
-                            manifest.task)  # fmt: skip
-        chosen = next((c for c in result.candidates if c.mode is manifest.quantization), None)
-        lines.append("")
-        lines.append(
-            candidates_table(manifest.task, result.candidates, result.float32_model_bytes, gates, chosen)
-        )
-    lines.append("")
-    lines.append(f"smoke samples   {manifest.smoke.samples}, atol {manifest.smoke.atol:.3g}")
-    timing = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in result.seconds.items())
-    lines.append(f"time            {timing}")
-    for note in result.notes:
-        lines.append(f"note: {note}")
-    for warning in result.warnings:
-        lines.append(f"warning: {warning}")
-    return "\n".join(lines)
+    return lines
 
 
 def candidates_table(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 _SOURCE_ROOT = Path(__file__).resolve().parents[1]
-STDERR_TAIL_LINES = 6
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,10 @@ class ChildOutcome:
     returncode: int | None
     """None when the child was killed for overrunning its time limit."""
     result: dict[str, Any] | None
-    stderr_tail: str
     seconds: float
+    last_words: str | None
+    """The child's most meaningful last line on stderr (a crash's Python frame, an error), never
+    a warning: what an error message quotes."""
 
     @property
     def timed_out(self) -> bool:
@@ -80,7 +82,7 @@ def run_module(module: str, job: dict[str, Any], out_dir: Path, timeout: float) 
             result = loaded if isinstance(loaded, dict) else None
         except ValueError:
             result = None
-    return ChildOutcome(returncode, result, _tail(stderr_path), seconds)
+    return ChildOutcome(returncode, result, seconds, _last_words(stderr_path))
 
 
 def _kill_group(child: subprocess.Popen[bytes]) -> None:
@@ -89,11 +91,34 @@ def _kill_group(child: subprocess.Popen[bytes]) -> None:
     child.wait()
 
 
-def _tail(path: Path) -> str:
+_FATAL = re.compile(r"^Fatal Python error: (?P<what>.+)$")
+_FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<function>\S+)')
+_WARNING = re.compile(r"^\s*warnings\.warn\(|\b[A-Z]\w*Warning: |^\s*warn\(")
+
+
+def _last_words(path: Path) -> str | None:
+    """A crash (``faulthandler``): its cause and the innermost Python frame of the crashing
+    thread. Otherwise the last line that is neither logging noise nor a warning."""
     try:
-        lines = path.read_text(errors="replace").strip().splitlines()
+        lines = path.read_text(errors="replace").splitlines()
     except OSError:
-        return ""
-    noise = ("WARNING: All log messages", "I0000 ", "W0000 ", "oneDNN custom operations")
-    kept = [line for line in lines if line.strip() and not line.startswith(noise) and "port.cc" not in line]
-    return "\n".join(kept[-STDERR_TAIL_LINES:])
+        return None
+    for index, line in enumerate(lines):
+        fatal = _FATAL.match(line)
+        if fatal is None:
+            continue
+        frame = next((m for m in map(_FRAME.match, lines[index + 1 :]) if m is not None), None)
+        where = f" in {Path(frame['file']).name} line {frame['line']} ({frame['function']})" if frame else ""
+        return f"Fatal Python error: {fatal['what']}{where}"
+    kept = [
+        line.strip()
+        for line in lines
+        if line.strip()
+        and not line.startswith(_NOISE)
+        and "port.cc" not in line
+        and not _WARNING.search(line)
+    ]
+    return kept[-1] if kept else None
+
+
+_NOISE = ("WARNING: All log messages", "I0000 ", "W0000 ", "oneDNN custom operations")

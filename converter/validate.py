@@ -1,12 +1,20 @@
 """The runtime side of a conversion, run as ``python -m converter.validate JOB.json``.
 
-Imports only ``agent.runtime``, ``protocol`` and numpy: never TensorFlow, which breaks
+Imports only ``runtime``, ``protocol`` and numpy: never TensorFlow, which breaks
 tflite-runtime in the same process. One child per runtime, so a runtime that crashes on a model
 is recorded as "does not load" instead of taking the others down. It loads the model the way a
-device does, runs the evaluation and smoke inputs (quantized with ``protocol.tensors``, outputs
-dequantized the same way the agent will) and measures per-sample latency. It writes
-``result.json`` and ``outputs.npz`` (``eval``, ``smoke``, ``smoke_batch``: the first output,
-dequantized float32; the smoke samples run one at a time and as one batch).
+device does and runs every sample through ``runtime.run_samples``, the one way the agent runs
+samples too (its smoke test, its serving path), with the batching the model declares: a
+fixed-batch model (a GRU exported at batch 1) in chunks of its batch, never resized. So the
+smoke outputs recorded here are exactly what the agent's smoke test reproduces.
+
+Job: ``model``, ``runtime``, and for a run ``evaluation`` and ``smoke`` (.npz files holding
+``input_0``, ``input_1``, ...: one array per model input, batch first: real values, or values
+already in the input's dtype). Writes ``result.json`` (the tensors as the manifest describes
+them, the latency) and ``outputs.npz``: ``eval_J`` (every output J on the evaluation set),
+``smoke_in_I`` (the smoke inputs in the model's input dtype: what ``samples.npz`` stores) and
+``smoke_J`` (every output for those, as the agent's smoke test runs them), outputs dequantized
+to float32.
 """
 
 from __future__ import annotations
@@ -16,67 +24,74 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, cast, get_args
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from agent.runtime import LoadedModel, ModelLoadError, RuntimeName, TensorDetail, load_model, resolve_runtime
 from protocol.errors import EdgefleetError
-from protocol.manifest import Quantization, TensorDType, TensorSpec
-from protocol.tensors import dequantize, quantize
+from runtime import (
+    LoadedModel,
+    ModelLoadError,
+    RuntimeName,
+    dynamic_batch,
+    load_model,
+    model_specs,
+    prepare_input,
+    resolve_runtime,
+    run_samples,
+)
 
 RESULT_FILE = "result.json"
 OUTPUTS_FILE = "outputs.npz"
-EVAL_BATCH = 256
 LATENCY_RUNS = 50
 LATENCY_BUDGET_S = 5.0
 
 
-def tensor_spec(detail: TensorDetail, dynamic_batch: bool) -> TensorSpec:
-    """The manifest's view of a runtime tensor; quantization only for quantized integer tensors."""
-    dtype = str(detail.dtype)
-    if dtype not in get_args(TensorDType):
-        raise ModelLoadError(f"tensor {detail.name} has dtype {dtype}, which edgefleet cannot describe")
-    quantized = detail.scale > 0 and np.issubdtype(detail.dtype, np.integer)
-    shape = list(detail.shape)
-    if dynamic_batch and shape:
-        shape[0] = -1
-    return TensorSpec(
-        name=detail.name,
-        shape=shape,
-        dtype=cast(TensorDType, dtype),
-        quantization=Quantization(scale=detail.scale, zero_point=detail.zero_point) if quantized else None,
-    )
-
-
-def run_outputs(
-    model: LoadedModel, x: npt.NDArray[np.float32], input_spec: TensorSpec, output_spec: TensorSpec
-) -> npt.NDArray[np.float32]:
-    """Dequantized first output for every row of ``x``, in batches (of the model's own batch size
-    when the model fixes it, e.g. a recurrent model exported with batch size 1)."""
-    size = EVAL_BATCH if input_spec.shape[0] == -1 else max(1, input_spec.shape[0])
-    if input_spec.shape[0] != -1 and len(x) % size:
-        raise ModelLoadError(f"the model takes batches of exactly {size}; {len(x)} samples do not divide")
-    parts = []
-    for start in range(0, len(x), size):
-        batch = quantize(x[start : start + size], input_spec)
-        parts.append(dequantize(model.run([batch])[0], output_spec))
-    return np.concatenate(parts, axis=0)
-
-
-def latency_p50_ms(model: LoadedModel, sample: npt.NDArray[Any]) -> float:
-    """Median wall time of one single-sample inference, after a warm-up run."""
-    model.run([sample])
-    times = []
-    deadline = time.monotonic() + LATENCY_BUDGET_S
-    for _ in range(LATENCY_RUNS):
-        started = time.perf_counter()
-        model.run([sample])
-        times.append(time.perf_counter() - started)
-        if time.monotonic() > deadline:
-            break
+def latency_p50_ms(model: LoadedModel, arrays: list[npt.NDArray[Any]]) -> float:
+    """Median wall time of one invoke at the loaded shapes (one sample for a dynamic batch, the
+    model's own batch otherwise), after a warm-up run."""
+    batch = [
+        np.resize(a[:1], (shape[0], *a.shape[1:])) for a, shape in zip(arrays, model.shapes, strict=True)
+    ]
+    with model.lock:
+        model.invoke(batch)
+        times = []
+        deadline = time.monotonic() + LATENCY_BUDGET_S
+        for _ in range(LATENCY_RUNS):
+            started = time.perf_counter()
+            model.invoke(batch)
+            times.append(time.perf_counter() - started)
+            if time.monotonic() > deadline:
+                break
     return statistics.median(times) * 1000.0
+
+
+def _load_arrays(path: str, model: LoadedModel, role: str) -> list[npt.NDArray[Any]]:
+    with np.load(path) as archive:
+        arrays = [archive[f"input_{i}"] for i in range(len(model.inputs)) if f"input_{i}" in archive]
+    if len(arrays) != len(model.inputs):
+        raise ModelLoadError(
+            f"the {role} data holds {len(arrays)} inputs; the model takes {len(model.inputs)}"
+        )
+    return arrays
+
+
+def _run(model: LoadedModel, job: dict[str, Any]) -> tuple[dict[str, npt.NDArray[Any]], float]:
+    dynamic = dynamic_batch(model)
+    evaluation = _load_arrays(job["evaluation"], model, "evaluation")
+    smoke = [
+        prepare_input(a, d)
+        for a, d in zip(_load_arrays(job["smoke"], model, "smoke"), model.inputs, strict=True)
+    ]
+    arrays: dict[str, npt.NDArray[Any]] = {}
+    for j, out in enumerate(run_samples(model, evaluation, dynamic_batch=dynamic)):
+        arrays[f"eval_{j}"] = out
+    for i, array in enumerate(smoke):
+        arrays[f"smoke_in_{i}"] = array
+    for j, out in enumerate(run_samples(model, smoke, dynamic_batch=dynamic)):
+        arrays[f"smoke_{j}"] = out
+    return arrays, latency_p50_ms(model, smoke)
 
 
 def validate(job: dict[str, Any], out_dir: Path) -> dict[str, Any]:
@@ -85,26 +100,14 @@ def validate(job: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     base: dict[str, Any] = {"runtime": runtime, "version": info.version}
     try:
         model = load_model(Path(job["model"]).read_bytes(), runtime=runtime, threads=1)
-        inputs = [tensor_spec(d, job["dynamic_batch"]) for d in model.inputs]
-        outputs = [tensor_spec(d, job["dynamic_batch"]) for d in model.outputs]
+        inputs, outputs = model_specs(model)
+        tensors = {
+            "inputs": [s.model_dump(mode="json") for s in inputs],
+            "outputs": [s.model_dump(mode="json") for s in outputs],
+        }
         if job.get("inspect_only"):  # a ready-made model: what does it take and give?
-            return {
-                **base,
-                "loads": True,
-                "error": None,
-                "inputs": [s.model_dump(mode="json") for s in inputs],
-                "outputs": [s.model_dump(mode="json") for s in outputs],
-            }
-        evaluation = np.load(job["evaluation"])
-        smoke = np.load(job["smoke"])
-        eval_out = run_outputs(model, evaluation, inputs[0], outputs[0])
-        # Smoke outputs one sample at a time, the way a device serves requests.
-        smoke_out = np.concatenate(
-            [run_outputs(model, smoke[i : i + 1], inputs[0], outputs[0]) for i in range(len(smoke))]
-        )
-        # ... and as one batch, the way the agent's smoke test runs them.
-        smoke_batch = run_outputs(model, smoke, inputs[0], outputs[0])
-        latency = latency_p50_ms(model, quantize(evaluation[:1], inputs[0]))
+            return {**base, "loads": True, "error": None, **tensors}
+        arrays, latency = _run(model, job)
     except EdgefleetError as exc:
         return {**base, "loads": False, "error": str(exc)}
     except (ValueError, RuntimeError) as exc:  # a model that loads but fails at invoke
@@ -113,15 +116,8 @@ def validate(job: dict[str, Any], out_dir: Path) -> dict[str, Any]:
             "loads": False,
             "error": f"{info} cannot run the model: {str(exc).strip().splitlines()[0]}",
         }
-    np.savez(out_dir / OUTPUTS_FILE, eval=eval_out, smoke=smoke_out, smoke_batch=smoke_batch)
-    return {
-        **base,
-        "loads": True,
-        "error": None,
-        "latency_ms_p50": round(latency, 4),
-        "inputs": [s.model_dump(mode="json") for s in inputs],
-        "outputs": [s.model_dump(mode="json") for s in outputs],
-    }
+    np.savez(out_dir / OUTPUTS_FILE, **arrays)
+    return {**base, "loads": True, "error": None, "latency_ms_p50": round(latency, 4), **tensors}
 
 
 def main(argv: list[str]) -> int:

@@ -5,7 +5,8 @@ TensorFlow and tflite-runtime cannot share a process, and a TensorFlow crash or 
 this process, not the operator's command. One worker converts one or more modes of one model
 (TensorFlow starts and the model loads once). It writes into the job's ``out_dir``:
 
-- ``facts.json`` once the model is loaded (versions, shapes, recurrent layers, what was changed);
+- ``facts.json`` once the model is loaded (versions, shapes, recurrent and normalisation layers,
+  what was changed);
 - ``source_outputs.npy``: the source model's first output on the evaluation set;
 - ``current.txt``: the mode being converted now, so that the parent knows which one a crash hit;
 - per mode, ``model-MODE.tflite`` and ``mode-MODE.json`` (``{"ok": true, "ops": [...]}`` or
@@ -17,8 +18,7 @@ this process, not the operator's command. One worker converts one or more modes 
 from __future__ import annotations
 
 import csv
-import importlib
-import importlib.util
+import faulthandler
 import io
 import json
 import os
@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from converter.worker_load import InputProblemError, load
 from protocol.manifest import QuantizationMode
 
 RESULT_FILE = "result.json"
@@ -45,8 +46,6 @@ FAULT_ENV = "EDGEFLEET_CONVERTER_FAULT"
 TensorFlow, so the tests can check how a crash, a hang or an exception at this process boundary
 surfaces in the parent, in milliseconds instead of a real TensorFlow failure."""
 
-PREDICT_BATCH = 256
-RECURRENT_CLASSES = ("LSTM", "GRU", "SimpleRNN", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")
 DEBUG_WORST_LAYERS = 8
 
 
@@ -58,20 +57,17 @@ def mode_file(mode: str) -> str:
     return f"mode-{mode}.json"
 
 
-class _InputProblemError(Exception):
-    """The model or data cannot be used (reported as an input error, not a conversion failure)."""
-
-
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m converter.worker JOB.json", file=sys.stderr)
         return 2
     job: dict[str, Any] = json.loads(Path(argv[0]).read_text())
     out_dir = Path(job["out_dir"])
+    faulthandler.enable()  # a crash in TensorFlow prints the Python frame it happened in
     _inject_fault(os.environ.get(FAULT_ENV, ""))
     try:
         run(job, out_dir)
-    except _InputProblemError as exc:
+    except InputProblemError as exc:
         _write_json(out_dir / RESULT_FILE, {"ok": False, "kind": "input", "message": str(exc)})
         return 1
     except Exception as exc:  # a failure outside any one mode (loading, predicting)
@@ -90,14 +86,14 @@ def run(job: dict[str, Any], out_dir: Path) -> None:
 
     calibration = np.load(job["calibration"])
     evaluation = np.load(job["evaluation"])
-    loaded = _load(job, keras, tf, calibration.shape[1:])
+    loaded = load(job, keras, tf, calibration.shape[1:])
     for role, data in (("calibration", calibration), ("evaluation", evaluation)):
         expected = loaded.input_shape[1:]
         if len(expected) != data.ndim - 1 or any(
             e is not None and e != a for e, a in zip(expected, data.shape[1:], strict=False)
         ):
             shown = ", ".join("?" if e is None else str(e) for e in expected)
-            raise _InputProblemError(f"{role} x has shape {data.shape} but the model takes (N, {shown})")
+            raise InputProblemError(f"{role} x has shape {data.shape} but the model takes (N, {shown})")
     if not (out_dir / SOURCE_OUTPUTS_FILE).exists():
         np.save(out_dir / SOURCE_OUTPUTS_FILE, loaded.predict(evaluation))
     _write_json(
@@ -109,6 +105,7 @@ def run(job: dict[str, Any], out_dir: Path) -> None:
             "output_shapes": loaded.output_shapes,
             "float32_weight_bytes": loaded.float32_weight_bytes,
             "recurrent": loaded.recurrent,
+            "normalization": loaded.normalization,
             "changes": loaded.changes,
             "load_seconds": round(time.monotonic() - started, 3),
         },
@@ -126,7 +123,7 @@ def run(job: dict[str, Any], out_dir: Path) -> None:
             else:
                 tflite = converter.convert()
             ops = _ops(tf, tflite)
-        except _InputProblemError:
+        except InputProblemError:
             raise
         except Exception as exc:
             result = {"ok": False, **_classify_failure(exc, loaded.recurrent)}
@@ -137,220 +134,6 @@ def run(job: dict[str, Any], out_dir: Path) -> None:
         if job.get("debug_int8") and mode is QuantizationMode.INT8 and result["ok"]:
             _write_json(out_dir / DEBUG_FILE, _debug_layers(loaded.converter(), tf, samples, job))
     (out_dir / CURRENT_FILE).unlink(missing_ok=True)
-
-
-class _Loaded:
-    """The source model, whichever kind it came as, behind one small interface."""
-
-    def __init__(
-        self,
-        *,
-        converter: Callable[[], Any],
-        predict: Callable[[Any], Any],
-        input_shape: list[int | None],
-        output_shapes: list[list[int | None]],
-        float32_weight_bytes: int | None,
-        recurrent: list[str],
-        changes: list[str],
-    ) -> None:
-        self.converter = converter
-        self._predict = predict
-        self.input_shape = input_shape
-        self.output_shapes = output_shapes
-        self.float32_weight_bytes = float32_weight_bytes
-        self.recurrent = recurrent
-        self.changes = changes
-
-    def predict(self, x: Any) -> Any:
-        return np.asarray(self._predict(x), dtype=np.float32)
-
-
-def _load(job: dict[str, Any], keras: Any, tf: Any, data_shape: tuple[int, ...]) -> _Loaded:
-    kind = job["kind"]
-    if kind == "saved_model":
-        return _load_saved_model(job["model"], tf)
-    if kind == "factory":
-        model = _call_factory(job["model"], keras)
-    else:
-        try:
-            model = keras.models.load_model(job["model"], compile=False)
-        except Exception as exc:
-            raise _InputProblemError(f"{job['model']} cannot be loaded as a Keras model: {exc}") from exc
-    if not isinstance(model, keras.Model):
-        raise _InputProblemError(f"{job['model']} did not give a Keras model but {type(model).__name__}")
-    if len(model.inputs) != 1:
-        raise _InputProblemError(
-            f"the model has {len(model.inputs)} inputs; the converter supports one input for now"
-        )
-    return _prepare_keras(model, keras, tf, job.get("rnn", "unroll"), data_shape)
-
-
-def _call_factory(spec: str, keras: Any) -> Any:
-    target, _, function = spec.rpartition(":")
-    try:
-        if target.endswith(".py"):
-            module_spec = importlib.util.spec_from_file_location(Path(target).stem, target)
-            if module_spec is None or module_spec.loader is None:
-                raise ImportError(f"cannot import {target}")
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(target)
-        factory = getattr(module, function)
-    except (ImportError, AttributeError, SyntaxError) as exc:
-        raise _InputProblemError(f"the model factory {spec} cannot be imported: {exc}") from exc
-    try:
-        return factory()
-    except Exception as exc:
-        raise _InputProblemError(f"the model factory {spec} raised {type(exc).__name__}: {exc}") from exc
-
-
-def _prepare_keras(model: Any, keras: Any, tf: Any, rnn: str, data_shape: tuple[int, ...]) -> _Loaded:
-    changes: list[str] = []
-    input_shape = [None if d is None else int(d) for d in model.inputs[0].shape]
-    recurrent = [layer.__class__.__name__ for layer in _walk(model) if _is_recurrent(layer)]
-    dynamic = [i for i, d in enumerate(input_shape[1:], start=1) if d is None]
-    if dynamic and len(data_shape) != len(input_shape) - 1:
-        raise _InputProblemError(
-            f"the model's input {input_shape} has dynamic dimensions other than the batch and the "
-            f"calibration data's sample shape {data_shape} cannot fix them"
-        )
-    to_unroll = rnn == "unroll" and any(name in RECURRENT_CLASSES[:3] for name in recurrent)
-    if dynamic or to_unroll:
-        fixed = [None, *data_shape] if dynamic else input_shape
-        rebuilt = _rebuild(model, keras, fixed, unroll=to_unroll)
-        if rebuilt is None:
-            what = "fix its dynamic input dimensions" if dynamic else "unroll its recurrent layers"
-            raise _InputProblemError(
-                f"cannot {what} in a model that has no Keras config (subclassed model); "
-                + (
-                    "give the Input a fixed shape"
-                    if dynamic
-                    else "build the layers with unroll=True, or pass --rnn keep"
-                )
-            )
-        model = rebuilt
-        if dynamic:
-            changes.append(
-                f"input dimensions {dynamic} fixed to {[data_shape[i - 1] for i in dynamic]} "
-                "from the calibration data"
-            )
-        if to_unroll:
-            changes.append(f"recurrent layers unrolled for {fixed[1]} time steps (--rnn unroll)")
-        input_shape = [None if d is None else int(d) for d in model.inputs[0].shape]
-    output_shapes = [[None if d is None else int(d) for d in output.shape] for output in model.outputs]
-
-    def predict(x: Any) -> Any:
-        out = model.predict(x, batch_size=PREDICT_BATCH, verbose=0)
-        if isinstance(out, (list, tuple)):
-            return out[0]
-        if isinstance(out, dict):
-            return next(iter(out.values()))
-        return out
-
-    return _Loaded(
-        converter=lambda: tf.lite.TFLiteConverter.from_keras_model(model),
-        predict=predict,
-        input_shape=input_shape,
-        output_shapes=output_shapes,
-        float32_weight_bytes=int(sum(int(np.prod(w.shape)) for w in model.weights) * 4),
-        recurrent=recurrent,
-        changes=changes,
-    )
-
-
-def _walk(layer: Any) -> Iterator[Any]:
-    for child in getattr(layer, "layers", []) or []:
-        yield child
-        yield from _walk(child)
-    for attr in ("layer", "forward_layer", "backward_layer"):  # Bidirectional, TimeDistributed
-        inner = getattr(layer, attr, None)
-        if inner is not None and inner is not layer and hasattr(inner, "get_config"):
-            yield inner
-            yield from _walk(inner)
-
-
-def _is_recurrent(layer: Any) -> bool:
-    return layer.__class__.__name__ in RECURRENT_CLASSES
-
-
-def _rebuild(model: Any, keras: Any, input_shape: list[int | None], unroll: bool) -> Any:
-    """The same model from its config with a fixed input shape and/or unrolled RNNs, same weights."""
-    try:
-        config = model.get_config()
-    except NotImplementedError:
-        return None
-    if not isinstance(config, dict) or "layers" not in config:
-        return None
-
-    def patch(node: Any) -> None:
-        if isinstance(node, dict):
-            if node.get("class_name") in ("LSTM", "GRU", "SimpleRNN") and unroll:
-                node.setdefault("config", {})["unroll"] = True
-            if node.get("class_name") == "InputLayer":
-                layer_config = node.setdefault("config", {})
-                layer_config.pop("batch_input_shape", None)
-                layer_config["batch_shape"] = list(input_shape)
-            for value in node.values():
-                patch(value)
-        elif isinstance(node, list):
-            for value in node:
-                patch(value)
-
-    patch(config)
-    cls = keras.Sequential if isinstance(model, keras.Sequential) else keras.Model
-    try:
-        rebuilt = cls.from_config(config)
-        rebuilt.set_weights(model.get_weights())
-    except Exception as exc:
-        raise _InputProblemError(
-            f"cannot rebuild the model with a fixed shape / unrolled layers: {exc}"
-        ) from exc
-    return rebuilt
-
-
-def _load_saved_model(path: str, tf: Any) -> _Loaded:
-    try:
-        loaded = tf.saved_model.load(path)
-        signature = loaded.signatures["serving_default"]
-    except Exception as exc:
-        raise _InputProblemError(
-            f"{path} cannot be loaded as a SavedModel with a serving_default: {exc}"
-        ) from exc
-    specs = signature.structured_input_signature[1]
-    if len(specs) != 1:
-        raise _InputProblemError(
-            f"the SavedModel's serving_default takes {len(specs)} inputs; one is supported"
-        )
-    input_name, input_spec = next(iter(specs.items()))
-    input_shape = [None if d is None else int(d) for d in input_spec.shape]
-    if any(d is None for d in input_shape[1:]):
-        raise _InputProblemError(
-            f"the SavedModel's input {input_name} has shape {input_shape}: dimensions other than the batch "
-            "must be fixed for TFLite; re-export it with a fixed input_signature"
-        )
-    output_keys = sorted(signature.structured_outputs)
-    output_shapes = [
-        [None if d is None else int(d) for d in signature.structured_outputs[k].shape] for k in output_keys
-    ]
-
-    def predict(x: Any) -> Any:
-        parts = []
-        for start in range(0, len(x), PREDICT_BATCH):
-            out = signature(**{input_name: tf.constant(x[start : start + PREDICT_BATCH])})
-            parts.append(out[output_keys[0]].numpy())
-        return np.concatenate(parts)
-
-    weights = getattr(loaded, "variables", [])
-    return _Loaded(
-        converter=lambda: tf.lite.TFLiteConverter.from_saved_model(path),
-        predict=predict,
-        input_shape=input_shape,
-        output_shapes=output_shapes,
-        float32_weight_bytes=int(sum(int(np.prod(v.shape)) for v in weights) * 4) or None,
-        recurrent=[],
-        changes=[],
-    )
 
 
 def configure(converter: Any, tf: Any, mode: QuantizationMode, samples: Any, io_type: str = "int8") -> None:
@@ -428,7 +211,7 @@ def _matching_nodes(converter: Any, tf: Any, layers: list[str]) -> list[str]:
     nodes = sorted(name for name in names if any(belongs(name, layer) for layer in layers))
     missing = [layer for layer in layers if not any(belongs(n, layer) for n in names)]
     if missing:
-        raise _InputProblemError(
+        raise InputProblemError(
             f"--float-layers {', '.join(missing)}: no such layer in the converted model "
             "(use the names the int8 per-layer report or model.summary() shows)"
         )

@@ -1,8 +1,5 @@
 """The ``edgefleet`` command line and the demo that ties the three parts together."""
 
-from importlib.metadata import PackageNotFoundError, version
+from protocol.version import __version__
 
-try:
-    __version__ = version("edgefleet")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+source"
+__all__ = ["__version__"]

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from edgefleet import __version__
-from edgefleet.runner import run_command
+from protocol.runner import run_command
 
 DESCRIPTION = """\
 Put quantized TFLite models on fleets of edge devices and keep them healthy there.
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     from agent.cli import register as register_agent
     from converter.cli import register as register_converter
     from edgefleet.demo_cli import register as register_demo
+    from edgefleet.device_archive import register as register_device_archive
     from fleet.cli import register as register_fleet
 
     parser = argparse.ArgumentParser(
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_fleet(commands)
     register_agent(commands)
     register_demo(commands)
+    register_device_archive(commands)
     return parser
 
 

@@ -7,6 +7,7 @@ deploys v2 and shows every device switch. Ctrl-C stops everything it started.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ import requests
 
 from edgefleet.mosquitto import MosquittoBroker
 from edgefleet.stack import AgentProcess, FleetProcess, StackError, convert_digits, run_edgefleet
+from edgefleet.wait import WaitTimeoutError, wait_until
 from protocol.messages import TelemetryWindow, parse_message
 from protocol.topics import DeviceChannel, Topics
 
@@ -171,13 +173,95 @@ def wait_for_fleet_view(
 ) -> list[dict[str, Any]]:
     """The fleet's device list once ``count`` devices report ``version`` as committed (or at the
     deadline: the demo shows what the fleet knows rather than failing)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+    seen: list[list[dict[str, Any]]] = [[]]
+
+    def enough_committed() -> bool:
         devices: list[dict[str, Any]] = requests.get(f"{fleet_url}/api/v1/devices", timeout=5).json()
+        seen[0] = devices
         committed = [d for d in devices if (d.get("model") or {}).get("version") == version]
-        if len(committed) >= count or time.monotonic() > deadline:
-            return devices
-        time.sleep(0.5)
+        return len(committed) >= count
+
+    with contextlib.suppress(WaitTimeoutError):
+        wait_until(enough_committed, f"{count} devices to commit {version}", timeout_s, interval_s=0.5)
+    return seen[0]
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """What the demo makes before it starts anything: the operator's public key and two bundles."""
+
+    public_key: Path
+    v1: Path
+    v2: Path
+
+
+def prepare(work: Path, log: Path) -> Artifacts:
+    """Train both models, make a signing key and convert both to signed int8 bundles (each step
+    reuses what an earlier run left in ``work``)."""
+    say(f"training two small CNNs on scikit-learn's digits (work folder: {work})")
+    train(work / "models" / "v1", seed=0, filters=8, log=log)
+    train(work / "models" / "v2", seed=1, filters=12, log=log)
+
+    say("generating an operator signing key")
+    keys = work / "keys"
+    if not (keys / "operator.key").exists():
+        print("    " + run_edgefleet(["keys", "generate", "--out", str(keys)], log=log).strip())
+    key, public = keys / "operator.key", keys / "operator.pub"
+
+    say("converting both to full-integer int8 bundles, validated in tflite-runtime")
+    bundles = work / "bundles"
+    bundles.mkdir(exist_ok=True)
+    v1 = convert(work / "models" / "v1", "1.0.0", key, bundles, log)
+    v2 = convert(work / "models" / "v2", "2.0.0", key, bundles, log)
+    return Artifacts(public, v1, v2)
+
+
+def start_stack(
+    stack: ExitStack, work: Path, public: Path, options: DemoOptions
+) -> tuple[MosquittoBroker, FleetProcess, list[AgentProcess]]:
+    """Mosquitto, the fleet and the agents, each stopped by ``stack`` in reverse order."""
+    say("starting a private Mosquitto")
+    broker = stack.enter_context(MosquittoBroker(work / "mosquitto"))
+    print(f"    mqtt://{broker.host}:{broker.port}")
+
+    say("starting the fleet service")
+    fleet = FleetProcess(work / "fleet", broker.port, public, port=options.fleet_port)
+    stack.callback(fleet.stop)
+    fleet.start_and_wait()
+    print(f"    {fleet.url}  (log: {fleet.log_path})")
+
+    say(f"starting {options.devices} agents")
+    agents = [
+        AgentProcess(
+            f"dev-{i + 1}",
+            work / "devices",
+            fleet.url,
+            broker.port,
+            public,
+            telemetry_interval_s=options.telemetry_interval_s,
+            # A new model is watched this long before it is committed (30 s by default); the
+            # demo shortens it so the second deployment does not wait on the first's probation.
+            probation_s=10,
+        )
+        for i in range(options.devices)
+    ]
+    for agent in agents:
+        stack.callback(agent.stop)
+        agent.start_and_wait()
+        print(f"    {agent.device_id}: {agent.url}  (log: {agent.log_path})")
+    return broker, fleet, agents
+
+
+def show_fleet_view(fleet_url: str, version: str, count: int) -> None:
+    say(f"waiting for both devices to commit {version} after their probation")
+    devices = wait_for_fleet_view(fleet_url, version, count)
+    say("the fleet's view:")
+    print(
+        json.dumps(
+            [{k: d.get(k) for k in ("device_id", "presence", "model", "desired")} for d in devices],
+            indent=2,
+        )
+    )
 
 
 def run_demo(options: DemoOptions, stop: Callable[[], bool] = lambda: False) -> None:
@@ -185,58 +269,13 @@ def run_demo(options: DemoOptions, stop: Callable[[], bool] = lambda: False) -> 
     if options.fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    log = work / "commands.log"
+    made = prepare(work, work / "commands.log")
     with ExitStack() as stack:
-        say(f"training two small CNNs on scikit-learn's digits (work folder: {work})")
-        train(work / "models" / "v1", seed=0, filters=8, log=log)
-        train(work / "models" / "v2", seed=1, filters=12, log=log)
-
-        say("generating an operator signing key")
-        keys = work / "keys"
-        if not (keys / "operator.key").exists():
-            print("    " + run_edgefleet(["keys", "generate", "--out", str(keys)], log=log).strip())
-        key, public = keys / "operator.key", keys / "operator.pub"
-
-        say("converting both to full-integer int8 bundles, validated in tflite-runtime")
-        bundles = work / "bundles"
-        bundles.mkdir(exist_ok=True)
-        v1 = convert(work / "models" / "v1", "1.0.0", key, bundles, log)
-        v2 = convert(work / "models" / "v2", "2.0.0", key, bundles, log)
-
-        say("starting a private Mosquitto")
-        broker = stack.enter_context(MosquittoBroker(work / "mosquitto"))
-        print(f"    mqtt://{broker.host}:{broker.port}")
-
-        say("starting the fleet service")
-        fleet = FleetProcess(work / "fleet", broker.port, public, port=options.fleet_port)
-        stack.callback(fleet.stop)
-        fleet.start_and_wait()
-        print(f"    {fleet.url}  (log: {fleet.log_path})")
-
-        say(f"starting {options.devices} agents")
-        agents = [
-            AgentProcess(
-                f"dev-{i + 1}",
-                work / "devices",
-                fleet.url,
-                broker.port,
-                public,
-                telemetry_interval_s=options.telemetry_interval_s,
-                # A new model is watched this long before it is committed (30 s by default); the
-                # demo shortens it so the second deployment does not wait on the first's probation.
-                probation_s=10,
-            )
-            for i in range(options.devices)
-        ]
-        for agent in agents:
-            stack.callback(agent.stop)
-            agent.start_and_wait()
-            print(f"    {agent.device_id}: {agent.url}  (log: {agent.log_path})")
-
+        broker, fleet, agents = start_stack(stack, work, made.public_key, options)
         printer = stack.enter_context(TelemetryPrinter(broker.host, broker.port, Topics()))
 
         say("pushing digits 1.0.0 to the fleet and deploying it to every device")
-        deploy(fleet.url, v1, "1.0.0")
+        deploy(fleet.url, made.v1, "1.0.0")
         for agent in agents:
             agent.wait_for_version("1.0.0")
             print(f"    {agent.device_id} serves digits 1.0.0")
@@ -252,7 +291,7 @@ def run_demo(options: DemoOptions, stop: Callable[[], bool] = lambda: False) -> 
         time.sleep(options.telemetry_interval_s * 2 + 0.5)
 
         say("pushing digits 2.0.0 and deploying it: watch both devices switch")
-        deploy(fleet.url, v2, "2.0.0")
+        deploy(fleet.url, made.v2, "2.0.0")
         for agent in agents:
             agent.wait_for_version("2.0.0")
             print(f"    {agent.device_id} switched to digits 2.0.0 (previous model kept on disk)")
@@ -260,15 +299,7 @@ def run_demo(options: DemoOptions, stop: Callable[[], bool] = lambda: False) -> 
             print(f"    {device}: accuracy {acc:.3f} with 2.0.0")
         time.sleep(options.telemetry_interval_s * 2 + 0.5)
 
-        say("waiting for both devices to commit 2.0.0 after their probation")
-        devices = wait_for_fleet_view(fleet.url, "2.0.0", len(agents))
-        say("the fleet's view:")
-        print(
-            json.dumps(
-                [{k: d.get(k) for k in ("device_id", "presence", "model", "desired")} for d in devices],
-                indent=2,
-            )
-        )
+        show_fleet_view(fleet.url, "2.0.0", len(agents))
         if not options.stay:
             say("demo complete; stopping everything")
             return

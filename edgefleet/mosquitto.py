@@ -10,9 +10,10 @@ import os
 import shutil
 import socket
 import subprocess
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from edgefleet.wait import WaitTimeoutError, wait_until
 from protocol.errors import EdgefleetError
 
 
@@ -27,15 +28,44 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
+    """Whether ``host:port`` accepts a connection within ``timeout_s``."""
+    try:
+        return wait_until(lambda: port_open(host, port), f"{host}:{port} to listen", timeout_s)
+    except WaitTimeoutError:
+        return False
+
+
+@dataclass(frozen=True)
+class BrokerTls:
+    """A TLS listener: the server's certificate and key, and the CA its clients' certificates
+    must chain to (needed by Mosquitto even when clients present none)."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    require_certificate: bool = False
+    """Refuse clients without a certificate from ``ca_file``."""
+    use_identity_as_username: bool = False
+    """The client certificate's CN becomes the MQTT user name (for ACLs)."""
+
+    def listener_lines(self) -> str:
+        return (
+            f"cafile {self.ca_file}\n"
+            f"certfile {self.cert_file}\n"
+            f"keyfile {self.key_file}\n"
+            "tls_version tlsv1.2\n"
+            f"require_certificate {str(self.require_certificate).lower()}\n"
+            f"use_identity_as_username {str(self.use_identity_as_username).lower()}\n"
+        )
 
 
 class MosquittoBroker:
@@ -48,6 +78,8 @@ class MosquittoBroker:
         host: str = "127.0.0.1",
         executable: str | None = None,
         extra_config: str = "",
+        *,
+        tls: BrokerTls | None = None,
     ) -> None:
         found = executable or shutil.which("mosquitto") or _sbin("mosquitto")
         if found is None:
@@ -60,6 +92,7 @@ class MosquittoBroker:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.extra_config = extra_config
+        self.tls = tls
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -74,9 +107,9 @@ class MosquittoBroker:
         # Started as root, Mosquitto drops to the `mosquitto` user and then cannot write its log
         # or persistence file in our private folder; stay the user we are.
         run_as = "user root\n" if os.geteuid() == 0 else ""
+        tls = self.tls.listener_lines() if self.tls is not None else ""
         self.config_path.write_text(
-            run_as + f"listener {self.port} {self.host}\n"
-            "allow_anonymous true\n"
+            run_as + f"listener {self.port} {self.host}\n" + tls + "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"
             "autosave_interval 1\n"

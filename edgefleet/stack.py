@@ -1,4 +1,6 @@
-"""Start and stop edgefleet's programs as real processes: the demo and the end-to-end tests use it.
+"""Start and stop edgefleet's programs as real processes: the one launcher of ``fleet serve`` and
+``agent run`` that the demo, the benchmarks and the tests (through ``tests/support/processes.py``)
+use.
 
 Each program runs as ``python -m edgefleet.cli ...`` in its own process group so that stopping
 the stack never leaves a stray process behind.
@@ -10,14 +12,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from signal import Signals
+from typing import IO, Any, TypeVar
 
 import requests
 
+from edgefleet.agent_toml import Settings, agent_settings, merged, write_agent_toml
 from edgefleet.mosquitto import free_port
+from edgefleet.wait import WaitTimeoutError, wait_until
 from protocol.errors import EdgefleetError
 
 
@@ -25,8 +29,16 @@ class StackError(EdgefleetError):
     """A program of the stack failed to start or to answer in time."""
 
 
-def edgefleet_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "edgefleet.cli", *args]
+T = TypeVar("T")
+
+ENTRY = "edgefleet.cli"
+"""The module every program is started through by default (``python -m edgefleet.cli ...``). A
+device runs ``python -m agent run ...`` instead, and ``python -m fleet fleet serve ...`` is the
+fleet's own entry point: pass ``module="agent"`` or ``module="fleet"``."""
+
+
+def edgefleet_command(*args: str, module: str = ENTRY) -> list[str]:
+    return [sys.executable, "-m", module, *args]
 
 
 def run_edgefleet(args: Sequence[str], log: Path | None = None, timeout_s: float = 600) -> str:
@@ -63,52 +75,97 @@ def convert_digits(model_dir: Path, version: str, key: Path, bundle: Path, log: 
 
 
 class ManagedProcess:
-    """A long-running edgefleet program with its output in a log file."""
+    """A long-running edgefleet program with its output in a log file.
+
+    ``env`` is laid over this process's environment; a ``None`` value removes that variable.
+    """
 
     def __init__(
-        self, name: str, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None
+        self,
+        name: str,
+        args: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str | None] | None = None,
+        module: str = ENTRY,
     ) -> None:
         self.name = name
         self.args = list(args)
         self.log_path = log_path
-        self.env = env
+        self.env = dict(env or {})
+        self.module = module
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._log_start = 0
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
+        # A restarted program appends to the same log: its waits look only at what it wrote.
+        self._log_start = self._log.tell()
+        # Unbuffered: a test or the demo waits for lines in the log while the program runs.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.process = subprocess.Popen(
-            edgefleet_command(*self.args),
+            edgefleet_command(*self.args, module=self.module),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, **(self.env or {})},
+            env={key: value for key, value in env.items() if value is not None},
         )
 
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def wait_until(self, check: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise StackError(f"{self.name} was not started")
+        return self.process.pid
+
+    def wait_until(self, check: Callable[[], T], what: str, timeout_s: float = 60) -> T:
+        """``edgefleet.wait.wait_until`` that gives up at once if the program exits; the error
+        carries the end of its log."""
+
+        def alive_and() -> T:
             if not self.alive:
                 raise StackError(f"{self.name} exited while waiting for {what}:\n{self.tail()}")
-            if check():
-                return
-            time.sleep(0.1)
-        raise StackError(f"{self.name}: {what} did not happen within {timeout_s:.0f}s:\n{self.tail()}")
+            return check()
 
-    def tail(self, lines: int = 30) -> str:
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            return wait_until(alive_and, what, timeout_s, interval_s=0.1)
+        except WaitTimeoutError as exc:
+            raise StackError(f"{self.name}: {exc}:\n{self.tail()}") from exc
+
+    def wait_for_log(self, text: str, timeout_s: float = 60) -> None:
+        self.wait_until(lambda: text in self.log_text(), f"{text!r} in its log", timeout_s)
+
+    def log_text(self) -> str:
+        """What the program wrote to its log since its last start."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(self._log_start)
+                return log.read().decode(errors="replace")
         except OSError:
             return ""
 
-    def signal(self, sig: signal.Signals) -> None:
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def signal(self, sig: Signals) -> None:
+        """Signal the program and every process it started (its process group)."""
         if self.process is not None and self.alive:
             os.killpg(self.process.pid, sig)
+
+    def send_signal(self, sig: Signals) -> None:
+        """Signal the program's main process only, as systemd's ``kill -HUP $MAINPID`` does."""
+        if self.process is not None and self.alive:
+            self.process.send_signal(sig)
+
+    def wait(self, timeout_s: float = 15) -> int:
+        """The exit status once the program has ended (it is not signalled)."""
+        if self.process is None:
+            raise StackError(f"{self.name} was not started")
+        return self.process.wait(timeout=timeout_s)
 
     def stop(self, timeout_s: float = 15) -> int | None:
         process = self.process
@@ -126,6 +183,11 @@ class ManagedProcess:
             self._log = None
         return process.returncode
 
+    def kill(self) -> int:
+        """SIGKILL, no goodbye (what a power cut or the OOM killer does), and reap it."""
+        self.signal(signal.SIGKILL)
+        return self.stop() or 0
+
 
 def http_ok(url: str) -> bool:
     try:
@@ -134,38 +196,82 @@ def http_ok(url: str) -> bool:
         return False
 
 
+def fleet_serve_args(
+    *,
+    db_url: str,
+    port: int,
+    mqtt_host: str,
+    mqtt_port: int,
+    trusted_keys: Path,
+    artifacts: Path,
+    client_id: str | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The ``fleet serve`` command line: the one place it is written, for the demo, the tests and
+    the benchmarks."""
+    args = [
+        "fleet", "serve",
+        "--db", db_url,
+        "--listen", f"127.0.0.1:{port}",
+        "--mqtt-host", mqtt_host,
+        "--mqtt-port", str(mqtt_port),
+        "--trusted-keys", str(trusted_keys),
+        "--artifacts", str(artifacts),
+    ]  # fmt: skip
+    if client_id is not None:
+        args += ["--mqtt-client-id", client_id]
+    return [*args, *extra]
+
+
 class FleetProcess(ManagedProcess):
-    def __init__(self, workdir: Path, mqtt_port: int, trusted_key: Path, port: int | None = None) -> None:
+    """``fleet serve`` on a free loopback port with its database (SQLite by default) and artifacts
+    in ``workdir``."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        mqtt_port: int,
+        trusted_key: Path,
+        port: int | None = None,
+        *,
+        mqtt_host: str = "127.0.0.1",
+        db_url: str | None = None,
+        client_id: str | None = None,
+        extra: Sequence[str] = (),
+        module: str = ENTRY,
+    ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.db_path = workdir / "fleet.db"
-        super().__init__(
-            "fleet",
-            [
-                "fleet",
-                "serve",
-                "--db",
-                f"sqlite:///{self.db_path}",
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--mqtt-host",
-                "127.0.0.1",
-                "--mqtt-port",
-                str(mqtt_port),
-                "--trusted-keys",
-                str(trusted_key),
-                "--artifacts",
-                str(workdir / "artifacts"),
-            ],
-            workdir / "fleet.log",
+        self.db_url = db_url or f"sqlite:///{self.db_path}"
+        args = fleet_serve_args(
+            db_url=self.db_url,
+            port=self.port,
+            mqtt_host=mqtt_host,
+            mqtt_port=mqtt_port,
+            trusted_keys=trusted_key,
+            artifacts=workdir / "artifacts",
+            client_id=client_id,
+            extra=extra,
         )
+        super().__init__("fleet", args, workdir / "fleet.log", module=module)
 
     def start_and_wait(self, timeout_s: float = 60) -> None:
         self.start()
         self.wait_until(lambda: http_ok(f"{self.url}/api/v1/health"), "the fleet API to answer", timeout_s)
 
+    def wait_ingesting(self, timeout_s: float = 30) -> None:
+        """Until the fleet's ingester is subscribed: from then on no device message is missed."""
+        self.wait_for_log("ingester connected", timeout_s)
+
 
 class AgentProcess(ManagedProcess):
+    """``agent run`` with its own ``agent.toml`` and state folder under ``workdir/<device_id>``.
+
+    ``settings`` are laid over the defaults below (see ``edgefleet.agent_toml``), e.g.
+    ``{"update": {"probation_s": 3}}``.
+    """
+
     def __init__(
         self,
         device_id: str,
@@ -177,7 +283,10 @@ class AgentProcess(ManagedProcess):
         telemetry_interval_s: float = 2,
         poll_interval_s: float = 30,
         probation_s: float | None = None,
-        env: dict[str, str] | None = None,
+        settings: Mapping[str, Any] | None = None,
+        env: Mapping[str, str | None] | None = None,
+        module: str = ENTRY,
+        log_name: str = "agent.log",
     ) -> None:
         self.device_id = device_id
         self.port = free_port()
@@ -185,22 +294,38 @@ class AgentProcess(ManagedProcess):
         self.state_dir = workdir / device_id / "state"
         self.config_path = workdir / device_id / "agent.toml"
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(
-            f'device_id = "{device_id}"\n'
-            f'state_dir = "{self.state_dir}"\n'
-            f'trusted_keys = ["{trusted_key}"]\n'
-            f'[fleet]\nurl = "{fleet_url}"\npoll_interval_s = {poll_interval_s}\n'
-            f'[mqtt]\nhost = "127.0.0.1"\nport = {mqtt_port}\n'
-            f'[api]\nhost = "127.0.0.1"\nport = {self.port}\n'
-            f"[telemetry]\ninterval_s = {telemetry_interval_s}\n"
-            + (f"[update]\nprobation_s = {probation_s}\n" if probation_s is not None else "")
+        self.settings: Settings = merged(
+            agent_settings(
+                device_id,
+                self.state_dir,
+                [trusted_key],
+                fleet_url,
+                mqtt_port=mqtt_port,
+                api_port=self.port,
+            ),
+            {
+                "fleet": {"poll_interval_s": poll_interval_s},
+                "telemetry": {"interval_s": telemetry_interval_s},
+                "update": {"probation_s": probation_s},
+            },
+            settings or {},
         )
+        write_agent_toml(self.config_path, self.settings)
+        command = ["run", "--config", str(self.config_path)]
         super().__init__(
             device_id,
-            ["agent", "run", "--config", str(self.config_path)],
-            workdir / device_id / "agent.log",
+            # `python -m agent` is `edgefleet agent` already: it takes the words after "agent".
+            command if module == "agent" else ["agent", *command],
+            workdir / device_id / log_name,
             env,
+            module,
         )
+
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        """Rewrite ``agent.toml`` with ``settings`` laid over the current ones; a running agent
+        reads it on SIGHUP."""
+        self.settings = merged(self.settings, settings)
+        write_agent_toml(self.config_path, self.settings)
 
     def start_and_wait(self, timeout_s: float = 60) -> None:
         self.start()

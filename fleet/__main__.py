@@ -6,8 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from edgefleet.runner import run_command
 from fleet.cli import register
+from protocol.runner import run_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:

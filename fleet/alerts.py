@@ -11,19 +11,19 @@ import logging
 import threading
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import requests
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine
 
-from fleet.deploy import Publisher
+from fleet.deploy import Publisher, was_refused
 from fleet.errors import FleetError
-from fleet.storage.repository import list_devices, utc
-from fleet.storage.schema import alerts, events
+from fleet.storage import repository
+from fleet.storage.records import Finding
+from fleet.views import AlertView, DeviceView
 from protocol.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -44,31 +44,9 @@ class AlertRules(BaseModel):
     webhook_timeout_s: float = Field(5, gt=0)
 
 
-class AlertView(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    id: int
-    rule: str
-    device_id: str | None
-    severity: str
-    message: str
-    value: float | None
-    opened_at: datetime
-    resolved_at: datetime | None
-
-
-@dataclass(frozen=True)
-class Finding:
-    rule: str
-    device_id: str
-    severity: str
-    message: str
-    value: float | None
-
-
 def alerts_topic(topics: Topics) -> str:
     """Retained: every open alert, as JSON."""
-    return f"{topics.prefix}/fleet/alerts"
+    return topics.fleet_alerts
 
 
 def load_rules(path: Path) -> AlertRules:
@@ -82,25 +60,38 @@ def load_rules(path: Path) -> AlertRules:
         raise FleetError(f"alert rules {path}: {exc}") from exc
 
 
-def _view(row: Any) -> AlertView:
-    return AlertView(
-        id=row.id,
-        rule=row.rule,
-        device_id=row.device_id,
-        severity=row.severity,
-        message=row.message,
-        value=row.value,
-        opened_at=utc(row.opened_at),
-        resolved_at=utc(row.resolved_at) if row.resolved_at else None,
-    )
-
-
 def list_alerts(engine: Engine, open_only: bool, limit: int = 200) -> list[AlertView]:
-    query = select(alerts).order_by(alerts.c.id.desc()).limit(limit)
-    if open_only:
-        query = query.where(alerts.c.resolved_at.is_(None))
     with engine.begin() as conn:
-        return [_view(row) for row in conn.execute(query)]
+        return repository.list_alerts(conn, open_only, limit)
+
+
+def device_findings(rules: AlertRules, device: DeviceView, now: datetime) -> list[Finding]:
+    """The rules that hold for one device now: silence, and thresholds on its newest window."""
+    found: list[Finding] = []
+    if device.last_seen is None:  # provisioned, never reported: nothing to judge yet
+        return found
+    silent = (now - device.last_seen).total_seconds() / 60
+    # Silent: no status, telemetry or event for that long (an offline will counts as the last word).
+    if rules.offline_minutes is not None and silent > rules.offline_minutes:
+        state = "offline" if device.presence != "online" else "silent"
+        message = f"{device.device_id} {state} for {silent:.0f} min"
+        found.append(Finding("offline", device.device_id, "warning", message, silent))
+    window = device.telemetry
+    if window is None:
+        return found
+    p95 = window.value("latency_p95")
+    if rules.latency_p95_ms is not None and p95 is not None and p95 > rules.latency_p95_ms:
+        message = f"{device.device_id} p95 latency {p95:.1f} ms > {rules.latency_p95_ms} ms"
+        found.append(Finding("latency_p95", device.device_id, "warning", message, p95))
+    rate = window.errors / window.requests if window.requests else 0.0
+    if rules.error_rate is not None and rate > rules.error_rate:
+        message = f"{device.device_id} error rate {rate:.1%} > {rules.error_rate:.1%}"
+        found.append(Finding("error_rate", device.device_id, "critical", message, rate))
+    drift = window.value("drift_psi")
+    if rules.drift_psi is not None and drift is not None and drift > rules.drift_psi:
+        message = f"{device.device_id} drift PSI {drift:.2f} > {rules.drift_psi}"
+        found.append(Finding("drift_psi", device.device_id, "warning", message, drift))
+    return found
 
 
 class AlertEngine:
@@ -124,108 +115,29 @@ class AlertEngine:
 
     def findings(self, now: datetime) -> list[Finding]:
         rules = self.rules
-        found: list[Finding] = []
         with self.engine.begin() as conn:
-            devices = list_devices(conn)
-            recent_rollbacks = (
-                conn.execute(
-                    select(events.c.device_id, events.c.reason, events.c.target_version).where(
-                        events.c.state == "rollback",
-                        events.c.received_at >= now - timedelta(minutes=rules.rollback_hold_minutes),
-                    )
-                ).all()
-                if rules.rollback
-                else []
+            devices = repository.list_devices(conn)
+            since = now - timedelta(minutes=rules.rollback_hold_minutes)
+            rollbacks = repository.rollbacks_since(conn, since) if rules.rollback else []
+        found = [finding for device in devices for finding in device_findings(rules, device, now)]
+        found += [
+            Finding(
+                "rollback",
+                row.device_id,
+                "critical",
+                f"{row.device_id} rolled back {row.target_version}: {row.reason or 'no reason given'}",
+                None,
             )
-        for device in devices:
-            silent = (now - device.last_seen).total_seconds() / 60
-            # Silent: no status, telemetry or event for that long (an offline will counts as the last word).
-            if rules.offline_minutes is not None and silent > rules.offline_minutes:
-                state = "offline" if device.presence != "online" else "silent"
-                message = f"{device.device_id} {state} for {silent:.0f} min"
-                found.append(Finding("offline", device.device_id, "warning", message, silent))
-            window = device.telemetry
-            if window is None:
-                continue
-            if rules.latency_p95_ms is not None and (window.latency_p95 or 0) > rules.latency_p95_ms:
-                found.append(
-                    Finding(
-                        "latency_p95",
-                        device.device_id,
-                        "warning",
-                        f"{device.device_id} p95 latency {window.latency_p95:.1f} ms"
-                        f" > {rules.latency_p95_ms} ms",
-                        window.latency_p95,
-                    )
-                )
-            rate = window.errors / window.requests if window.requests else 0.0
-            if rules.error_rate is not None and rate > rules.error_rate:
-                found.append(
-                    Finding(
-                        "error_rate",
-                        device.device_id,
-                        "critical",
-                        f"{device.device_id} error rate {rate:.1%} > {rules.error_rate:.1%}",
-                        rate,
-                    )
-                )
-            if (
-                rules.drift_psi is not None
-                and window.drift_psi is not None
-                and window.drift_psi > rules.drift_psi
-            ):
-                found.append(
-                    Finding(
-                        "drift_psi",
-                        device.device_id,
-                        "warning",
-                        f"{device.device_id} drift PSI {window.drift_psi:.2f} > {rules.drift_psi}",
-                        window.drift_psi,
-                    )
-                )
-        for row in recent_rollbacks:
-            found.append(
-                Finding(
-                    "rollback",
-                    row.device_id,
-                    "critical",
-                    f"{row.device_id} rolled back {row.target_version}: {row.reason or 'no reason given'}",
-                    None,
-                )
-            )
+            for row in rollbacks
+        ]
         return found
 
     def evaluate(self) -> tuple[list[AlertView], list[AlertView]]:
         """Open and resolve alerts; returns (opened, resolved). Publishes and posts the changes."""
         now = self.clock()
         wanted = {(f.rule, f.device_id): f for f in self.findings(now)}
-        opened: list[AlertView] = []
-        resolved: list[AlertView] = []
         with self.engine.begin() as conn:
-            current = {
-                (row.rule, row.device_id): row
-                for row in conn.execute(select(alerts).where(alerts.c.resolved_at.is_(None)))
-            }
-            for key, finding in wanted.items():
-                if key in current:
-                    continue
-                new_id = conn.execute(
-                    insert(alerts)
-                    .values(
-                        rule=finding.rule,
-                        device_id=finding.device_id,
-                        severity=finding.severity,
-                        message=finding.message,
-                        value=finding.value,
-                        opened_at=now,
-                    )
-                    .returning(alerts.c.id)
-                ).scalar_one()
-                opened.append(_view(conn.execute(select(alerts).where(alerts.c.id == new_id)).one()))
-            for key, row in current.items():
-                if key not in wanted:
-                    conn.execute(update(alerts).where(alerts.c.id == row.id).values(resolved_at=now))
-                    resolved.append(_view(conn.execute(select(alerts).where(alerts.c.id == row.id)).one()))
+            opened, resolved = repository.open_and_resolve(conn, wanted, now)
         for alert in opened:
             log.warning("alert opened: %s", alert.message)
         self._publish()
@@ -243,9 +155,8 @@ class AlertEngine:
     def _publish(self) -> None:
         open_alerts = [a.model_dump(mode="json") for a in list_alerts(self.engine, open_only=True)]
         payload = json.dumps({"open": len(open_alerts), "alerts": open_alerts}, sort_keys=True)
-        if payload != self._published and self.publisher.publish(
-            self.topic, payload.encode(), qos=1, retain=True
-        ):
+        changed = payload != self._published or was_refused(self.publisher, self.topic)
+        if changed and self.publisher.publish(self.topic, payload.encode(), qos=1, retain=True):
             self._published = payload
 
 

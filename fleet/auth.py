@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from enum import IntEnum
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from fleet.errors import FleetError
 
+_COMMENT = re.compile(r"(?:^|\s)#")
 PBKDF2_ITERATIONS = 101
 """What ``mosquitto_passwd`` of Mosquitto 2.0 writes; the broker reads any count."""
 SALT_BYTES = 12
@@ -57,7 +59,8 @@ def parse_tokens(text: str, source: str = "tokens") -> list[OperatorToken]:
     """Lines of ``ROLE NAME TOKEN`` (``#`` starts a comment), e.g. ``admin alice 4f9c…``."""
     tokens: list[OperatorToken] = []
     for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
+        # A comment is a line starting with # or text after whitespace and #: a # inside a token stays.
+        line = _COMMENT.split(raw, maxsplit=1)[0].strip()
         if not line:
             continue
         parts = line.split()

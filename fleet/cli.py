@@ -9,13 +9,23 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from fleet import operator_cli, rollback_cli
 from protocol.topics import DEFAULT_PREFIX
+from protocol.validation import describe_first_error
 
 DEFAULT_DB = "sqlite:///./fleet.db"
 
 
 def register(commands: Any) -> None:
-    """Add ``fleet``, ``model`` and ``device`` to the ``edgefleet`` subparsers."""
+    """Add ``fleet``, ``model``, ``device`` and ``rollout`` to the ``edgefleet`` subparsers."""
+    _add_serve(commands)
+    fleet_url = _fleet_url_options()
+    _add_model(commands, fleet_url)
+    _add_device(commands, fleet_url)
+    _add_rollout(commands, fleet_url)
+
+
+def _add_serve(commands: Any) -> None:
     fleet = commands.add_parser(
         "fleet",
         help="run the fleet server",
@@ -40,7 +50,7 @@ def register(commands: Any) -> None:
     serve.add_argument(
         "--mqtt-client-id",
         default=None,
-        help="MQTT client id; keep it stable (default edgefleet-fleet-<hostname>)",
+        help="MQTT client id; keep it stable (default edgefleet-fleet- and a digest of the broker login)",
     )
     serve.add_argument(
         "--trusted-keys",
@@ -70,6 +80,15 @@ def register(commands: Any) -> None:
         help="file holding the broker password",
     )
     serve.add_argument(
+        "--mqtt-ca",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="connect to the broker over TLS, verifying it against this PEM CA",
+    )
+    serve.add_argument("--mqtt-cert", type=Path, default=None, metavar="FILE", help="TLS client certificate")
+    serve.add_argument("--mqtt-key", type=Path, default=None, metavar="FILE", help="its unencrypted key")
+    serve.add_argument(
         "--shared-group",
         default=None,
         metavar="NAME",
@@ -98,8 +117,38 @@ def register(commands: Any) -> None:
     serve.add_argument(
         "--hourly-retention-days", type=float, default=400, metavar="D", help="hourly rollups kept (400)"
     )
+    serve.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="serve HTTPS with this PEM certificate (chain); needs --tls-key",
+    )
+    serve.add_argument(
+        "--tls-key", type=Path, default=None, metavar="FILE", help="the unencrypted PEM key of --tls-cert"
+    )
+    serve.add_argument(
+        "--broker-password-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="Mosquitto's password_file, kept by the fleet: device add/rotate-secret/revoke/delete rewrite "
+        "it and reload Mosquitto (needs --broker-pid-file or --broker-reload-command)",
+    )
+    serve.add_argument(
+        "--broker-pid-file", type=Path, default=None, metavar="FILE", help="Mosquitto's pid_file (SIGHUP)"
+    )
+    serve.add_argument(
+        "--broker-reload-command",
+        default=None,
+        metavar="CMD",
+        help="reloads Mosquitto instead, e.g. 'sudo systemctl reload mosquitto'",
+    )
     serve.set_defaults(handler=_serve)
 
+
+def _fleet_url_options() -> argparse.ArgumentParser:
+    """--fleet and --token, shared by every operator command."""
     fleet_url = argparse.ArgumentParser(add_help=False)
     fleet_url.add_argument(
         "--fleet",
@@ -112,7 +161,10 @@ def register(commands: Any) -> None:
         default=None,
         help="operator token (default $EDGEFLEET_TOKEN; needed when the fleet has tokens)",
     )
+    return fleet_url
 
+
+def _add_model(commands: Any, fleet_url: argparse.ArgumentParser) -> None:
     model = commands.add_parser(
         "model",
         help="manage models in the fleet registry",
@@ -121,9 +173,9 @@ def register(commands: Any) -> None:
     model_commands = model.add_subparsers(dest="model_command", metavar="COMMAND", required=True)
     push = model_commands.add_parser("push", parents=[fleet_url], help="upload a signed bundle")
     push.add_argument("bundle", type=Path, metavar="BUNDLE")
-    push.set_defaults(handler=_model_push)
+    push.set_defaults(handler=operator_cli.model_push)
     listing = model_commands.add_parser("list", parents=[fleet_url], help="list registered models")
-    listing.set_defaults(handler=_model_list)
+    listing.set_defaults(handler=operator_cli.model_list)
     deploy = model_commands.add_parser("deploy", parents=[fleet_url], help="assign a model to devices")
     deploy.add_argument("name", metavar="NAME")
     deploy.add_argument("version", metavar="VERSION")
@@ -133,22 +185,26 @@ def register(commands: Any) -> None:
         metavar="ID",
         help="one device; without it the model becomes the fleet-wide default",
     )
-    deploy.set_defaults(handler=_model_deploy)
+    deploy.set_defaults(handler=operator_cli.model_deploy)
     delete = model_commands.add_parser(
         "delete", parents=[fleet_url], help="delete a model version (refused while deployed)"
     )
     delete.add_argument("name", metavar="NAME")
     delete.add_argument("version", metavar="VERSION")
-    delete.set_defaults(handler=_model_delete)
+    delete.set_defaults(handler=operator_cli.model_delete)
+    rollback_cli.add_parser(model_commands, fleet_url)
 
+
+def _add_device(commands: Any, fleet_url: argparse.ArgumentParser) -> None:
     device = commands.add_parser(
         "device",
-        help="inspect devices",
-        description="Inspect the devices the fleet knows: presence, model, update state, latest telemetry.",
+        help="provision, inspect, revoke, delete devices and rotate their secrets",
+        description="Provision devices, inspect them (state, presence, model, update state, latest "
+        "telemetry), revoke or delete them and rotate their secrets.",
     )
     device_commands = device.add_subparsers(dest="device_command", metavar="COMMAND", required=True)
     devices = device_commands.add_parser("list", parents=[fleet_url], help="list devices and their health")
-    devices.set_defaults(handler=_device_list)
+    devices.set_defaults(handler=operator_cli.device_list)
     add = device_commands.add_parser(
         "add",
         parents=[fleet_url],
@@ -164,8 +220,38 @@ def register(commands: Any) -> None:
         metavar="DIR",
         help="also write DIR/ID.passwd, DIR/edgefleet.acl and DIR/ID-agent.toml",
     )
-    add.set_defaults(handler=_device_add)
+    add.add_argument(
+        "--ca-cert",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="operator CA certificate: also issue DIR/ID.crt + DIR/ID.key (CN=ID), the device's TLS "
+        "identity for the broker, and add [mqtt.tls] to the agent config; needs --ca-key and --out",
+    )
+    add.add_argument("--ca-key", type=Path, default=None, metavar="FILE", help="the operator CA's key")
+    add.add_argument(
+        "--fleet-url",
+        default=None,
+        metavar="URL",
+        help="the fleet as the device reaches it (default the fleet's --public-url; refused when that "
+        "is loopback while the fleet is reached from other machines)",
+    )
+    add.add_argument(
+        "--mqtt-host", default=None, metavar="HOST", help="the broker as the device reaches it (same rule)"
+    )
+    add.add_argument("--mqtt-port", type=int, default=None, metavar="PORT", help="its port")
+    add.set_defaults(handler=operator_cli.device_add)
+    for action, text in (
+        ("revoke", "refuse the device's HTTP calls and remove its broker login; it stays listed"),
+        ("delete", "forget the device: identity, broker login, status, telemetry and events"),
+        ("rotate-secret", "a new secret (printed once); the old one stops working"),
+    ):
+        sub = device_commands.add_parser(action, parents=[fleet_url], help=text)
+        sub.add_argument("device_id", metavar="ID")
+        sub.set_defaults(handler=operator_cli.device_identity, action=action)
 
+
+def _add_rollout(commands: Any, fleet_url: argparse.ArgumentParser) -> None:
     rollout = commands.add_parser(
         "rollout",
         help="gated rollouts of a model to devices",
@@ -191,10 +277,10 @@ def register(commands: Any) -> None:
         metavar="NAME=VALUE",
         help="override a gate, e.g. max_error_rate=0.01, max_latency_p95_ratio=1.2; repeatable",
     )
-    start.set_defaults(handler=_rollout_start)
+    start.set_defaults(handler=operator_cli.rollout_start)
     show = rollout_commands.add_parser("status", parents=[fleet_url], help="one rollout, or all of them")
     show.add_argument("rollout_id", type=int, nargs="?", metavar="ID")
-    show.set_defaults(handler=_rollout_status)
+    show.set_defaults(handler=operator_cli.rollout_status)
     for action, text in (
         ("pause", "stop promoting; the current wave stays"),
         ("resume", "continue; the current wave's soak starts over"),
@@ -204,7 +290,7 @@ def register(commands: Any) -> None:
         sub = rollout_commands.add_parser(action, parents=[fleet_url], help=text)
         sub.add_argument("rollout_id", type=int, metavar="ID")
         sub.add_argument("--reason", default=None)
-        sub.set_defaults(handler=_rollout_action, action=action)
+        sub.set_defaults(handler=operator_cli.rollout_action, action=action)
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
@@ -244,6 +330,9 @@ def _serve(args: argparse.Namespace) -> int:
             username=args.mqtt_username,
             password=_read_secret(args.mqtt_password_file),
             shared_group=args.shared_group,
+            ca_file=args.mqtt_ca,
+            cert_file=args.mqtt_cert,
+            key_file=args.mqtt_key,
             **({"client_id": args.mqtt_client_id} if args.mqtt_client_id else {}),
         )
         config = FleetConfig(
@@ -259,218 +348,13 @@ def _serve(args: argparse.Namespace) -> int:
             raw_retention_days=args.raw_retention_days,
             hourly_retention_days=args.hourly_retention_days,
             homeassistant_discovery=args.homeassistant,
+            tls_cert_file=args.tls_cert,
+            tls_key_file=args.tls_key,
+            broker_password_file=args.broker_password_file,
+            broker_pid_file=args.broker_pid_file,
+            broker_reload_command=args.broker_reload_command,
             **({"alerts": load_rules(args.alerts)} if args.alerts else {}),
         )
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise FleetError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
+        raise FleetError(describe_first_error(exc, default="config")) from exc
     return serve(config)
-
-
-def _client(args: argparse.Namespace) -> Any:
-    import os
-
-    from fleet.client import TOKEN_ENV, FleetClient, default_fleet_url
-
-    token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV)
-    return FleetClient(args.fleet or default_fleet_url(), token=token)
-
-
-def _model_push(args: argparse.Namespace) -> int:
-    info, created = _client(args).push(args.bundle)
-    verb = "stored" if created else "already stored"
-    print(f"{verb}: {info['name']} {info['version']}  sha256 {info['sha256']}  {info['size']} bytes")
-    return 0
-
-
-def _model_list(args: argparse.Namespace) -> int:
-    models = _client(args).models()
-    rows = [
-        [
-            m["name"],
-            m["version"],
-            m["task"],
-            m["quantization"],
-            str(m["size"]),
-            m["sha256"][:12],
-            m["uploaded_at"],
-        ]
-        for m in models
-    ]
-    _print_table(["NAME", "VERSION", "TASK", "QUANT", "SIZE", "SHA256", "UPLOADED"], rows)
-    return 0
-
-
-def _model_deploy(args: argparse.Namespace) -> int:
-    result = _client(args).deploy(args.name, args.version, args.device)
-    scope = f"device {args.device}" if args.device else "the whole fleet (default)"
-    notified = ", ".join(result["devices_notified"]) or "none yet"
-    print(f"deployed {result['name']} {result['version']} to {scope}; notified: {notified}")
-    if result.get("devices_not_notified"):
-        print(
-            f"not notified (broker unavailable; they will see it on their next poll): "
-            f"{', '.join(result['devices_not_notified'])}"
-        )
-    return 0
-
-
-def _fmt(value: Any, unit: str = "", digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}{unit}"
-    return f"{value}{unit}"
-
-
-def _device_list(args: argparse.Namespace) -> int:
-    rows = []
-    for d in _client(args).devices():
-        model = f"{d['model']['name']} {d['model']['version']}" if d.get("model") else "-"
-        desired = f"{d['desired']['name']} {d['desired']['version']}" if d.get("desired") else "-"
-        t = d.get("telemetry") or {}
-        latency = (
-            "/".join(_fmt(t.get(k)) for k in ("latency_p50", "latency_p95", "latency_p99")) if t else "-"
-        )
-        rss = t.get("process_rss_bytes")
-        rows.append(
-            [
-                d["device_id"],
-                d["presence"],
-                model,
-                desired,
-                d.get("update_state") or "-",
-                latency,
-                _fmt(t.get("cpu_percent"), "%"),
-                _fmt(rss / 1048576 if rss is not None else None, "MiB"),
-                _fmt(t.get("memory_used_percent"), "%"),
-                d["last_seen"],
-            ]
-        )
-    _print_table(
-        [
-            "DEVICE",
-            "PRESENCE",
-            "MODEL",
-            "DESIRED",
-            "UPDATE",
-            "P50/P95/P99 ms",
-            "CPU",
-            "RSS",
-            "MEM",
-            "LAST SEEN",
-        ],
-        rows,
-    )
-    return 0
-
-
-def _print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
-    for line in [header, *rows]:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
-
-
-def _model_delete(args: argparse.Namespace) -> int:
-    _client(args).delete_model(args.name, args.version)
-    print(f"deleted {args.name} {args.version}")
-    return 0
-
-
-def _device_add(args: argparse.Namespace) -> int:
-    body = {"device_id": args.device_id, "group": args.group, "tags": args.tags}
-    answer = _client(args).add_device(body)
-    print(f"device {answer['device_id']} provisioned; its secret (shown once): {answer['secret']}\n")
-    print("# append to Mosquitto's password_file, then reload mosquitto (SIGHUP):")
-    print(answer["password_file_line"] + "\n")
-    print("# Mosquitto acl_file (the same for every device):")
-    print(answer["acl"])
-    print("# /etc/edgefleet/agent.toml on the device:")
-    print(answer["agent_config"])
-    print(f"# {answer['tls_note']}")
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{args.device_id}.passwd").write_text(answer["password_file_line"] + "\n")
-        (args.out / "edgefleet.acl").write_text(answer["acl"])
-        config = args.out / f"{args.device_id}-agent.toml"
-        config.write_text(answer["agent_config"])
-        config.chmod(0o600)
-        print(f"# written to {args.out}")
-    return 0
-
-
-def _gate_overrides(items: list[str]) -> dict[str, Any]:
-    from fleet.errors import FleetError
-
-    gates: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise FleetError(f"--gate {item!r} is not NAME=VALUE")
-        try:
-            gates[key.strip()] = float(value)
-        except ValueError:
-            gates[key.strip()] = value.strip()
-    return gates
-
-
-def _rollout_start(args: argparse.Namespace) -> int:
-    target: dict[str, Any]
-    if args.all:
-        target = {"all": True}
-    elif args.group:
-        target = {"group": args.group}
-    elif args.tags:
-        target = {"tags": args.tags}
-    else:
-        target = {"devices": args.devices}
-    gates = _gate_overrides(args.gate)
-    if args.soak is not None:
-        gates["soak_s"] = args.soak
-    if args.on_failure:
-        gates["on_failure"] = args.on_failure
-    body = {
-        "name": args.name,
-        "version": args.version,
-        "target": target,
-        "waves": [w.strip() for w in args.waves.split(",") if w.strip()],
-        "gates": gates,
-    }
-    view = _client(args).start_rollout(body)
-    print(
-        f"rollout {view['id']} of {view['name']} {view['version']} started: {view['devices_total']} devices, "
-        f"waves {view['waves']}, soak {view['gates']['soak_s']:.0f} s"
-    )
-    return 0
-
-
-def _rollout_line(view: dict[str, Any]) -> list[str]:
-    waves = view["waves"]
-    return [
-        str(view["id"]),
-        f"{view['name']} {view['version']}",
-        view["state"],
-        f"{view['wave'] + 1}/{len(waves)}",
-        f"{view['devices_on_target']}/{view['devices_assigned']}/{view['devices_total']}",
-        view.get("reason") or "-",
-    ]
-
-
-def _rollout_status(args: argparse.Namespace) -> int:
-    client = _client(args)
-    header = ["ID", "MODEL", "STATE", "WAVE", "ON/ASSIGNED/TOTAL", "REASON"]
-    if args.rollout_id is None:
-        _print_table(header, [_rollout_line(v) for v in client.rollouts()])
-        return 0
-    view = client.rollout(args.rollout_id)
-    _print_table(header, [_rollout_line(view)])
-    for gate in view.get("last_gates") or []:
-        mark = "ok  " if gate["ok"] else "FAIL"
-        value = "-" if gate["value"] is None else f"{gate['value']:.3g}"
-        print(f"  {mark} {gate['gate']:<22} {value:>8} (limit {gate['limit']})  {gate['detail']}")
-    return 0
-
-
-def _rollout_action(args: argparse.Namespace) -> int:
-    view = _client(args).rollout_action(args.rollout_id, args.action, args.reason)
-    print(f"rollout {view['id']}: {view['state']} ({view.get('reason') or ''})")
-    return 0

@@ -86,6 +86,15 @@ class FleetClient:
         result: dict[str, Any] = self._request("POST", "/api/v1/devices", json=body).json()
         return result
 
+    def device_identity(self, device_id: str, action: str) -> dict[str, Any]:
+        """``revoke``, ``rotate-secret`` (POST) or ``delete`` (DELETE) one device."""
+        if action == "delete":
+            response = self._request("DELETE", f"/api/v1/devices/{device_id}")
+        else:
+            response = self._request("POST", f"/api/v1/devices/{device_id}/{action}")
+        result: dict[str, Any] = response.json()
+        return result
+
     def start_rollout(self, body: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self._request("POST", "/api/v1/rollouts", json=body).json()
         return result

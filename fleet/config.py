@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import socket
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleet.alerts import AlertRules
 from protocol.bundle import DEFAULT_MAX_BUNDLE_BYTES
@@ -24,8 +26,9 @@ class MqttSettings(BaseModel):
     port: int = Field(1883, ge=1, le=65535, description="broker TCP port")
     topic_prefix: str = Field(DEFAULT_PREFIX, description="prefix of every edgefleet topic")
     client_id: str = Field(
-        default_factory=lambda: f"edgefleet-fleet-{socket.gethostname()}"[:64],
-        description="stable MQTT client id: the broker keeps this client's session across restarts",
+        "",
+        description="stable MQTT client id: the broker keeps this client's session across restarts "
+        "(default: edgefleet-fleet- and a digest of the broker login, or the host name without one)",
     )
     session_expiry_s: int = Field(86400, ge=0, description="how long the broker keeps the session while away")
     keepalive_s: int = Field(30, ge=5, description="MQTT keepalive")
@@ -38,6 +41,27 @@ class MqttSettings(BaseModel):
     manual_ack: bool = Field(True, description="acknowledge QoS 1 messages only after they are committed")
     username: str | None = Field(None, description="broker user name (the ACL's fleet user)")
     password: str | None = Field(None, repr=False, description="broker password")
+    ca_file: Path | None = Field(
+        None, description="connect over TLS, verifying the broker against this PEM CA (host name checked)"
+    )
+    cert_file: Path | None = Field(None, description="the fleet's TLS client certificate, with key_file")
+    key_file: Path | None = Field(None, description="the unencrypted PEM key of cert_file")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_client_id(cls, data: Any) -> Any:
+        """A stable id nobody can guess without the fleet's broker password; the host name on an
+        open development broker (where any client may take any id anyway)."""
+        if isinstance(data, dict) and not data.get("client_id"):
+            password = data.get("password")
+            if password:
+                login = f"{data.get('username') or ''}:{password}".encode()
+                suffix = hashlib.sha256(b"edgefleet client id\0" + login).hexdigest()[:16]
+            else:
+                suffix = socket.gethostname()
+            data = {**data, "client_id": f"edgefleet-fleet-{suffix}"[:64]}
+        return data
+
     shared_group: str | None = Field(
         None,
         pattern=r"^[A-Za-z0-9_-]{1,64}$",
@@ -71,10 +95,41 @@ class FleetConfig(BaseModel):
     alerts: AlertRules = Field(default_factory=AlertRules, description="alert rules")
     summary_interval_s: float = Field(10, gt=0, description="how often alerts and summary topics refresh")
     homeassistant_discovery: bool = Field(False, description="publish Home Assistant MQTT discovery configs")
+    tls_cert_file: Path | None = Field(
+        None, description="serve HTTPS with this PEM certificate (chain); with tls_key_file"
+    )
+    tls_key_file: Path | None = Field(None, description="the unencrypted PEM private key of tls_cert_file")
+    broker_password_file: Path | None = Field(
+        None,
+        description="Mosquitto's password_file, kept by the fleet: device add, rotate-secret, revoke and "
+        "delete rewrite it atomically and reload Mosquitto (else they print what to apply)",
+    )
+    broker_pid_file: Path | None = Field(
+        None, description="Mosquitto's pid_file: reload it with SIGHUP (or broker_reload_command)"
+    )
+    broker_reload_command: str | None = Field(
+        None, description="a command that reloads Mosquitto, e.g. 'sudo systemctl reload mosquitto'"
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> FleetConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: give both or neither")
+        reloads = (self.broker_pid_file is not None) + (self.broker_reload_command is not None)
+        if (self.broker_password_file is None and reloads) or (self.broker_password_file and reloads != 1):
+            raise ValueError(
+                "broker_password_file needs exactly one of broker_pid_file and broker_reload_command "
+                "(and they mean nothing without it)"
+            )
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert_file is not None else "http"
 
     def base_url(self, port: int | None = None) -> str:
-        """``public_url`` when given, else ``http://HOST:PORT`` of the listener."""
+        """``public_url`` when given, else ``http(s)://HOST:PORT`` of the listener."""
         if self.public_url:
             return self.public_url.rstrip("/")
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{port if port is not None else self.port}"
+        return f"{self.scheme}://{host}:{port if port is not None else self.port}"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +12,10 @@ from sqlalchemy import Engine
 
 from fleet.errors import ConflictError, InvalidBundleError, NotFoundError, StorageError
 from fleet.storage import repository
+from fleet.uploads import Upload
 from fleet.views import ModelInfo
-from protocol.bundle import BUNDLE_SUFFIX, read_bundle, sha256_hex, write_atomically
+from protocol.bundle import BUNDLE_SUFFIX
+from protocol.bundle_stream import bundle_file
 from protocol.errors import BundleError
 from protocol.signing import TrustedKeys
 
@@ -31,20 +33,23 @@ class Registry:
     """Bundles live at ``ARTIFACTS/NAME/VERSION.bundle``; their metadata in the ``models`` table."""
 
     def __init__(self, engine: Engine, artifacts: Path, trusted: TrustedKeys) -> None:
+        """Nothing is touched on disk here; ``fleet serve`` calls ``clean_incoming`` at start."""
         self.engine = engine
         self.artifacts = artifacts
         self.trusted = trusted
         # One upload at a time per process: check-then-write of NAME/VERSION must not interleave.
         self._lock = threading.Lock()
 
-    def upload(self, data: bytes) -> UploadResult:
-        """Verify ``data`` as a bundle and store it; InvalidBundleError / ConflictError otherwise."""
+    def upload(self, upload: Upload) -> UploadResult:
+        """Verify an upload from its temporary file and move it into place; InvalidBundleError /
+        ConflictError otherwise (the caller removes the temporary file in every case)."""
         try:
-            bundle = read_bundle(io.BytesIO(data), max_bytes=max(len(data), 1))
-            manifest = bundle.verify(self.trusted)
+            # Headers, then the signature, then each member hashed in chunks: bounded memory.
+            with bundle_file(upload.path, self.trusted, max_bytes=max(upload.size, 1)) as bundle:
+                manifest = bundle.manifest
         except BundleError as exc:
             raise InvalidBundleError(f"bundle rejected: {exc}") from exc
-        digest = sha256_hex(data)
+        digest = upload.sha256
         relative = Path(manifest.name) / f"{manifest.version}{BUNDLE_SUFFIX}"
         with self._lock:
             with self.engine.begin() as conn:
@@ -59,7 +64,7 @@ class Registry:
             target = self.artifacts / relative
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                write_atomically(target, data)
+                os.replace(upload.path, target)  # fsynced when received; same filesystem
             except OSError as exc:
                 raise StorageError(f"cannot store the bundle at {target}: {exc.strerror or exc}") from exc
             with self.engine.begin() as conn:
@@ -69,7 +74,7 @@ class Registry:
                         name=manifest.name,
                         version=manifest.version,
                         sha256=digest,
-                        size=len(data),
+                        size=upload.size,
                         task=manifest.task.value,
                         quantization=manifest.quantization.value,
                         key_id=bundle.signature.key_id,

@@ -9,6 +9,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from types import FrameType
+from urllib.parse import urlsplit
 
 import uvicorn
 from sqlalchemy import Engine
@@ -17,14 +18,18 @@ from fleet.alerts import AlertEngine, alerts_topic
 from fleet.api.app import create_app
 from fleet.api.context import FleetContext
 from fleet.auth import load_tokens
+from fleet.broker_files import PasswordFile
 from fleet.config import FleetConfig
 from fleet.errors import FleetError
 from fleet.ingest.ingester import Ingester
+from fleet.provision import unreachable
 from fleet.registry import Registry
 from fleet.rollouts.controller import RolloutController
 from fleet.storage import create_engine_for_url
 from fleet.storage.retention import apply_retention
 from fleet.summary import SummaryPublisher
+from fleet.tls import check_server_files
+from fleet.uploads import clean_incoming
 from protocol.signing import TrustedKeys
 from protocol.topics import Topics
 
@@ -48,6 +53,20 @@ class _Server(uvicorn.Server):
         self._on_listening.set()
 
 
+def exposed(config: FleetConfig) -> bool:
+    """Whether other machines reach this fleet (then a loopback default in an agent config is wrong)."""
+    public = urlsplit(config.public_url).hostname if config.public_url else None
+    return not unreachable(config.host) or (public is not None and not unreachable(public))
+
+
+def password_file(config: FleetConfig) -> PasswordFile | None:
+    if config.broker_password_file is None:
+        return None
+    kept = PasswordFile(config.broker_password_file, config.broker_pid_file, config.broker_reload_command)
+    kept.check()
+    return kept
+
+
 class FleetServer:
     """Build every part from a FleetConfig; ``run()`` blocks until ``stop()`` or SIGTERM/SIGINT."""
 
@@ -63,6 +82,8 @@ class FleetServer:
         if not tokens:
             log.warning("no operator tokens configured (--tokens): the operator API is open to anyone")
         self.engine: Engine = create_engine_for_url(config.db_url)
+        registry = Registry(self.engine, config.artifacts, trusted)
+        clean_incoming(config.artifacts)  # uploads a killed fleet left half-written
         self.ingester = Ingester(config.mqtt, self.engine)
         topics = Topics(config.mqtt.topic_prefix)
         self.rollouts = RolloutController(self.engine, self.ingester, topics)
@@ -72,7 +93,7 @@ class FleetServer:
         self.summary = SummaryPublisher(self.engine, self.ingester, topics, config.homeassistant_discovery)
         self.context = FleetContext(
             engine=self.engine,
-            registry=Registry(self.engine, config.artifacts, trusted),
+            registry=registry,
             link=self.ingester,
             topics=topics,
             max_bundle_bytes=config.max_bundle_bytes,
@@ -81,11 +102,15 @@ class FleetServer:
             rollouts=self.rollouts,
             mqtt_host=config.mqtt.host,
             mqtt_port=config.mqtt.port,
+            exposed=exposed(config),
+            password_file=password_file(config),
         )
         self._maintenance_stop = threading.Event()
         self._maintenance = threading.Thread(target=self._maintain, name="fleet-maintenance", daemon=True)
         self.app = create_app(self.context)
         self.listening = threading.Event()
+        if config.tls_cert_file is not None and config.tls_key_file is not None:
+            check_server_files(config.tls_cert_file, config.tls_key_file)  # names a bad file
         self._uvicorn = _Server(
             uvicorn.Config(
                 self.app,
@@ -95,6 +120,8 @@ class FleetServer:
                 access_log=False,
                 lifespan="off",
                 timeout_graceful_shutdown=5,
+                ssl_certfile=config.tls_cert_file,
+                ssl_keyfile=config.tls_key_file,
             ),
             self.listening,
         )
@@ -103,7 +130,7 @@ class FleetServer:
     @property
     def url(self) -> str:
         host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
-        return f"http://{host}:{self.port}"
+        return f"{self.config.scheme}://{host}:{self.port}"
 
     @property
     def port(self) -> int:

@@ -8,84 +8,60 @@ configs point sensors at the health topics. Only changed payloads are published.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
-from fleet.deploy import Publisher
-from fleet.rollouts.spec import ACTIVE_STATES
-from fleet.storage.repository import list_devices
-from fleet.storage.schema import alerts, rollouts
-from fleet.views import DeviceView
+from fleet.deploy import Publisher, was_refused
+from fleet.storage import repository
+from fleet.storage.metrics import METRICS, Sensor
+from fleet.views import DeviceView, FleetSummary
 from protocol.topics import Topics
 
 HA_PREFIX = "homeassistant"
-HA_SENSORS = (
-    ("latency_p95", "p95 latency", "ms", None),
-    ("cpu_percent", "CPU", "%", None),
-    ("memory_used_percent", "memory", "%", None),
-    ("temperature_c", "temperature", "°C", "temperature"),
-    ("drift_psi", "drift PSI", None, None),
-    ("presence", "presence", None, None),
-)
-
-
-class FleetSummary(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    devices: int
-    online: int
-    offline: int
-    models: dict[str, int]
-    """``name version`` -> devices running it."""
-    open_alerts: int
-    active_rollouts: int
 
 
 def summarize(engine: Engine) -> tuple[FleetSummary, list[DeviceView]]:
     with engine.begin() as conn:
-        devices = list_devices(conn)
-        open_alerts = conn.execute(
-            select(func.count()).select_from(alerts).where(alerts.c.resolved_at.is_(None))
-        ).scalar_one()
-        active = conn.execute(
-            select(func.count())
-            .select_from(rollouts)
-            .where(rollouts.c.state.in_([s.value for s in ACTIVE_STATES]))
-        ).scalar_one()
-    models = Counter(f"{d.model.name} {d.model.version}" if d.model else "none" for d in devices)
-    online = sum(1 for d in devices if d.presence == "online")
-    summary = FleetSummary(
-        devices=len(devices),
-        online=online,
-        offline=len(devices) - online,
-        models=dict(sorted(models.items())),
-        open_alerts=open_alerts,
-        active_rollouts=active,
-    )
-    return summary, devices
+        return repository.summarize(conn)
 
 
 def device_health(device: DeviceView) -> dict[str, Any]:
+    """The health topic's document: presence and models, then every metric marked ``health``."""
     window = device.telemetry
     error_rate = window.errors / window.requests if window and window.requests else None
     return {
         "device_id": device.device_id,
         "presence": device.presence,
-        "last_seen": device.last_seen.isoformat(),
+        "last_seen": device.last_seen.isoformat() if device.last_seen else None,
         "model": f"{device.model.name} {device.model.version}" if device.model else None,
         "desired": f"{device.desired.name} {device.desired.version}" if device.desired else None,
         "update_state": device.update_state,
-        "latency_p95": window.latency_p95 if window else None,
         "error_rate": error_rate,
-        "cpu_percent": window.cpu_percent if window else None,
-        "memory_used_percent": window.memory_used_percent if window else None,
-        "temperature_c": window.temperature_c if window else None,
-        "drift_psi": window.drift_psi if window else None,
-        "low_confidence_share": window.low_confidence_share if window else None,
+        **{metric.name: window.value(metric.name) if window else None for metric in METRICS if metric.health},
     }
+
+
+def homeassistant_configs(device_id: str, health_topic: str) -> dict[str, dict[str, Any]]:
+    """Discovery topic -> config for each sensor of the metrics table, plus presence."""
+    sensors = [(m.name, m.sensor) for m in METRICS if m.sensor is not None]
+    sensors.append(("presence", Sensor("presence")))
+    safe = device_id.replace(".", "_")
+    configs: dict[str, dict[str, Any]] = {}
+    for key, sensor in sensors:
+        config: dict[str, Any] = {
+            "name": sensor.label,
+            "unique_id": f"edgefleet_{device_id}_{key}",
+            "state_topic": health_topic,
+            "value_template": f"{{{{ value_json.{key} }}}}",
+            "device": {"identifiers": [f"edgefleet_{device_id}"], "name": device_id},
+        }
+        if sensor.unit:
+            config["unit_of_measurement"] = sensor.unit
+        if sensor.device_class:
+            config["device_class"] = sensor.device_class
+        configs[f"{HA_PREFIX}/sensor/edgefleet_{safe}/{key}/config"] = config
+    return configs
 
 
 class SummaryPublisher:
@@ -100,7 +76,8 @@ class SummaryPublisher:
 
     def _send(self, topic: str, document: dict[str, Any]) -> None:
         payload = json.dumps(document, sort_keys=True).encode()
-        if self._last.get(topic) != payload and self.publisher.publish(topic, payload, qos=1, retain=True):
+        changed = self._last.get(topic) != payload or was_refused(self.publisher, topic)
+        if changed and self.publisher.publish(topic, payload, qos=1, retain=True):
             self._last[topic] = payload
 
     def publish(self) -> FleetSummary:
@@ -110,21 +87,6 @@ class SummaryPublisher:
             health_topic = self.topics.device_health(device.device_id)
             self._send(health_topic, device_health(device))
             if self.homeassistant:
-                for key, name, unit, device_class in HA_SENSORS:
-                    config: dict[str, Any] = {
-                        "name": name,
-                        "unique_id": f"edgefleet_{device.device_id}_{key}",
-                        "state_topic": health_topic,
-                        "value_template": f"{{{{ value_json.{key} }}}}",
-                        "device": {
-                            "identifiers": [f"edgefleet_{device.device_id}"],
-                            "name": device.device_id,
-                        },
-                    }
-                    if unit:
-                        config["unit_of_measurement"] = unit
-                    if device_class:
-                        config["device_class"] = device_class
-                    safe = device.device_id.replace(".", "_")
-                    self._send(f"{HA_PREFIX}/sensor/edgefleet_{safe}/{key}/config", config)
+                for topic, config in homeassistant_configs(device.device_id, health_topic).items():
+                    self._send(topic, config)
         return summary

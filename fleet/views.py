@@ -1,11 +1,17 @@
-"""What the fleet API returns: pydantic models shared by the repository, the routers and the CLI."""
+"""What the fleet API takes and returns: pydantic models shared by storage, the routers and the CLI."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from fleet.compat import RuntimeNote
+from fleet.names import DeviceId, ModelName, SemVer
+from fleet.storage.metrics import METRICS
+from protocol.update_state import UpdateState
 
 
 class View(BaseModel):
@@ -34,31 +40,63 @@ class ModelVersionRef(View):
     sha256: str | None = None
 
 
-class TelemetrySummary(View):
+class LatestWindow(View):
+    """A device's newest telemetry window: its end, its counters and every metric of
+    ``fleet.storage.metrics.METRICS`` as a field of the same name (``TelemetrySummary``)."""
+
     window_end: datetime
     requests: int
     errors: int
-    latency_p50: float | None
-    latency_p95: float | None
-    latency_p99: float | None
-    cpu_percent: float
-    process_rss_bytes: int
-    memory_used_percent: float
-    temperature_c: float | None
-    drift_psi: float | None = None
-    low_confidence_share: float | None = None
+
+    def value(self, metric: str) -> float | None:
+        """One metric by name (the fields beyond the counters are made from the metrics table)."""
+        found = getattr(self, metric)
+        return None if found is None else float(found)
+
+
+def _summary_fields() -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for metric in METRICS:
+        if metric.name in LatestWindow.model_fields:
+            continue
+        kind: Any = int if metric.integer else float
+        fields[metric.name] = (kind | None, None) if metric.nullable else (kind, ...)
+    return fields
+
+
+if TYPE_CHECKING:
+    TelemetrySummary = LatestWindow
+else:
+    TelemetrySummary = create_model(
+        "TelemetrySummary", __base__=LatestWindow, __module__=__name__, **_summary_fields()
+    )
+
+
+class DeviceState(StrEnum):
+    """A device's identity: provisioned (never seen), active (has reported), revoked."""
+
+    PROVISIONED = "provisioned"
+    ACTIVE = "active"
+    REVOKED = "revoked"
+
+
+NEVER_SEEN = "unknown"
+"""The ``presence`` of a provisioned device that has not reported yet."""
 
 
 class DeviceView(View):
     device_id: str
-    presence: str
-    last_seen: datetime
-    first_seen: datetime
+    state: DeviceState = Field(
+        DeviceState.ACTIVE, description="provisioned (never seen), active (has reported) or revoked"
+    )
+    presence: str = Field(description=f"online, offline, or {NEVER_SEEN} before the first status")
+    last_seen: datetime | None = Field(description="null until the device first reports")
+    first_seen: datetime | None
     agent_version: str | None
     runtime: str | None
     model: ModelVersionRef | None
     desired: ModelVersionRef | None
-    update_state: str | None
+    update_state: UpdateState | None
     telemetry: TelemetrySummary | None
     group: str | None = None
     tags: list[str] = Field(default_factory=list)
@@ -80,7 +118,7 @@ class EventRow(View):
     ts: datetime
     received_at: datetime
     update_id: str
-    state: str
+    state: UpdateState
     ok: bool
     reason: str | None
     target: ModelVersionRef
@@ -98,9 +136,9 @@ class DeadLetterRow(View):
 
 
 class DeploymentRequest(View):
-    name: str
-    version: str
-    device_id: str | None = Field(None, description="one device, or null for the fleet-wide default")
+    name: ModelName
+    version: SemVer
+    device_id: DeviceId | None = Field(None, description="one device, or null for the fleet-wide default")
 
 
 class DeploymentResult(View):
@@ -110,6 +148,12 @@ class DeploymentResult(View):
     devices_notified: list[str]
     devices_not_notified: list[str] = Field(
         default_factory=list, description="affected devices the check-update command could not be queued for"
+    )
+    devices_skipped: list[RuntimeNote] = Field(
+        default_factory=list, description="devices left out: their reported runtime cannot load the model"
+    )
+    devices_unchecked: list[RuntimeNote] = Field(
+        default_factory=list, description="devices deployed to without a runtime to check (a warning)"
     )
 
 
@@ -122,3 +166,24 @@ class IngestStats(View):
     queue_depth: int
     acked: int
     manual_ack: bool
+
+
+class AlertView(View):
+    id: int
+    rule: str
+    device_id: str | None
+    severity: str
+    message: str
+    value: float | None
+    opened_at: datetime
+    resolved_at: datetime | None
+
+
+class FleetSummary(View):
+    devices: int
+    online: int
+    offline: int
+    models: dict[str, int]
+    """``name version`` -> devices running it."""
+    open_alerts: int
+    active_rollouts: int

@@ -18,9 +18,12 @@ from typing import BinaryIO
 
 from pydantic import ValidationError
 
+from protocol.bundle_tar import MemberSpan, scan_members
 from protocol.errors import BundleError
 from protocol.manifest import FileEntry, Manifest
+from protocol.samples import SmokeSamples, read_samples, write_samples
 from protocol.signing import Signature, TrustedKeys, parse_signature
+from protocol.validation import describe_first_error
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
@@ -30,8 +33,33 @@ LABELS = "labels.txt"
 ALLOWED_MEMBERS = frozenset({MANIFEST, SIGNATURE, MODEL, SAMPLES, LABELS})
 BUNDLE_SUFFIX = ".bundle"
 
+__all__ = [
+    "ALLOWED_MEMBERS",
+    "BUNDLE_SUFFIX",
+    "DEFAULT_MAX_BUNDLE_BYTES",
+    "LABELS",
+    "MANIFEST",
+    "MAX_MANIFEST_BYTES",
+    "MODEL",
+    "SAMPLES",
+    "SIGNATURE",
+    "SMALL_MEMBERS",
+    "Bundle",
+    "SmokeSamples",
+    "bundle_bytes",
+    "file_entries",
+    "parse_manifest",
+    "read_bundle",
+    "read_samples",
+    "sha256_hex",
+    "write_atomically",
+    "write_samples",
+]
+
 DEFAULT_MAX_BUNDLE_BYTES = 512 * 1024 * 1024
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+SMALL_MEMBERS = {MANIFEST: MAX_MANIFEST_BYTES, SIGNATURE: MAX_MANIFEST_BYTES}
+"""Members read whole before the signature is checked, so they are bounded by their header."""
 
 
 def sha256_hex(data: bytes) -> str:
@@ -74,54 +102,55 @@ def parse_manifest(data: bytes) -> Manifest:
     try:
         return Manifest.model_validate_json(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "manifest"
         raise BundleError(
-            f"manifest.json is not a valid edgefleet manifest: {where}: {first['msg']}"
+            f"manifest.json is not a valid edgefleet manifest: {describe_first_error(exc, 'manifest')}"
         ) from exc
 
 
 def read_bundle(source: Path | BinaryIO, max_bytes: int = DEFAULT_MAX_BUNDLE_BYTES) -> Bundle:
-    """Read a bundle archive safely: flat regular files with known names, within size limits."""
+    """Read a whole bundle into memory, for callers that need its bytes (the converter, tests).
+
+    Every header is checked before any data is read (``protocol.bundle_tar``). To verify a
+    bundle on disk in bounded memory, use ``protocol.bundle_stream.bundle_file``.
+    """
     label = str(source) if isinstance(source, Path) else "the bundle"
-    try:
-        if isinstance(source, Path):
-            if source.stat().st_size > max_bytes:
-                raise BundleError(f"{label} is larger than the {max_bytes} byte limit")
-            archive = tarfile.open(source, mode="r:")  # noqa: SIM115 - closed by the with below
-        else:
-            archive = tarfile.open(fileobj=source, mode="r:")  # noqa: SIM115 - closed by the with below
-    except FileNotFoundError as exc:
-        raise BundleError(f"{label} does not exist") from exc
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise BundleError(f"{label} is not a bundle (not a readable tar archive): {exc}") from exc
-    members: dict[str, bytes] = {}
-    total = 0
-    with archive:
+    if isinstance(source, Path):
         try:
-            for info in archive:
-                name = info.name
-                if name not in ALLOWED_MEMBERS:
-                    raise BundleError(f"{label} holds an unexpected member {name!r}; bundles are flat")
-                if not info.isreg():
-                    raise BundleError(f"{label} member {name!r} is not a regular file (links are refused)")
-                if name in members:
-                    raise BundleError(f"{label} holds {name!r} twice")
-                total += info.size
-                if total > max_bytes:
-                    raise BundleError(f"{label} unpacks to more than the {max_bytes} byte limit")
-                if name in (MANIFEST, SIGNATURE) and info.size > MAX_MANIFEST_BYTES:
-                    raise BundleError(f"{label} member {name!r} is implausibly large ({info.size} bytes)")
-                handle = archive.extractfile(info)
-                if handle is None:
-                    raise BundleError(f"{label} member {name!r} cannot be read")
-                members[name] = handle.read()
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise BundleError(f"{label} is truncated or corrupt: {exc}") from exc
-    if MANIFEST not in members:
+            with open(source, "rb") as handle:
+                return _read(handle, label, max_bytes)
+        except FileNotFoundError as exc:
+            raise BundleError(f"{label} does not exist") from exc
+        except OSError as exc:
+            raise BundleError(f"cannot read {label}: {exc}") from exc
+    return _read(source, label, max_bytes)
+
+
+def scan_bundle(handle: BinaryIO, label: str, max_bytes: int) -> dict[str, MemberSpan]:
+    """Every member's place in the archive, from the headers alone (no member data is read):
+    refuses an oversize file, a member that is not a regular flat file of a known name, and a
+    bundle without a manifest or a signature."""
+    try:
+        size = handle.seek(0, os.SEEK_END)
+    except OSError as exc:
+        raise BundleError(f"cannot read {label}: {exc}") from exc
+    if size > max_bytes:
+        raise BundleError(f"{label} is larger than the {max_bytes} byte limit")
+    spans = scan_members(
+        handle, label, size, allowed=ALLOWED_MEMBERS, small=SMALL_MEMBERS, max_bytes=max_bytes
+    )
+    if MANIFEST not in spans:
         raise BundleError(f"{label} has no manifest.json")
-    if SIGNATURE not in members:
+    if SIGNATURE not in spans:
         raise BundleError(f"{label} has no manifest.sig: it was never signed")
+    return spans
+
+
+def _read(handle: BinaryIO, label: str, max_bytes: int) -> Bundle:
+    spans = scan_bundle(handle, label, max_bytes)
+    members: dict[str, bytes] = {}
+    for name, span in spans.items():
+        handle.seek(span.offset)
+        members[name] = handle.read(span.size)
     manifest_bytes = members.pop(MANIFEST)
     signature = parse_signature(members.pop(SIGNATURE))
     return Bundle(manifest_bytes=manifest_bytes, signature=signature, members=members)

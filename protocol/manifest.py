@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -45,10 +46,37 @@ class TensorSpec(WireModel):
 
     name: str
     shape: list[int] = Field(min_length=1)
-    """Full shape including the batch dimension; -1 marks a dynamic dimension."""
+    """Full shape including the batch dimension; -1 marks a dynamic dimension (the model's
+    ``shape_signature``), any other value is fixed."""
     dtype: TensorDType
     quantization: Quantization | None = None
     """Set when the tensor is quantized: the agent quantizes inputs and dequantizes outputs."""
+    batch_dim: int | None = 0
+    """The axis that counts instances; None when the tensor has no batch dimension."""
+
+    @model_validator(mode="after")
+    def _shape_is_sane(self) -> TensorSpec:
+        if any(d < -1 for d in self.shape):
+            raise ValueError(f"tensor {self.name!r}: shape {self.shape} has a size below -1")
+        if self.batch_dim is not None and not 0 <= self.batch_dim < len(self.shape):
+            raise ValueError(
+                f"tensor {self.name!r}: batch_dim {self.batch_dim} is not an axis of shape {self.shape}"
+            )
+        return self
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size when the model fixes it; None when it is dynamic or there is none."""
+        if self.batch_dim is None or self.shape[self.batch_dim] == -1:
+            return None
+        return self.shape[self.batch_dim]
+
+    @property
+    def instance_shape(self) -> list[int]:
+        """The shape of one instance: the full shape without the batch axis."""
+        if self.batch_dim is None:
+            return list(self.shape)
+        return self.shape[: self.batch_dim] + self.shape[self.batch_dim + 1 :]
 
 
 class FileEntry(WireModel):
@@ -56,16 +84,52 @@ class FileEntry(WireModel):
     size: int = Field(ge=0)
 
 
-class Preprocessing(WireModel):
-    """What the caller's raw features go through before the model sees them.
+PreprocessingMethod = Literal["none", "standardize", "minmax", "scale", "in_model"]
 
-    Applied by the agent as ``(x - offset) * scale`` when not the identity; the converter records
-    what the model was trained with so that a device never has to guess.
+
+class Preprocessing(WireModel):
+    """What one input's raw values go through before the model sees them.
+
+    ``standardize``, ``minmax`` and ``scale`` are applied by the agent to raw float inputs as
+    ``(x - offset) * scale`` (standardize: offset = mean, scale = 1/std; minmax: offset = min,
+    scale = 1/(max - min)); a list broadcasts over the input's last axis (one value per channel
+    or feature). ``none``: raw values go straight in. ``in_model``: the model carries its own
+    normalisation layer and the agent applies nothing. The converter records what the model was
+    trained with so that a device never has to guess.
     """
 
-    scale: float = 1.0
-    offset: float = 0.0
+    method: PreprocessingMethod = "none"
+    scale: float | list[float] = 1.0
+    offset: float | list[float] = 0.0
+    channel_order: Literal["rgb", "bgr"] | None = None
+    """The colour channel order the model was trained on (the caller's job; the agent does
+    not reorder channels)."""
     description: str = ""
+
+    @model_validator(mode="after")
+    def _parameters_fit_method(self) -> Preprocessing:
+        scales = self.scale if isinstance(self.scale, list) else [self.scale]
+        offsets = self.offset if isinstance(self.offset, list) else [self.offset]
+        if not scales or not offsets:
+            raise ValueError("preprocessing scale and offset lists must not be empty")
+        if not all(math.isfinite(v) for v in scales + offsets):
+            raise ValueError("preprocessing scale and offset must be finite numbers")
+        if any(v == 0 for v in scales):
+            raise ValueError("preprocessing scale must not be 0 (it would erase the input)")
+        if self.method in ("none", "in_model") and not self.is_identity:
+            raise ValueError(f"preprocessing method {self.method!r} takes no scale or offset")
+        return self
+
+    @property
+    def applies(self) -> bool:
+        """Whether the agent transforms raw inputs (False for none, in_model and the identity)."""
+        return self.method not in ("none", "in_model") and not self.is_identity
+
+    @property
+    def is_identity(self) -> bool:
+        scales = self.scale if isinstance(self.scale, list) else [self.scale]
+        offsets = self.offset if isinstance(self.offset, list) else [self.offset]
+        return all(v == 1.0 for v in scales) and all(v == 0.0 for v in offsets)
 
 
 class ToolVersions(WireModel):
@@ -183,8 +247,12 @@ class Manifest(VersionedMessage):
     files: dict[str, FileEntry]
     inputs: list[TensorSpec] = Field(min_length=1)
     outputs: list[TensorSpec] = Field(min_length=1)
+    primary_output: str | None = None
+    """The output the classification/regression conveniences, prediction health and the
+    baseline use; None: the first output."""
     labels: list[str] | None = None
-    preprocessing: Preprocessing = Preprocessing()
+    preprocessing: dict[str, Preprocessing] = Field(default_factory=dict)
+    """Keyed by input tensor name; an input without an entry gets its raw values."""
     quantization: QuantizationMode
     tools: ToolVersions
     runtimes: dict[str, RuntimeCheck] = Field(default_factory=dict)
@@ -194,6 +262,64 @@ class Manifest(VersionedMessage):
     smoke: SmokeTest
     conversion: ConversionReport | None = None
     """The converter's report (modes tried, budget, recurrent layers); absent in older bundles."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_preprocessing(cls, data: Any) -> Any:
+        """Manifests before per-input preprocessing carried one ``{scale, offset, description}``
+        object for the single input: map it onto the first input's name."""
+        if not isinstance(data, dict):
+            return data
+        pre = data.get("preprocessing")
+        if not isinstance(pre, dict) or not pre or all(isinstance(v, dict) for v in pre.values()):
+            return data
+        if not set(pre) <= {"scale", "offset", "description"}:
+            return data  # neither form: the field's own validation names the problem
+        inputs = data.get("inputs")
+        first = inputs[0] if isinstance(inputs, list) and inputs else None
+        name = first.get("name") if isinstance(first, dict) else getattr(first, "name", None)
+        if not isinstance(name, str):
+            return data
+        legacy = {"scale": pre.get("scale", 1.0), "offset": pre.get("offset", 0.0)}
+        identity = legacy == {"scale": 1.0, "offset": 0.0}
+        description = pre.get("description", "")
+        entry = {**legacy, "method": "none" if identity else "scale", "description": description}
+        if identity and not entry["description"]:
+            return {**data, "preprocessing": {}}
+        return {**data, "preprocessing": {name: entry}}
+
+    @model_validator(mode="after")
+    def _tensors_consistent(self) -> Manifest:
+        for kind, specs in (("input", self.inputs), ("output", self.outputs)):
+            names = [spec.name for spec in specs]
+            if len(set(names)) != len(names):
+                raise ValueError(f"the manifest names two {kind}s alike: {names}")
+        output_names = [spec.name for spec in self.outputs]
+        if self.primary_output is not None and self.primary_output not in output_names:
+            raise ValueError(
+                f"primary_output {self.primary_output!r} is not one of the outputs {output_names}"
+            )
+        by_name = {spec.name: spec for spec in self.inputs}
+        for name, pre in self.preprocessing.items():
+            if name not in by_name:
+                raise ValueError(
+                    f"preprocessing names {name!r}, which is not one of the inputs {list(by_name)}"
+                )
+            last = by_name[name].shape[-1]
+            for field_name, value in (("scale", pre.scale), ("offset", pre.offset)):
+                if isinstance(value, list) and len(value) != 1 and last != -1 and len(value) != last:
+                    raise ValueError(
+                        f"preprocessing of {name!r}: {len(value)} {field_name} values "
+                        f"for a last axis of {last}"
+                    )
+        return self
+
+    @property
+    def primary_output_index(self) -> int:
+        """Position of the primary output in ``outputs``."""
+        if self.primary_output is None:
+            return 0
+        return [spec.name for spec in self.outputs].index(self.primary_output)
 
     @model_validator(mode="after")
     def _model_file_listed(self) -> Manifest:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import Field, ValidationError
 
 from protocol.errors import MessageError
+from protocol.rollback import SignedRollbackGrant
 from protocol.schema import DeviceId, ModelRef, Sha256Hex, VersionedMessage, WireModel
+from protocol.update_state import UpdateState
+from protocol.validation import describe_first_error
 
 
 class Presence(StrEnum):
@@ -28,7 +31,7 @@ class DeviceStatus(VersionedMessage):
     runtime: str | None = None
     """The inference runtime in use, e.g. ``tflite-runtime 2.14.0``."""
     model: ModelRef | None = None
-    update_state: str | None = None
+    update_state: UpdateState | None = None
 
 
 class LatencySummary(WireModel):
@@ -102,7 +105,7 @@ class UpdateEvent(VersionedMessage):
     ts: datetime
     update_id: str
     """Identifies one attempt to install one target; shared by all its transitions."""
-    state: str
+    state: UpdateState
     """The state entered, e.g. ``download``, ``verify``, ``smoke``, ``activate``, ``commit``."""
     target: ModelRef
     previous: ModelRef | None = None
@@ -143,22 +146,18 @@ class DesiredState(VersionedMessage):
     device_id: DeviceId
     model: DesiredModel | None = None
     updated_at: datetime | None = None
+    rollback_grant: SignedRollbackGrant | None = None
+    """The operator's signed permission to move to ``model`` although it is older than the model
+    the device runs (``protocol.rollback``); the device refuses such a move without one, except one
+    step back to its previous model."""
 
 
 _M = TypeVar("_M", bound=VersionedMessage)
-
-DeviceMessage = Annotated[TelemetryWindow | DeviceStatus | UpdateEvent, Field(discriminator="kind")]
-
-
-def _first_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "message"
-    return f"{where}: {first['msg']}"
-
 
 def parse_message(model: type[_M], payload: bytes) -> _M:
     """Parse one JSON payload as ``model``; raise MessageError naming the first problem."""
     try:
         return model.model_validate_json(payload)
     except ValidationError as exc:
-        raise MessageError(f"not a valid {model.__name__}: {_first_error(exc)}") from exc
+        problem = describe_first_error(exc, default="message")
+        raise MessageError(f"not a valid {model.__name__}: {problem}") from exc

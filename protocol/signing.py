@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from protocol.errors import KeyFileError, SignatureError
 from protocol.schema import WireModel
+from protocol.validation import describe_first_error
 
 # cryptography is imported where a key is used, not here: reading a bundle's names, hashes and
 # manifest must stay cheap for the agent's serving process, which never verifies a signature
@@ -103,7 +104,7 @@ def parse_signature(data: bytes) -> Signature:
         return Signature.model_validate_json(data)
     except ValidationError as exc:
         raise SignatureError(
-            f"manifest.sig is not a valid signature record: {exc.errors()[0]['msg']}"
+            f"manifest.sig is not a valid signature record: {describe_first_error(exc, 'signature')}"
         ) from exc
 
 

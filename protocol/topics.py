@@ -18,16 +18,6 @@ class DeviceChannel(StrEnum):
     CMD = "cmd"
 
 
-# QoS and retain per channel, as DESIGN.md's topic table says.
-CHANNEL_QOS = {
-    DeviceChannel.STATUS: 1,
-    DeviceChannel.TELEMETRY: 1,
-    DeviceChannel.EVENTS: 1,
-    DeviceChannel.CMD: 1,
-}
-CHANNEL_RETAINED = {DeviceChannel.STATUS}
-
-
 @dataclass(frozen=True)
 class DeviceTopic:
     device_id: str
@@ -49,7 +39,7 @@ class Topics:
             raise TopicError(f"topic prefix {self.prefix!r} must not contain wildcards")
 
     def device(self, device_id: str, channel: DeviceChannel) -> str:
-        if not DEVICE_ID_RE.match(device_id):
+        if not DEVICE_ID_RE.fullmatch(device_id):
             raise TopicError(f"device id {device_id!r} is not valid (letters, digits, _ . -; at most 64)")
         return f"{self.prefix}/devices/{device_id}/{channel.value}"
 
@@ -73,6 +63,10 @@ class Topics:
     def fleet_summary(self) -> str:
         return f"{self.prefix}/fleet/summary"
 
+    @property
+    def fleet_alerts(self) -> str:
+        return f"{self.prefix}/fleet/alerts"
+
     def device_health(self, device_id: str) -> str:
         return f"{self.prefix}/fleet/devices/{device_id}/health"
 
@@ -85,7 +79,7 @@ class Topics:
         if len(parts) != 2:
             raise TopicError(f"topic {topic!r} is not {head}<device-id>/<channel>")
         device_id, channel = parts
-        if not DEVICE_ID_RE.match(device_id):
+        if not DEVICE_ID_RE.fullmatch(device_id):
             raise TopicError(f"topic {topic!r} carries an invalid device id {device_id!r}")
         try:
             return DeviceTopic(device_id, DeviceChannel(channel))

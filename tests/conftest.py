@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from converter.keys import generate_key_pair
 from edgefleet.mosquitto import MosquittoBroker
-from protocol.signing import generate_private_key, private_key_pem, public_key_pem
 
 
 @pytest.fixture
@@ -28,12 +28,8 @@ def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
 @pytest.fixture(scope="session")
 def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(private key, public key) PEM files of a fresh operator key pair."""
-    folder = tmp_path_factory.mktemp("keys")
-    key = generate_private_key()
-    private, public = folder / "operator.key", folder / "operator.pub"
-    private.write_bytes(private_key_pem(key))
-    public.write_bytes(public_key_pem(key.public_key()))
-    return private, public
+    pair = generate_key_pair(tmp_path_factory.mktemp("keys"))  # what `edgefleet keys generate` writes
+    return pair.private_path, pair.public_path
 
 
 @pytest.fixture(scope="session")

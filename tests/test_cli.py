@@ -28,7 +28,7 @@ def _subcommand_paths() -> list[list[str]]:
     return paths
 
 
-def test_the_commands_the_issue_names_exist() -> None:
+def test_the_main_commands_exist() -> None:
     paths = {" ".join(p) for p in _subcommand_paths()}
     for expected in [
         "convert",

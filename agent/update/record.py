@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from agent.store import ActivePointer, write_json
 from protocol.messages import DesiredModel
 from protocol.schema import ModelRef
+from protocol.update_state import UpdateState
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +18,8 @@ log = logging.getLogger(__name__)
 class UpdateRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    state: str = "idle"
-    """A ``State`` value; anything else (a corrupt or future record) resumes as rollback."""
+    state: UpdateState | None = UpdateState.IDLE
+    """None: the saved record was unreadable (a corrupt or future one); it resumes as rollback."""
     state_saves: int = 0
     """Times this state has been saved in a row: more than one means the process restarted in it."""
     update_id: str | None = None
@@ -34,6 +35,16 @@ class UpdateRecord(BaseModel):
     """A bundle that failed; not retried until the desired state names another."""
     failed_reason: str | None = None
 
+    @field_validator("state", mode="before")
+    @classmethod
+    def _unknown_state_rolls_back(cls, value: object) -> object:
+        """A state this agent does not know (a newer agent's record, a damaged value) becomes None,
+        keeping the rest of the record: the rollback still knows what to restore."""
+        if isinstance(value, str) and value not in {s.value for s in UpdateState}:
+            log.error("update.json names an unknown update state %r: resuming as a rollback", value)
+            return None
+        return value
+
 
 class RecordFile:
     def __init__(self, path: Path) -> None:
@@ -46,7 +57,7 @@ class RecordFile:
             return UpdateRecord()
         except (OSError, ValidationError) as exc:
             log.error("%s is unreadable (%s): resuming as a rollback", self.path, exc)
-            return UpdateRecord(state="corrupt")
+            return UpdateRecord(state=None)
 
     def save(self, record: UpdateRecord) -> None:
         write_json(self.path, record.model_dump(mode="json"))

@@ -1,11 +1,12 @@
-"""Where the heavy update steps run: in this process (tests, tools) or in a worker process (the agent).
+"""Where the heavy update steps run: in a worker process (the agent) or in this one (tests, tools).
 
-download, verify, stage and smoke need requests and cryptography (through protocol.bundle and
-protocol.signing), ~15 MB resident that would stay in the serving process for its whole life
-after the first update. The agent runs each of those steps in a short-lived
-``python -m agent.update.worker`` instead, which also contains a model that crashes the runtime
-while it is verified or smoke-tested: the worker dies, the agent reports it and rolls back. The
-desired state (a small JSON document) is read with the standard library.
+A deliberate design, measured: download, verify, stage and smoke need requests and cryptography
+(through protocol.bundle and protocol.signing), ~15 MB resident that would stay in the serving
+process for its whole life after the first update. The agent runs each of those steps in a
+short-lived ``python -m agent.update.worker`` instead, which also contains a model that crashes
+the runtime while it is verified or smoke-tested: the worker dies, the agent reports it and rolls
+back. The desired state (a small JSON document) is read with the standard library.
+``make_runner`` is the one place that chooses: a worker, unless a ``requests.Session`` is given.
 """
 
 from __future__ import annotations
@@ -16,21 +17,21 @@ import signal
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import errors
+from agent.config import AgentConfig, fleet_credentials
 from agent.errors import DownloadError, UpdateError
-from agent.runtime import RuntimeChoice
-from agent.serving import ActiveModel
 from agent.store import ModelStore
 from agent.update.fleet_auth import FleetCredentials, basic_header
+from agent.update.fleet_http import configure_session, desired_context, read_desired
+from agent.update.machine import Interrupted, State
 from agent.update.smoke import smoke
 from protocol.errors import MessageError
 from protocol.messages import DesiredModel, DesiredState, parse_message
+from runtime import RuntimeChoice
 
 if TYPE_CHECKING:
     import requests
@@ -38,8 +39,14 @@ if TYPE_CHECKING:
     from protocol.signing import TrustedKeys
 
 
-class Interrupted(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """The agent is stopping: leave the saved state as it is; the next start resumes it."""
+def interruptible_wait(stopping: threading.Event) -> Callable[[float], None]:
+    """A sleep that ends the step (``Interrupted``) when the agent stops: the state stays saved."""
+
+    def wait(seconds: float) -> None:
+        if stopping.wait(seconds):
+            raise Interrupted
+
+    return wait
 
 
 class StepRunner(Protocol):
@@ -51,8 +58,8 @@ class StepRunner(Protocol):
 
     def stage(self, path: Path, sha256: str) -> None: ...
 
-    def smoke(self, sha256: str) -> ActiveModel | None:
-        """The smoke-tested model when it was loaded in this process, else None."""
+    def smoke(self, sha256: str) -> None:
+        """Raises ``SmokeTestError`` unless the staged model reproduces its recorded outputs."""
         ...
 
 
@@ -83,14 +90,14 @@ class InProcessRunner:
         self.wait = wait
 
     def fetch_desired(self) -> DesiredState:
-        from agent.update import steps
+        from agent.update.steps import fetch_desired
 
-        return steps.fetch_desired(self.session, self.fleet_url, self.device_id, self.timeout_s)
+        return fetch_desired(self.session, self.fleet_url, self.device_id, self.timeout_s)
 
     def download(self, target: DesiredModel, dest: Path, attempts: int, base_delay_s: float) -> None:
-        from agent.update import steps
+        from agent.update.steps import download_with_retries
 
-        steps.download_with_retries(
+        download_with_retries(
             self.session,
             self.fleet_url,
             target,
@@ -102,18 +109,18 @@ class InProcessRunner:
         )
 
     def verify(self, path: Path) -> None:
-        from agent.update import steps
+        from agent.update.steps import verify
 
-        steps.verify(path, self.trusted, self.runtime, self.threads)
+        verify(path, self.trusted, self.runtime, self.threads)
 
     def stage(self, path: Path, sha256: str) -> None:
-        from agent.update import steps
+        from agent.update.steps import stage
 
-        bundle, _ = steps.verify(path, self.trusted, self.runtime, self.threads)
-        steps.stage(self.store, sha256, bundle)
+        stage(self.store, path, sha256)
 
-    def smoke(self, sha256: str) -> ActiveModel | None:
-        return smoke(self.store, sha256, self.runtime, self.threads)
+    def smoke(self, sha256: str) -> None:
+        # The model is loaded for serving at activation, in the serving process (as with a worker).
+        smoke(self.store, sha256, self.runtime, self.threads)
 
 
 _ERRORS: dict[str, type[UpdateError]] = {
@@ -126,12 +133,13 @@ _ERRORS: dict[str, type[UpdateError]] = {
         errors.SmokeTestError,
     )
 }
-_STEP_ERRORS: dict[str, type[UpdateError]] = {
-    "download": errors.DownloadError,
-    "verify": errors.VerifyError,
-    "stage": errors.StageError,
-    "smoke": errors.SmokeTestError,
+_STEP_ERRORS: dict[State, type[UpdateError]] = {
+    State.DOWNLOAD: errors.DownloadError,
+    State.VERIFY: errors.VerifyError,
+    State.STAGE: errors.StageError,
+    State.SMOKE: errors.SmokeTestError,
 }
+"""The states whose step a worker runs (its request names the state), and their error kinds."""
 
 
 class WorkerRunner:
@@ -153,6 +161,7 @@ class WorkerRunner:
         stopping: threading.Event,
         python: str = sys.executable,
         credentials: FleetCredentials | None = None,
+        ca_file: Path | None = None,
     ) -> None:
         self.fleet_url = fleet_url
         self.device_id = device_id
@@ -165,18 +174,17 @@ class WorkerRunner:
         self.stopping = stopping
         self.python = python
         self.credentials = credentials
+        self.ca_file = ca_file
+        self.tls = desired_context(fleet_url, ca_file)  # TlsFileError names an unusable ca_file
 
     def fetch_desired(self) -> DesiredState:
         url = f"{self.fleet_url.rstrip('/')}/api/v1/devices/{self.device_id}/desired"
         headers = {"User-Agent": self.user_agent}
         if self.credentials is not None:
             headers["Authorization"] = basic_header(self.credentials)
-        request = urllib.request.Request(url, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                body = response.read(1024 * 1024)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise DownloadError(f"cannot read the desired state from {url}: {exc}") from exc
+        body = read_desired(
+            url, fleet_url=self.fleet_url, headers=headers, timeout_s=self.timeout_s, context=self.tls
+        )
         try:
             return parse_message(DesiredState, body)
         except MessageError as exc:
@@ -184,7 +192,7 @@ class WorkerRunner:
 
     def download(self, target: DesiredModel, dest: Path, attempts: int, base_delay_s: float) -> None:
         self._run(
-            "download",
+            State.DOWNLOAD,
             target=target.model_dump(mode="json"),
             dest=str(dest),
             attempts=attempts,
@@ -192,18 +200,17 @@ class WorkerRunner:
         )
 
     def verify(self, path: Path) -> None:
-        self._run("verify", path=str(path))
+        self._run(State.VERIFY, path=str(path))
 
     def stage(self, path: Path, sha256: str) -> None:
-        self._run("stage", path=str(path), sha256=sha256)
+        self._run(State.STAGE, path=str(path), sha256=sha256)
 
-    def smoke(self, sha256: str) -> ActiveModel | None:
-        self._run("smoke", sha256=sha256)
-        return None
+    def smoke(self, sha256: str) -> None:
+        self._run(State.SMOKE, sha256=sha256)
 
-    def _run(self, step: str, **args: Any) -> None:
+    def _run(self, step: State, **args: Any) -> None:
         request = {
-            "step": step,
+            "step": step.value,
             "fleet_url": self.fleet_url,
             "trusted": self.trusted_paths,
             "state_dir": str(self.state_dir),
@@ -212,6 +219,7 @@ class WorkerRunner:
             "timeout_s": self.timeout_s,
             "user_agent": self.user_agent,
             "credentials": list(self.credentials) if self.credentials else None,  # via stdin, never argv
+            "ca_file": str(self.ca_file) if self.ca_file is not None else None,
             **args,
         }
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
@@ -252,3 +260,44 @@ class WorkerRunner:
             raise kind(f"the {step} worker exited {process.returncode} without an answer") from None
         if not outcome.get("ok"):
             raise _ERRORS.get(str(outcome.get("error")), kind)(str(outcome.get("message")))
+
+
+def make_runner(
+    config: AgentConfig,
+    *,
+    user_agent: str,
+    stopping: threading.Event,
+    session: requests.Session | None = None,
+) -> StepRunner:
+    """The agent's runner: each heavy step in a worker process. With ``session`` (tests, tools)
+    the steps run in this process on that session instead, with the same credentials rules."""
+    credentials = fleet_credentials(config)
+    if session is None:
+        return WorkerRunner(
+            fleet_url=config.fleet.url,
+            device_id=config.device_id,
+            trusted_paths=config.trusted_keys,
+            state_dir=config.state_dir,
+            runtime=config.runtime.kind,
+            threads=config.runtime.threads,
+            timeout_s=config.fleet.timeout_s,
+            user_agent=user_agent,
+            stopping=stopping,
+            credentials=credentials,
+            ca_file=config.fleet.ca_file,
+        )
+    from protocol.signing import TrustedKeys
+
+    session.headers.setdefault("User-Agent", user_agent)
+    configure_session(session, config.fleet.url, credentials, config.fleet.ca_file)
+    return InProcessRunner(
+        session=session,
+        fleet_url=config.fleet.url,
+        device_id=config.device_id,
+        trusted=TrustedKeys.from_paths(config.trusted_keys),
+        store=ModelStore(config.state_dir),
+        runtime=config.runtime.kind,
+        threads=config.runtime.threads,
+        timeout_s=config.fleet.timeout_s,
+        wait=interruptible_wait(stopping),
+    )

@@ -12,12 +12,18 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import UpdateError
 from agent.store import ModelStore
 from protocol.errors import EdgefleetError
 from protocol.messages import DesiredModel
+from protocol.update_state import UpdateState
+
+if TYPE_CHECKING:  # imported in main, after the worker is tied to the agent's life
+    from agent.update.runner import InProcessRunner
 
 
 def _die_with_parent() -> None:
@@ -29,13 +35,31 @@ def _die_with_parent() -> None:
         pass
 
 
+def _download(runner: InProcessRunner, request: dict[str, Any]) -> None:
+    target = DesiredModel.model_validate(request["target"])
+    runner.download(target, Path(request["dest"]), int(request["attempts"]), float(request["base_delay_s"]))
+
+
+def _unknown(runner: InProcessRunner, request: dict[str, Any]) -> None:
+    raise UpdateError(f"unknown update step {request['step']!r}")
+
+
+_STEPS: dict[str, Callable[[InProcessRunner, dict[str, Any]], None]] = {
+    UpdateState.DOWNLOAD: _download,
+    UpdateState.VERIFY: lambda runner, request: runner.verify(Path(request["path"])),
+    UpdateState.STAGE: lambda runner, request: runner.stage(Path(request["path"]), request["sha256"]),
+    UpdateState.SMOKE: lambda runner, request: runner.smoke(request["sha256"]),
+}
+"""The request's ``step`` (the state whose step it is) -> what runs it."""
+
+
 def main() -> int:
     _die_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s worker: %(message)s")
     request = json.loads(sys.stdin.read())
     import requests
 
-    from agent.update.fleet_auth import attach
+    from agent.update.fleet_http import configure_session
     from agent.update.runner import InProcessRunner
     from protocol.signing import TrustedKeys
 
@@ -44,7 +68,13 @@ def main() -> int:
         session = requests.Session()
         session.headers["User-Agent"] = request["user_agent"]
         credentials = request.get("credentials")
-        attach(session, request["fleet_url"], (credentials[0], credentials[1]) if credentials else None)
+        ca_file = request.get("ca_file")
+        configure_session(
+            session,
+            request["fleet_url"],
+            (credentials[0], credentials[1]) if credentials else None,
+            Path(ca_file) if ca_file else None,
+        )
         runner = InProcessRunner(
             session=session,
             fleet_url=request["fleet_url"],
@@ -56,21 +86,7 @@ def main() -> int:
             timeout_s=float(request["timeout_s"]),
             wait=time.sleep,  # the agent kills the worker when it stops
         )
-        if step == "download":
-            runner.download(
-                DesiredModel.model_validate(request["target"]),
-                Path(request["dest"]),
-                int(request["attempts"]),
-                float(request["base_delay_s"]),
-            )
-        elif step == "verify":
-            runner.verify(Path(request["path"]))
-        elif step == "stage":
-            runner.stage(Path(request["path"]), request["sha256"])
-        elif step == "smoke":
-            runner.smoke(request["sha256"])
-        else:
-            raise UpdateError(f"unknown update step {step!r}")
+        _STEPS.get(step, _unknown)(runner, request)
     except EdgefleetError as exc:
         error = type(exc).__name__ if isinstance(exc, UpdateError) else ""  # "": the step's own kind
         print(json.dumps({"ok": False, "error": error, "message": str(exc)}), flush=True)

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from edgefleet import __version__
-from fleet.api import deployments, devices, errors, metrics, models, rollouts, system, web
+from fleet.api import (
+    deployments,
+    devices,
+    errors,
+    grants,
+    identity,
+    metrics,
+    models,
+    openapi,
+    rollouts,
+    system,
+    web,
+)
 from fleet.api.context import FleetContext
+from protocol.version import __version__
 
 
 def create_app(context: FleetContext) -> FastAPI:
@@ -19,6 +31,7 @@ def create_app(context: FleetContext) -> FastAPI:
     )
     app.state.fleet = context
     errors.install(app)
-    for module in (system, models, deployments, devices, rollouts, metrics, web):
+    for module in (system, models, grants, deployments, devices, identity, rollouts, metrics, web):
         app.include_router(module.router)
+    openapi.install(app)
     return app

@@ -9,7 +9,9 @@ from fastapi import Request
 from sqlalchemy import Engine
 
 from fleet.auth import OperatorToken
+from fleet.broker_files import PasswordFile
 from fleet.deploy import Publisher
+from fleet.provision import Endpoints
 from fleet.registry import Registry
 from fleet.rollouts.controller import RolloutController
 from fleet.views import IngestStats
@@ -36,7 +38,14 @@ class FleetContext:
     rollouts: RolloutController | None = None
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
-    """Where devices reach the broker (for the agent config ``device add`` prints)."""
+    """Where the fleet reaches the broker (the default of the agent config ``device add`` prints)."""
+    exposed: bool = False
+    """The fleet is reached from other machines: a loopback default in an agent config is refused."""
+    password_file: PasswordFile | None = None
+    """The broker's password file, when the fleet keeps it (else identity changes say what to apply)."""
+
+    def endpoints(self) -> Endpoints:
+        return Endpoints(self.base_url, self.mqtt_host, self.mqtt_port, self.exposed)
 
     def controller(self) -> RolloutController:
         if self.rollouts is None:

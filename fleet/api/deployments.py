@@ -10,9 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from fleet.api.context import FleetContext, get_context
 from fleet.api.security import Operator
 from fleet.deploy import deploy
-from fleet.errors import FleetError
 from fleet.views import DeploymentRequest, DeploymentResult
-from protocol.schema import DEVICE_ID_RE
 
 router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"])
 Context = Annotated[FleetContext, Depends(get_context)]
@@ -21,8 +19,6 @@ Context = Annotated[FleetContext, Depends(get_context)]
 @router.post("", response_model=DeploymentResult)
 async def create_deployment(body: DeploymentRequest, context: Context, _who: Operator) -> DeploymentResult:
     """``device_id`` null sets the fleet-wide default; per-device assignments override it."""
-    if body.device_id is not None and not DEVICE_ID_RE.match(body.device_id):
-        raise FleetError(f"device id {body.device_id!r} is not valid (letters, digits, _ . -; at most 64)")
     return await run_in_threadpool(
         lambda: deploy(
             context.engine,

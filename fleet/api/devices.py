@@ -8,36 +8,36 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query
 
 from fleet.api.context import FleetContext, get_context
+from fleet.api.grants import grant_store
 from fleet.api.security import Admin, DeviceOrViewer, Operator, Viewer
 from fleet.deploy import desired_state
 from fleet.errors import ConflictError, NotFoundError
+from fleet.names import DeviceId
 from fleet.provision import DeviceAddRequest, DeviceLabels, Provisioned, provision
 from fleet.storage import repository
 from fleet.views import DeviceView, EventRow, TelemetryRow
 from protocol.messages import DesiredState
-from protocol.schema import DEVICE_ID_PATTERN
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
 Context = Annotated[FleetContext, Depends(get_context)]
-DeviceIdPath = Annotated[
-    str, Path(pattern=DEVICE_ID_PATTERN, description="letters, digits, _ . -; at most 64")
-]
+DeviceIdPath = Annotated[DeviceId, Path(description="letters, digits, _ . -; at most 64")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="newest first, at most this many")]
 
 
 @router.post("", status_code=201, response_model=Provisioned)
 def add_device(body: DeviceAddRequest, context: Context, _who: Admin) -> Provisioned:
-    """Provision a device: its secret (returned once), password-file line, ACL and agent config."""
+    """Provision a device: its secret (returned once), password-file line, ACL and agent config
+    pointing at the fleet and broker as the device reaches them (400 when that would be loopback)."""
+    fleet_url, mqtt_host, mqtt_port = context.endpoints().for_device(body)
     answer, hashed = provision(
-        body,
-        fleet_url=context.base_url,
-        mqtt_host=context.mqtt_host,
-        mqtt_port=context.mqtt_port,
-        prefix=context.topics.prefix,
+        body, fleet_url=fleet_url, mqtt_host=mqtt_host, mqtt_port=mqtt_port, prefix=context.topics.prefix
     )
     with context.engine.begin() as conn:
         if repository.device_secret_hash(conn, body.device_id) is not None:
-            raise ConflictError(f"device {body.device_id} is already provisioned")
+            raise ConflictError(
+                f"device {body.device_id} is already provisioned (revoked or not): "
+                "rotate its secret, or delete it first"
+            )
         repository.upsert_device_meta(
             conn,
             body.device_id,
@@ -46,6 +46,10 @@ def add_device(body: DeviceAddRequest, context: Context, _who: Admin) -> Provisi
             tags=body.tags,
             secret_hash=hashed,
         )
+        if context.password_file is not None:  # inside the transaction: a failure stores nothing
+            answer = answer.model_copy(
+                update={"broker": context.password_file.apply(body.device_id, answer.password_file_line)}
+            )
     return answer
 
 
@@ -64,8 +68,9 @@ def label_device(
 
 @router.get("", response_model=list[DeviceView])
 def list_devices(context: Context, _who: Viewer) -> list[DeviceView]:
+    """Every device that reported, and every provisioned one that never did (state provisioned)."""
     with context.engine.begin() as conn:
-        return repository.list_devices(conn)
+        return repository.list_devices(conn, unseen=True)
 
 
 @router.get("/{device_id}", response_model=DeviceView)
@@ -73,14 +78,21 @@ def get_device(device_id: DeviceIdPath, context: Context, _who: Viewer) -> Devic
     with context.engine.begin() as conn:
         device = repository.get_device(conn, device_id)
     if device is None:
-        raise NotFoundError(f"no device {device_id} has reported its status to this fleet")
+        raise NotFoundError(f"no device {device_id} was provisioned or has reported to this fleet")
     return device
 
 
-@router.get("/{device_id}/desired", response_model=DesiredState)
+# Unset members stay out (an agent from before rollback grants refuses unknown members).
+@router.get("/{device_id}/desired", response_model=DesiredState, response_model_exclude_none=True)
 def get_desired(device_id: DeviceIdPath, context: Context, _who: DeviceOrViewer) -> DesiredState:
     """Any valid device id may ask: a device not yet seen gets the fleet-wide default."""
-    return desired_state(context.engine, device_id, context.base_url)
+    state = desired_state(context.engine, device_id, context.base_url)
+    if state.model is None:
+        return state
+    model = state.model  # with the operator's rollback grant for it, when one covers this device
+    store = grant_store(context)
+    grant = store.for_device(model.name, model.version, model.sha256, device_id, repository.now())
+    return state if grant is None else state.model_copy(update={"rollback_grant": grant})
 
 
 @router.delete("/{device_id}/desired", status_code=204)

@@ -15,6 +15,7 @@ from fleet.errors import (
     StorageError,
     TooLargeError,
 )
+from protocol.validation import describe_first_error
 
 STATUS: dict[type[FleetError], int] = {
     AuthError: 401,
@@ -43,12 +44,7 @@ async def _fleet_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
-    if not errors:
-        return JSONResponse({"detail": "invalid request"}, status_code=422)
-    first = errors[0]
-    where = ".".join(str(part) for part in first.get("loc", ())) or "request"
-    return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid')}"}, status_code=422)
+    return JSONResponse({"detail": describe_first_error(exc.errors(), default="request")}, status_code=422)
 
 
 def install(app: FastAPI) -> None:

@@ -7,42 +7,42 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from fleet import uploads
 from fleet.api.context import FleetContext, get_context
 from fleet.api.ranges import RangeNotSatisfiable, parse_range
 from fleet.api.security import Admin, DeviceOrViewer, Operator, Viewer
-from fleet.errors import InvalidBundleError, NotFoundError, TooLargeError
+from fleet.auth import ForbiddenError
+from fleet.errors import InvalidBundleError, NotFoundError
+from fleet.names import ModelName, SemVer
 from fleet.storage import repository
 from fleet.views import ModelDetail, ModelInfo
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
 Context = Annotated[FleetContext, Depends(get_context)]
 CHUNK = 256 * 1024
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise TooLargeError(f"the bundle is {declared} bytes; the fleet accepts at most {limit}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise TooLargeError(f"the bundle is larger than the fleet's {limit} byte limit")
-    return bytes(body)
+Name = Annotated[ModelName, PathParam(description="model name: lower-case letters, digits, _ . -")]
+Version = Annotated[SemVer, PathParam(description="semantic version, e.g. 1.2.0")]
 
 
 @router.post("", status_code=201, response_model=ModelInfo, responses={200: {"model": ModelInfo}})
 async def upload_model(request: Request, context: Context, _who: Operator) -> JSONResponse:
-    """Body: the raw bundle file (``application/octet-stream``). 201 stored, 200 already stored."""
-    data = await _read_limited(request, context.max_bundle_bytes)
-    if not data:
-        raise InvalidBundleError(
-            "the request body is empty: send the bundle file as application/octet-stream"
-        )
-    result = await run_in_threadpool(context.registry.upload, data)
+    """Body: the raw bundle file (``application/octet-stream``), streamed to disk and verified there.
+    201 stored, 200 already stored."""
+    artifacts = context.registry.artifacts
+    declared = request.headers.get("content-length")
+    upload = await uploads.receive(request.stream(), artifacts, context.max_bundle_bytes, declared)
+    try:
+        if not upload.size:
+            raise InvalidBundleError(
+                "the request body is empty: send the bundle file as application/octet-stream"
+            )
+        result = await run_in_threadpool(context.registry.upload, upload)
+    finally:
+        upload.path.unlink(missing_ok=True)
     return JSONResponse(result.model.model_dump(mode="json"), status_code=201 if result.created else 200)
 
 
@@ -53,7 +53,7 @@ def list_models(context: Context, _who: Viewer) -> list[ModelInfo]:
 
 
 @router.get("/{name}/{version}", response_model=ModelDetail)
-def get_model(name: str, version: str, context: Context, _who: Viewer) -> ModelDetail:
+def get_model(name: Name, version: Version, context: Context, _who: Viewer) -> ModelDetail:
     with context.engine.begin() as conn:
         detail = repository.get_model_detail(conn, name, version)
     if detail is None:
@@ -75,9 +75,19 @@ def _file_chunks(path: Path, start: int, length: int) -> Iterator[bytes]:
 
 @router.get("/{name}/{version}/bundle", response_class=Response)
 def download_bundle(
-    name: str, version: str, request: Request, context: Context, _who: DeviceOrViewer
+    name: Name, version: Version, request: Request, context: Context, who: DeviceOrViewer
 ) -> Response:
-    """The bundle bytes; ``ETag`` is the quoted sha256; one ``Range`` (``bytes=a-b``, ``a-``, ``-n``)."""
+    """The bundle bytes; ``ETag`` is the quoted sha256; one ``Range`` (``bytes=a-b``, ``a-``, ``-n``).
+
+    A device may fetch only the model its desired state names, or the one it runs (to restore it)."""
+    if who.device_id is not None:
+        with context.engine.begin() as conn:
+            allowed = repository.models_allowed_for(conn, who.device_id)
+        if (name, version) not in allowed:
+            raise ForbiddenError(
+                f"device {who.device_id} may download only the model it should run or runs; "
+                f"{name} {version} is neither"
+            )
     info, path = context.registry.bundle_path(name, version)
     etag = f'"{info.sha256}"'
     headers = {"ETag": etag, "Accept-Ranges": "bytes"}
@@ -107,6 +117,6 @@ def download_bundle(
 
 
 @router.delete("/{name}/{version}", status_code=204)
-def delete_model(name: str, version: str, context: Context, _who: Admin) -> None:
+def delete_model(name: Name, version: Version, context: Context, _who: Admin) -> None:
     """Remove a model and its bundle; refused (409) while any desired state or device uses it."""
     context.registry.delete(name, version)

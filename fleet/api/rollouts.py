@@ -9,11 +9,12 @@ from starlette.concurrency import run_in_threadpool
 
 from fleet.api.context import FleetContext, get_context
 from fleet.api.security import Operator, Viewer
-from fleet.rollouts.spec import RolloutAction, RolloutRequest, RolloutView
+from fleet.names import DB_INT_MAX
+from fleet.rollout_spec import RolloutAction, RolloutRequest, RolloutView
 
 router = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"])
 Context = Annotated[FleetContext, Depends(get_context)]
-RolloutId = Annotated[int, Path(ge=1)]
+RolloutId = Annotated[int, Path(ge=1, le=DB_INT_MAX, description="a rollout id")]
 
 
 @router.post("", status_code=201, response_model=RolloutView)

@@ -14,7 +14,9 @@ from starlette.concurrency import run_in_threadpool
 
 from fleet.api.context import FleetContext, get_context
 from fleet.auth import AuthError, ForbiddenError, Principal, Role, find_token, verify_secret
+from fleet.errors import FleetError
 from fleet.storage import repository
+from protocol.schema import DEVICE_ID_RE
 
 bearer = HTTPBearer(auto_error=False, description="an operator token (roles: viewer, operator, admin)")
 basic = HTTPBasic(auto_error=False, description="a device: its id and the secret from `edgefleet device add`")
@@ -65,15 +67,25 @@ async def device_or_viewer(
     if not context.tokens:
         return OPEN
     if device is not None:
+        if not DEVICE_ID_RE.fullmatch(device.username):
+            # Checked before any query: a NUL or an over-long name never reaches the database.
+            raise FleetError(
+                "the HTTP Basic user name is not a device id (letters, digits, _ . -; at most 64)"
+            )
 
-        def check(username: str, password: str) -> bool:
+        def check(username: str, password: str) -> bool | None:
+            """True: a good secret; False: a good secret of a revoked device; None: refused."""
             with context.engine.begin() as conn:
-                hashed = repository.device_secret_hash(conn, username)
-            return hashed is not None and verify_secret(password, hashed)
+                found = repository.device_credentials(conn, username)
+            if found is None or not verify_secret(password, found.secret_hash):
+                return None
+            return not found.revoked
 
         ok = await run_in_threadpool(check, device.username, device.password)
-        if not ok:
+        if ok is None:
             raise AuthError(f"wrong secret for device {device.username!r}, or it was never provisioned")
+        if not ok:
+            raise ForbiddenError(f"device {device.username} was revoked: it may not use this fleet")
         wanted = request.path_params.get("device_id")
         if wanted is not None and wanted != device.username:
             raise ForbiddenError(f"device {device.username} may only read its own desired state")

@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from fleet.alerts import AlertView, list_alerts
+from fleet.alerts import list_alerts
 from fleet.api.context import FleetContext, get_context
 from fleet.api.security import Viewer
 from fleet.storage import repository
-from fleet.summary import FleetSummary, summarize
-from fleet.views import DeadLetterRow, IngestStats
+from fleet.summary import summarize
+from fleet.views import AlertView, DeadLetterRow, FleetSummary, IngestStats
 
 router = APIRouter(prefix="/api/v1", tags=["system"])
 Context = Annotated[FleetContext, Depends(get_context)]

@@ -1,28 +1,32 @@
-"""Turn one received (topic, payload) into a record to store, or a dead letter. No I/O."""
+"""Turn one received (topic, payload) into a record to store, or a dead letter. No I/O.
+
+Each message is judged on its own, and nothing in a payload can make this raise: size and nesting
+depth are bounded before any parser sees the bytes, and a valid message whose values would not fit
+their columns is refused here rather than failing the batch it arrived in.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 
+from fleet.storage.fit import unfit
+from fleet.storage.records import DeadLetter, DeadReason, Decoded
 from protocol.errors import MessageError, TopicError
 from protocol.messages import DeviceStatus, TelemetryWindow, UpdateEvent, parse_message
 from protocol.schema import SCHEMA_VERSION
 from protocol.topics import DeviceChannel, Topics
 
+__all__ = ["DeadLetter", "DeadReason", "Decoded", "Received", "dead_letter", "decode"]
+
 PAYLOAD_PREFIX_BYTES = 512
-
-
-class DeadReason(StrEnum):
-    OVERSIZE = "oversize"
-    MALFORMED_JSON = "malformed-json"
-    SCHEMA = "schema"
-    SCHEMA_VERSION = "schema-version"
-    DEVICE_MISMATCH = "device-id-mismatch"
-    BAD_TOPIC = "bad-topic"
-    STORE_FAILED = "store-failed"
+MAX_DEPTH = 32
+"""Deepest JSON nesting accepted; the messages themselves nest four levels at most."""
+_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -36,24 +40,10 @@ class Received:
     qos: int = 0
     generation: int = 0
     """Which connection delivered it: an ack only goes back on the same connection."""
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    topic: str
-    reason: DeadReason
-    detail: str
-    payload_prefix: str
-    payload_size: int
-    received_at: datetime
-
-
-@dataclass(frozen=True)
-class Decoded:
-    message: DeviceStatus | TelemetryWindow | UpdateEvent
-    received_at: datetime
-    raw: bytes | None = None
-    """The validated payload as received: stored as is, not serialized again."""
+    retain: bool = False
+    """Delivered from the broker's retained store (again at every subscribe)."""
+    dup: bool = False
+    """Resent by the broker: an earlier delivery was not acknowledged (the fleet died first)."""
 
 
 _CHANNEL_TYPES: dict[DeviceChannel, type[DeviceStatus | TelemetryWindow | UpdateEvent]] = {
@@ -63,23 +53,63 @@ _CHANNEL_TYPES: dict[DeviceChannel, type[DeviceStatus | TelemetryWindow | Update
 }
 
 
+def printable(text: str) -> str:
+    """``text`` without NUL characters, which PostgreSQL's text columns refuse."""
+    return text.replace("\x00", "\ufffd")
+
+
 def payload_prefix(payload: bytes) -> str:
-    return payload[:PAYLOAD_PREFIX_BYTES].decode("utf-8", errors="replace")
+    return printable(payload[:PAYLOAD_PREFIX_BYTES].decode("utf-8", errors="replace"))
 
 
 def dead_letter(item: Received, reason: DeadReason, detail: str) -> DeadLetter:
+    digest = hashlib.sha256(item.topic.encode() + b"\0" + item.payload).hexdigest()
     return DeadLetter(
-        topic=item.topic,
+        topic=printable(item.topic),
         reason=reason,
-        detail=detail,
+        detail=printable(detail),
         payload_prefix=payload_prefix(item.payload),
         payload_size=len(item.payload),
         received_at=item.received_at,
+        digest=digest,
+        redelivered=item.retain or item.dup,
     )
+
+
+def too_deep(payload: bytes, limit: int) -> bool:
+    """True when ``payload`` nests arrays and objects deeper than ``limit`` (brackets inside strings
+    do not count). Scans at C speed; the Python loop only runs for payloads with many brackets and
+    stops at the first level past the limit."""
+    if len(payload.translate(None, _BRACKETS)) <= limit:
+        return False  # fewer brackets than levels allowed
+    depth = 0
+    for char in _JSON_STRING.sub(b"", payload).translate(None, _BRACKETS):
+        depth += 1 if char in b"[{" else -1
+        if depth > limit:
+            return True
+    return False
+
+
+def has_non_json_numbers(payload: bytes) -> bool:
+    """True when ``payload`` holds NaN or Infinity outside its strings."""
+    if b"NaN" not in payload and b"Infinity" not in payload:
+        return False
+    bare = _JSON_STRING.sub(b'""', payload)
+    return b"NaN" in bare or b"Infinity" in bare
 
 
 def decode(item: Received, topics: Topics, max_payload_bytes: int) -> Decoded | DeadLetter:
     """Validate one device message against its topic; every failure becomes a DeadLetter."""
+    try:
+        return _decode(item, topics, max_payload_bytes)
+    except Exception as exc:  # a payload must never take the batch down with it
+        return dead_letter(item, DeadReason.SCHEMA, f"cannot be read: {exc.__class__.__name__}: {exc}"[:500])
+
+
+def _message_type(
+    item: Received, topics: Topics, max_payload_bytes: int
+) -> type[DeviceStatus | TelemetryWindow | UpdateEvent] | DeadLetter:
+    """What the topic says the payload is, once its size and depth are known to be sane."""
     if len(item.payload) > max_payload_bytes:
         return dead_letter(
             item, DeadReason.OVERSIZE, f"payload of {len(item.payload)} bytes exceeds {max_payload_bytes}"
@@ -93,17 +123,33 @@ def decode(item: Received, topics: Topics, max_payload_bytes: int) -> Decoded | 
         return dead_letter(
             item, DeadReason.BAD_TOPIC, f"the fleet does not ingest {where.channel.value} messages"
         )
+    if too_deep(item.payload, MAX_DEPTH):
+        return dead_letter(item, DeadReason.TOO_DEEP, f"JSON nested deeper than {MAX_DEPTH} levels")
+    if has_non_json_numbers(item.payload):
+        # The parser accepts them, but they are not JSON (RFC 8259) and PostgreSQL refuses them.
+        return dead_letter(item, DeadReason.MALFORMED_JSON, "NaN and Infinity are not JSON numbers")
+    return kind
+
+
+def _decode(item: Received, topics: Topics, max_payload_bytes: int) -> Decoded | DeadLetter:
+    kind = _message_type(item, topics, max_payload_bytes)
+    if isinstance(kind, DeadLetter):
+        return kind
     try:
         message = parse_message(kind, item.payload)
     except MessageError as exc:
         # Only a rejected payload is parsed a second time, to say why (the happy path parses once).
         return _classify(item, exc)
-    if message.device_id != where.device_id:
+    topic_device = topics.parse_device_topic(item.topic).device_id
+    if message.device_id != topic_device:
         return dead_letter(
             item,
             DeadReason.DEVICE_MISMATCH,
-            f"topic names device {where.device_id!r} but the payload says {message.device_id!r}",
+            f"topic names device {topic_device!r} but the payload says {message.device_id!r}",
         )
+    problem = unfit(message)
+    if problem is not None:
+        return dead_letter(item, DeadReason.OUT_OF_RANGE, problem)
     return Decoded(message=message, received_at=item.received_at, raw=item.payload)
 
 

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,12 +23,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import OperationalError
 
 from fleet.config import MqttSettings
+from fleet.ingest.answers import PublishAnswers
 from fleet.ingest.decode import DeadLetter, DeadReason, Decoded, Received, dead_letter, decode
 from fleet.storage import repository
+from fleet.tls import mqtt_client_context
 from fleet.views import IngestStats
 from protocol.topics import DeviceChannel, Topics
 
@@ -67,6 +70,7 @@ class Ingester:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._dead: Counter[str] = Counter()
+        self._answers = PublishAnswers(settings.username)
         self._client = self._make_client()
 
     # ------------------------------------------------------------ lifecycle
@@ -85,9 +89,14 @@ class Ingester:
         client.reconnect_delay_set(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
         if self.settings.username is not None:
             client.username_pw_set(self.settings.username, self.settings.password)
+        if self.settings.ca_file is not None:  # TLS; TlsSetupError names a bad file
+            client.tls_set_context(
+                mqtt_client_context(self.settings.ca_file, self.settings.cert_file, self.settings.key_file)
+            )
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         return client
 
     def start(self) -> None:
@@ -181,6 +190,8 @@ class Ingester:
                     mid=message.mid,
                     qos=message.qos,
                     generation=self._generation,
+                    retain=bool(message.retain),
+                    dup=bool(message.dup),
                 )
             )
             with self._lock:
@@ -216,15 +227,12 @@ class Ingester:
         return batch
 
     def _write(self, batch: list[Received]) -> None:
-        items: list[Decoded | DeadLetter] = [
-            decode(item, self.topics, self.settings.max_payload_bytes) for item in batch
-        ]
-        for item in items:
-            if isinstance(item, DeadLetter):
-                log.warning(
-                    "dead-lettered a message on %s (%s): %s", item.topic, item.reason.value, item.detail
-                )
+        items = [decode(item, self.topics, self.settings.max_payload_bytes) for item in batch]
         stored, duplicates, letters = self._store(batch, items)
+        for letter in letters:
+            log.warning(
+                "dead-lettered a message on %s (%s): %s", letter.topic, letter.reason.value, letter.detail
+            )
         with self._lock:
             self._counts["stored"] += stored
             self._counts["duplicates"] += duplicates
@@ -235,12 +243,30 @@ class Ingester:
     def _store(
         self, batch: list[Received], items: list[Decoded | DeadLetter]
     ) -> tuple[int, int, list[DeadLetter]]:
+        """Store the batch in one transaction; a database outage is retried with backoff (unacked
+        meanwhile); any other failure falls back to one transaction per message."""
         delay = 0.2
+        retry = False
         while True:
+            if retry:  # what an interrupted attempt recorded is not recorded twice
+                items = [
+                    replace(item, redelivered=True) if isinstance(item, DeadLetter) else item
+                    for item in items
+                ]
             try:
-                with self.engine.begin() as conn:
-                    stored, duplicates = repository.store_batch(conn, items)
-                return stored, duplicates, [item for item in items if isinstance(item, DeadLetter)]
+                try:
+                    with self.engine.begin() as conn:
+                        items = _refuse_revoked(conn, batch, items)
+                        return repository.store_batch(conn, items)
+                except OperationalError:
+                    raise
+                except Exception as exc:
+                    log.warning(
+                        "storing a batch of %d failed (%s); storing its messages one by one",
+                        len(batch),
+                        exc.__class__.__name__,
+                    )
+                    return self._store_one_by_one(batch, items, retry)
             except OperationalError as exc:
                 # The database is unavailable or locked: retry the whole batch, unacked meanwhile.
                 if self._stop.is_set():
@@ -248,34 +274,47 @@ class Ingester:
                 log.warning("database unavailable (%s); retrying the batch in %.1fs", exc.orig, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, STORE_RETRY_MAX_S)
-            except SQLAlchemyError:
-                log.exception("storing a batch failed; storing its messages one by one")
-                return self._store_one_by_one(batch, items)
+                retry = True
 
     def _store_one_by_one(
-        self, batch: list[Received], items: list[Decoded | DeadLetter]
+        self, batch: list[Received], items: list[Decoded | DeadLetter], retry: bool
     ) -> tuple[int, int, list[DeadLetter]]:
+        """One transaction per message: the one the database refuses is dead-lettered, the rest stored.
+
+        An OperationalError (the database went away) propagates: the whole batch is retried, and what
+        was already stored is then recognised as duplicates.
+        """
         stored = duplicates = 0
         letters: list[DeadLetter] = []
         for received, item in zip(batch, items, strict=True):
             try:
                 with self.engine.begin() as conn:
-                    if isinstance(item, DeadLetter):
-                        repository.store_dead_letter(conn, item)
-                        letters.append(item)
-                    elif repository.store_decoded(conn, item):
-                        stored += 1
-                    else:
-                        duplicates += 1
-            except SQLAlchemyError as exc:
+                    got_stored, got_duplicates, got_letters = repository.store_batch(conn, [item])
+            except OperationalError:
+                raise
+            except Exception as exc:
+                cause = getattr(exc, "orig", None) or exc  # the database's words, without the SQL
                 letter = dead_letter(
-                    received, DeadReason.STORE_FAILED, f"{exc.__class__.__name__}: {exc}"[:500]
+                    received, DeadReason.STORE_FAILED, f"{exc.__class__.__name__}: {cause}"[:500]
                 )
-                log.error("cannot store a message on %s: %s", received.topic, letter.detail)
-                with self.engine.begin() as conn:
-                    repository.store_dead_letter(conn, letter)
-                letters.append(letter)
+                got_stored = got_duplicates = 0
+                got_letters = self._record_letter(replace(letter, redelivered=True) if retry else letter)
+            stored += got_stored
+            duplicates += got_duplicates
+            letters += got_letters
         return stored, duplicates, letters
+
+    def _record_letter(self, letter: DeadLetter) -> list[DeadLetter]:
+        """Record a dead letter on its own; if even that is refused, log it (it is acknowledged anyway:
+        a message the database can never take must not block the ones behind it)."""
+        try:
+            with self.engine.begin() as conn:
+                return repository.store_batch(conn, [letter])[2]
+        except OperationalError:
+            raise
+        except Exception:
+            log.exception("cannot record the dead letter of a message on %s; dropping it", letter.topic)
+            return [letter]
 
     def _ack(self, batch: list[Received]) -> None:
         if not self.settings.manual_ack:
@@ -294,12 +333,24 @@ class Ingester:
     # ------------------------------------------------------------ commands and stats
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
-        """Queue a publish; False (and a log line) when the broker is not connected or refuses it."""
+        """Queue a publish; False (and a log line) when the broker is not connected or refuses it.
+
+        A refusal that arrives later (the broker's PUBACK reason code) is logged and remembered:
+        ``refused(topic)`` tells the summary and alert publishers to send that topic again.
+        """
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             log.warning("could not publish to %s: %s", topic, mqtt.error_string(info.rc))
             return False
+        self._answers.sent(info.mid, topic)
         return True
+
+    def refused(self, topic: str) -> bool:
+        """True while the broker's last answer to a publish on ``topic`` was a refusal."""
+        return self._answers.refused(topic)
+
+    def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, reason: Any, _props: Any) -> None:
+        self._answers.answered(mid, reason)
 
     def stats(self) -> IngestStats:
         with self._lock:
@@ -313,3 +364,20 @@ class Ingester:
                 acked=self._counts["acked"],
                 manual_ack=self.settings.manual_ack,
             )
+
+
+def _refuse_revoked(
+    conn: Connection, batch: list[Received], items: list[Decoded | DeadLetter]
+) -> list[Decoded | DeadLetter]:
+    """Dead-letter what revoked devices sent: the broker keeps accepting their login until its
+    password file loses their line and reloads (by hand when the operator keeps that file)."""
+    senders = {item.message.device_id for item in items if isinstance(item, Decoded)}
+    revoked = repository.revoked_among(conn, senders)
+    if not revoked:
+        return items
+    return [
+        dead_letter(received, DeadReason.REVOKED, f"device {item.message.device_id} was revoked")
+        if isinstance(item, Decoded) and item.message.device_id in revoked
+        else item
+        for received, item in zip(batch, items, strict=True)
+    ]

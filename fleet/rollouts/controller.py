@@ -16,10 +16,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Row
 
+from fleet.compat import IncompatibleRuntimeError, RuntimeNote
 from fleet.deploy import Publisher
 from fleet.errors import ConflictError, FleetError, NotFoundError
-from fleet.rollouts.gates import evaluate, ready_to_judge, rollback_gate
-from fleet.rollouts.spec import (
+from fleet.rollout_spec import (
     ACTIVE_STATES,
     GateResult,
     Gates,
@@ -29,8 +29,10 @@ from fleet.rollouts.spec import (
     gate_dicts,
     wave_sizes,
 )
+from fleet.rollouts.gates import evaluate, ready_to_judge, rollback_gate
 from fleet.storage import repository
 from fleet.storage import rollouts as store
+from fleet.storage.compat import record_skipped, screen
 from protocol.messages import Command, CommandKind
 from protocol.topics import Topics
 
@@ -41,6 +43,20 @@ Clock = Callable[[], datetime]
 
 def wall_clock() -> datetime:
     return datetime.now(UTC)
+
+
+def _runtime_fit(
+    conn: Connection, request: RolloutRequest, chosen: list[tuple[str, str]]
+) -> tuple[list[tuple[str, str]], list[RuntimeNote]]:
+    """The targeted devices whose runtime can load the model, and the skipped ones (409: none can)."""
+    allowed, skipped, _unchecked = screen(conn, request.name, request.version, [d for d, _ in chosen])
+    if not allowed:
+        why = "; ".join(f"{s.device_id}: {s.reason}" for s in skipped[:3])
+        raise IncompatibleRuntimeError(
+            f"no targeted device can run {request.name} {request.version} ({len(skipped)} skipped): {why}"
+        )
+    keep = set(allowed)
+    return [item for item in chosen if item[0] in keep], skipped
 
 
 class RolloutController:
@@ -67,9 +83,10 @@ class RolloutController:
             if request.target.devices:
                 unknown = sorted(set(request.target.devices) - {d for d, _ in chosen})
                 if unknown:
-                    raise NotFoundError(f"unknown device(s): {', '.join(unknown)}")
+                    raise NotFoundError(f"unknown device(s) (or revoked): {', '.join(unknown)}")
             if not chosen:
                 raise FleetError("the target selects no known device")
+            chosen, skipped = _runtime_fit(conn, request, chosen)
             busy = store.busy_devices(conn, [d for d, _ in chosen])
             if busy:
                 first = sorted(busy)[0]
@@ -82,6 +99,7 @@ class RolloutController:
             rollout_id = store.create_rollout(
                 conn, request, ordered=ordered, sizes=sizes, now=now, created_by=created_by
             )
+            record_skipped(conn, rollout_id, skipped)
             row = store.get_row(conn, rollout_id)
             assert row is not None
             assigned = store.assign_through(conn, row, 0, now)
@@ -90,12 +108,13 @@ class RolloutController:
             assert row is not None
             result = store.view(conn, row)
         log.info(
-            "rollout %d of %s %s started: %d devices in waves %s",
+            "rollout %d of %s %s started: %d devices in waves %s, %d skipped (runtime)",
             rollout_id,
             request.name,
             request.version,
             len(ordered),
             sizes,
+            len(skipped),
         )
         self._notify(assigned)
         return result

@@ -3,29 +3,9 @@
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
 
-from fleet.rollouts.spec import GateResult, Gates
-
-
-@dataclass(frozen=True)
-class WaveHealth:
-    """What the wave's devices reported since the rollout started, on the new model."""
-
-    devices: int
-    on_target: int
-    offline: int
-    rollbacks: list[str] = field(default_factory=list)
-    """One line per agent rollback or failed install of the target."""
-    windows: int = 0
-    devices_with_windows: int = 0
-    requests: int = 0
-    errors: int = 0
-    latency_p95: list[float] = field(default_factory=list)
-    baseline_p95: list[float] = field(default_factory=list)
-    """Window p95s of the same devices on the model they ran before the rollout."""
-    drift_psi: list[float] = field(default_factory=list)
-    low_confidence_share: list[float] = field(default_factory=list)
+from fleet.rollout_spec import GateResult, Gates
+from fleet.storage.records import WaveHealth
 
 
 def rollback_gate(gates: Gates, health: WaveHealth) -> GateResult:

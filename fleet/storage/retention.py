@@ -1,4 +1,5 @@
-"""Retention: raw telemetry windows for N days, then one row per device, hour and model; rollups expire.
+"""Retention: raw telemetry windows for N days, then one row per device, hour and model; rollups and
+dead letters expire.
 
 Portable SQL only (SQLite and PostgreSQL): old windows are read in chunks, folded in Python and
 merged into ``telemetry_hourly`` in the same transaction that deletes them, so a crash leaves
@@ -14,34 +15,60 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 
-from fleet.storage.repository import utc
+from fleet.storage.ingest import expire_dead_letters
+from fleet.storage.metrics import HOURLY_COLUMNS, Rollup
 from fleet.storage.schema import telemetry, telemetry_hourly
+from fleet.storage.times import utc
 
 CHUNK = 5000
+DEAD_LETTER_DAYS = 30.0
+DEAD_LETTER_CAP = 10_000
+"""Dead letters kept at most: a device flooding poison cannot fill the disk."""
 UNKNOWN = "-"
 """Model name and version of windows that reported no model (unique keys cannot hold NULL portably)."""
 
 
 @dataclass
 class _Acc:
+    """One hour of one device's windows on one model, folded per ``HOURLY_COLUMNS``."""
+
     windows: int = 0
-    requests: int = 0
-    errors: int = 0
     sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     maxima: dict[str, float] = field(default_factory=dict)
 
-    def add_avg(self, key: str, value: float | None, weight: int = 1) -> None:
-        if value is not None:
-            self.sums[key] += value * weight
-            self.counts[key] += weight
+    def add(self, rollup: Rollup, column: str, value: float | None, weight: int = 1) -> None:
+        if value is None:
+            return
+        if rollup is Rollup.MAX:
+            self.maxima[column] = max(self.maxima.get(column, value), value)
+        elif rollup is Rollup.SUM:
+            self.sums[column] += value
+        else:
+            self.sums[column] += value * weight
+            self.counts[column] += weight
 
-    def add_max(self, key: str, value: float | None) -> None:
-        if value is not None:
-            self.maxima[key] = max(self.maxima.get(key, value), value)
+    def add_window(self, row: Any) -> None:
+        self.windows += 1
+        for metric, rollup, column in HOURLY_COLUMNS:
+            self.add(rollup, column, row._mapping[metric.name])
 
-    def avg(self, key: str) -> float | None:
-        return self.sums[key] / self.counts[key] if self.counts.get(key) else None
+    def add_rollup(self, old: Any) -> None:
+        """Merge an existing rollup row (an earlier run for the same hour), weighted by its windows."""
+        self.windows += old.windows
+        for _metric, rollup, column in HOURLY_COLUMNS:
+            self.add(rollup, column, old._mapping[column], old.windows)
+
+    def values(self) -> dict[str, Any]:
+        values: dict[str, Any] = {"windows": self.windows}
+        for _metric, rollup, column in HOURLY_COLUMNS:
+            if rollup is Rollup.SUM:
+                values[column] = int(self.sums[column])
+            elif rollup is Rollup.MAX:
+                values[column] = self.maxima.get(column)
+            else:
+                values[column] = self.sums[column] / self.counts[column] if self.counts.get(column) else None
+        return values
 
 
 @dataclass(frozen=True)
@@ -49,6 +76,7 @@ class RetentionResult:
     windows_rolled_up: int
     hourly_rows_written: int
     hourly_rows_expired: int
+    dead_letters_expired: int = 0
 
 
 def _hour(value: datetime) -> datetime:
@@ -66,44 +94,28 @@ def _merge(conn: Connection, key: tuple[str, datetime, str, str], acc: _Acc) -> 
     )
     old = conn.execute(select(telemetry_hourly).where(where)).first()
     if old is not None:
-        # Weighted merge with what is there (weights: windows).
-        acc.windows += old.windows
-        acc.requests += old.requests
-        acc.errors += old.errors
-        for column in ("latency_p50", "latency_p95", "cpu_percent", "memory_used_percent"):
-            acc.add_avg(column, getattr(old, f"{column}_avg"), old.windows)
-        for column in ("drift_psi", "low_confidence_share"):
-            acc.add_avg(column, getattr(old, f"{column}_avg"), old.windows)
-        acc.add_max("latency_p95", old.latency_p95_max)
-        acc.add_max("latency_p99", old.latency_p99_max)
-        acc.add_max("temperature_c", old.temperature_c_max)
-    values: dict[str, Any] = {
-        "windows": acc.windows,
-        "requests": acc.requests,
-        "errors": acc.errors,
-        "latency_p50_avg": acc.avg("latency_p50"),
-        "latency_p95_avg": acc.avg("latency_p95"),
-        "latency_p95_max": acc.maxima.get("latency_p95"),
-        "latency_p99_max": acc.maxima.get("latency_p99"),
-        "cpu_percent_avg": acc.avg("cpu_percent"),
-        "memory_used_percent_avg": acc.avg("memory_used_percent"),
-        "temperature_c_max": acc.maxima.get("temperature_c"),
-        "drift_psi_avg": acc.avg("drift_psi"),
-        "low_confidence_share_avg": acc.avg("low_confidence_share"),
-    }
-    if old is not None:
-        conn.execute(update(telemetry_hourly).where(where).values(**values))
+        acc.add_rollup(old)
+        conn.execute(update(telemetry_hourly).where(where).values(**acc.values()))
         return False
     conn.execute(
         insert(telemetry_hourly).values(
-            device_id=device_id, hour=hour, model_name=name, model_version=version, **values
+            device_id=device_id, hour=hour, model_name=name, model_version=version, **acc.values()
         )
     )
     return True
 
 
-def apply_retention(engine: Engine, now: datetime, raw_days: float, hourly_days: float) -> RetentionResult:
-    """Fold windows older than ``raw_days`` into hourly rows; drop rollups older than ``hourly_days``."""
+def apply_retention(
+    engine: Engine,
+    now: datetime,
+    raw_days: float,
+    hourly_days: float,
+    *,
+    dead_letter_days: float = DEAD_LETTER_DAYS,
+    dead_letter_cap: int = DEAD_LETTER_CAP,
+) -> RetentionResult:
+    """Fold windows older than ``raw_days`` into hourly rows; drop rollups older than ``hourly_days``
+    and dead letters older than ``dead_letter_days`` or beyond the newest ``dead_letter_cap``."""
     cutoff = _hour(utc(now) - timedelta(days=raw_days))  # whole hours only: no hour is half raw
     rolled = written = 0
     while True:
@@ -124,22 +136,7 @@ def apply_retention(engine: Engine, now: datetime, raw_days: float, hourly_days:
                     row.model_name or UNKNOWN,
                     row.model_version or UNKNOWN,
                 )
-                acc = groups[key]
-                acc.windows += 1
-                acc.requests += row.requests
-                acc.errors += row.errors
-                for column in (
-                    "latency_p50",
-                    "latency_p95",
-                    "cpu_percent",
-                    "memory_used_percent",
-                    "drift_psi",
-                    "low_confidence_share",
-                ):
-                    acc.add_avg(column, getattr(row, column))
-                acc.add_max("latency_p95", row.latency_p95)
-                acc.add_max("latency_p99", row.latency_p99)
-                acc.add_max("temperature_c", row.temperature_c)
+                groups[key].add_window(row)
             for key, acc in groups.items():
                 written += _merge(conn, key, acc)
             conn.execute(delete(telemetry).where(telemetry.c.id.in_([row.id for row in rows])))
@@ -148,4 +145,5 @@ def apply_retention(engine: Engine, now: datetime, raw_days: float, hourly_days:
         expired = conn.execute(
             delete(telemetry_hourly).where(telemetry_hourly.c.hour < utc(now) - timedelta(days=hourly_days))
         ).rowcount
-    return RetentionResult(rolled, written, max(expired, 0))
+        letters = expire_dead_letters(conn, utc(now) - timedelta(days=dead_letter_days), dead_letter_cap)
+    return RetentionResult(rolled, written, max(expired, 0), letters)

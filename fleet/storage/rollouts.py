@@ -8,8 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
 
-from fleet.rollouts.gates import WaveHealth
-from fleet.rollouts.spec import (
+from fleet.rollout_spec import (
     ACTIVE_STATES,
     GateResult,
     Gates,
@@ -18,18 +17,23 @@ from fleet.rollouts.spec import (
     RolloutView,
     Target,
 )
-from fleet.storage.repository import clear_desired, set_desired, utc
+from fleet.storage.compat import skipped_devices
+from fleet.storage.desired import clear_desired, set_desired
+from fleet.storage.records import WaveHealth
 from fleet.storage.schema import desired, device_meta, devices, events, rollout_devices, rollouts, telemetry
+from fleet.storage.times import utc
+from protocol.update_state import FAILED_INSTALL_STATES
 
 BASELINE_SPAN = timedelta(hours=2)
 """How far before the rollout the previous model's latency is taken from."""
-FAILED_INSTALL_STATES = ("rollback", "failed")
 
 
 def resolve_target(conn: Connection, target: Target) -> list[tuple[str, str]]:
-    """(device id, presence) of every known device the target selects, sorted by id."""
+    """(device id, presence) of every known device the target selects, sorted by id; revoked devices
+    are left out (they can download nothing)."""
     query = select(devices.c.device_id, devices.c.presence, device_meta.c.group_name, device_meta.c.tags)
     query = query.select_from(devices).outerjoin(device_meta, device_meta.c.device_id == devices.c.device_id)
+    query = query.where(device_meta.c.revoked_at.is_(None))
     if target.devices:
         query = query.where(devices.c.device_id.in_(target.devices))
     elif target.group is not None:
@@ -205,7 +209,7 @@ def wave_health(conn: Connection, row: Row[Any]) -> WaveHealth:
             events.c.device_id.in_(members),
             events.c.target_name == row.model_name,
             events.c.target_version == row.model_version,
-            events.c.state.in_(FAILED_INSTALL_STATES),
+            events.c.state.in_(sorted(FAILED_INSTALL_STATES)),
             events.c.ok.is_(False),
             events.c.received_at >= started,
         )
@@ -264,6 +268,7 @@ def view(conn: Connection, row: Row[Any]) -> RolloutView:
         created_at=utc(row.created_at),
         updated_at=utc(row.updated_at),
         created_by=row.created_by,
+        skipped=skipped_devices(conn, row.id),
     )
 
 

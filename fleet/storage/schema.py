@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -18,7 +20,25 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from fleet.storage.metrics import HOURLY_COLUMNS, METRICS, Rollup
+
 metadata = MetaData()
+
+
+def metric_columns() -> list[Column[Any]]:
+    """One column per telemetry metric (``fleet.storage.metrics``), in the table's order."""
+    return [Column(m.name, BigInteger if m.integer else Float, nullable=m.nullable) for m in METRICS]
+
+
+def hourly_columns() -> list[Column[Any]]:
+    """The rollup columns: sums of counters (never NULL), averages and maxima of gauges."""
+    return [
+        Column(name, BigInteger, nullable=False)
+        if rollup is Rollup.SUM
+        else Column(name, Float, nullable=True)
+        for _metric, rollup, name in HOURLY_COLUMNS
+    ]
+
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT ids.
 Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -80,17 +100,7 @@ telemetry = Table(
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("model_name", String(64), nullable=True),
     Column("model_version", String(128), nullable=True),
-    Column("requests", BigInteger, nullable=False),
-    Column("errors", BigInteger, nullable=False),
-    Column("latency_p50", Float, nullable=True),
-    Column("latency_p95", Float, nullable=True),
-    Column("latency_p99", Float, nullable=True),
-    Column("cpu_percent", Float, nullable=False),
-    Column("process_rss_bytes", BigInteger, nullable=False),
-    Column("memory_used_percent", Float, nullable=False),
-    Column("temperature_c", Float, nullable=True),
-    Column("drift_psi", Float, nullable=True),
-    Column("low_confidence_share", Float, nullable=True),
+    *metric_columns(),
     Column("payload", JSON, nullable=False),
     # A redelivered window (QoS 1 after a reconnect) is stored once.
     UniqueConstraint("device_id", "seq", "window_start", name="uq_telemetry_window"),
@@ -129,6 +139,11 @@ dead_letters = Table(
     Column("payload_prefix", Text, nullable=False),
     Column("payload_size", BigInteger, nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
+    # sha256 of topic and payload: a retained message (handed over at every subscribe) or a resent
+    # one (the fleet died before acknowledging) is recorded once.
+    Column("digest", String(64), nullable=True),
+    Index("ix_dead_letters_digest", "digest"),
+    Index("ix_dead_letters_received", "received_at"),
 )
 
 device_meta = Table(
@@ -140,6 +155,8 @@ device_meta = Table(
     Column("tags", JSON, nullable=False),
     Column("secret_hash", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # Set by ``device revoke``: the secret stays (to tell the device it was revoked) but opens nothing.
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
     Index("ix_device_meta_group", "group_name"),
 )
 
@@ -153,17 +170,7 @@ telemetry_hourly = Table(
     Column("model_name", String(64), nullable=False),
     Column("model_version", String(128), nullable=False),
     Column("windows", Integer, nullable=False),
-    Column("requests", BigInteger, nullable=False),
-    Column("errors", BigInteger, nullable=False),
-    Column("latency_p50_avg", Float, nullable=True),
-    Column("latency_p95_avg", Float, nullable=True),
-    Column("latency_p95_max", Float, nullable=True),
-    Column("latency_p99_max", Float, nullable=True),
-    Column("cpu_percent_avg", Float, nullable=True),
-    Column("memory_used_percent_avg", Float, nullable=True),
-    Column("temperature_c_max", Float, nullable=True),
-    Column("drift_psi_avg", Float, nullable=True),
-    Column("low_confidence_share_avg", Float, nullable=True),
+    *hourly_columns(),
     UniqueConstraint("device_id", "hour", "model_name", "model_version", name="uq_telemetry_hourly"),
 )
 
@@ -212,4 +219,14 @@ alerts = Table(
     Column("opened_at", DateTime(timezone=True), nullable=False),
     Column("resolved_at", DateTime(timezone=True), nullable=True),
     Index("ix_alerts_open", "rule", "device_id", "resolved_at"),
+)
+
+rollout_skipped = Table(
+    "rollout_skipped",
+    metadata,
+    # Targeted devices a rollout left out because their reported runtime cannot load its model.
+    Column("rollout_id", Id, primary_key=True, autoincrement=False),
+    Column("device_id", String(64), primary_key=True),
+    Column("runtime", String(128), nullable=True),
+    Column("reason", Text, nullable=False),
 )

@@ -92,7 +92,10 @@ function deviceRow(device) {
     device.model.name !== device.desired.name || device.model.version !== device.desired.version);
   const tr = el("tr", {},
     el("td", {}, link(`#/device/${encodeURIComponent(device.device_id)}`, device.device_id)),
-    cell(device.presence, `presence ${device.presence}`),
+    // A provisioned device that never reported, or a revoked one, shows its state instead.
+    device.state && device.state !== "active"
+      ? cell(device.state, `state ${device.state}`)
+      : cell(device.presence, `presence ${device.presence}`),
     cell(modelText(device.model), behind ? "behind" : ""),
     cell(modelText(device.desired)),
     cell(device.update_state || "–"),
@@ -256,6 +259,8 @@ async function rolloutPage(id) {
   const gates = (r.last_gates || []).map((g) => el("tr", {},
     cell(g.ok ? "ok" : "FAIL", g.ok ? "ok" : "fail"), cell(g.gate),
     cell(g.value === null ? "–" : Number(g.value).toPrecision(3), "num"), cell(String(g.limit), "num"), cell(g.detail)));
+  const skipped = (r.skipped || []).map((s) => el("tr", {},
+    el("td", {}, link(`#/device/${encodeURIComponent(s.device_id)}`, s.device_id)), cell(s.runtime || "–"), cell(s.reason)));
   const bar = el("span", { style: `width:${share.toFixed(0)}%` });
   return [
     el("h2", { text: `Rollout #${r.id}: ${r.name} ${r.version}` }),
@@ -266,6 +271,8 @@ async function rolloutPage(id) {
     table("waves", ["Wave", "Devices ", "State"], waves, ""),
     el("h2", { text: "Last gate evaluation" }),
     table("gates", ["", "Gate", "Value ", "Limit ", "Detail"], gates, "Not judged yet: the first wave is soaking."),
+    el("h2", { text: "Skipped: their runtime cannot load the model" }),
+    table("skipped", ["Device", "Runtime", "Reason"], skipped, "None: every targeted device can load it."),
     el("p", { class: "muted", text: `soak ${r.gates.soak_s} s per wave · on failure: ${r.gates.on_failure} · started ${ago(r.created_at)} by ${r.created_by || "–"}` }),
   ];
 }

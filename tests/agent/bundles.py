@@ -20,7 +20,6 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.runtime import TensorDetail, load_model
 from converter.baseline import baseline_stats
 from protocol.bundle import LABELS, MODEL, SAMPLES, bundle_bytes, file_entries
 from protocol.manifest import (
@@ -34,6 +33,7 @@ from protocol.manifest import (
 )
 from protocol.signing import sign
 from protocol.tensors import dequantize, quantize
+from runtime import TensorDetail, load_model
 
 _CONVERT = textwrap.dedent(
     """

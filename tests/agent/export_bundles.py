@@ -17,7 +17,7 @@ import numpy as np
 
 from protocol.signing import generate_private_key, private_key_pem, public_key_pem
 from tests.agent.bundles import convert_to_tflite
-from tests.agent.conftest import make_bundles
+from tests.support.agent import make_bundles
 
 
 def main(out: Path) -> None:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.support.wait import wait_until
+
 
 class Watcher:
     def __init__(self, host: str, port: int, topic: str) -> None:
+        self.topic = topic
         self.messages: list[tuple[str, dict[str, Any], bool]] = []
         self._lock = threading.Lock()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"watch-{uuid.uuid4().hex[:8]}")
@@ -29,15 +32,18 @@ class Watcher:
         with self._lock:
             self.messages.append((message.topic, json.loads(message.payload), bool(message.retain)))
 
-    def wait_for(self, predicate: Any, timeout_s: float = 15.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout_s: float = 15.0
+    ) -> dict[str, Any]:
+        """The first message (payload) that ``predicate`` accepts, received before or during the wait."""
+
+        def matching() -> dict[str, Any] | None:
             with self._lock:
-                for _topic, payload, _retained in self.messages:
-                    if predicate(payload):
-                        return payload
-            time.sleep(0.05)
-        raise AssertionError(f"no matching message within {timeout_s}s; got {self.messages}")
+                return next((payload for _t, payload, _r in self.messages if predicate(payload)), None)
+
+        found = wait_until(matching, f"a matching message on {self.topic}", timeout_s)
+        assert found is not None  # wait_until returns only a truthy value
+        return found
 
     def close(self) -> None:
         self.client.loop_stop()

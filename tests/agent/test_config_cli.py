@@ -13,7 +13,8 @@ import pytest
 from agent.__main__ import main
 from agent.config import reference_markdown
 from agent.systemd import Notifier
-from tests.agent.conftest import config_toml
+from tests.support.toml import config_toml
+from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -108,7 +109,7 @@ def test_importing_the_agent_stays_light() -> None:
         "agent.errors",
         "agent.http_api",
         "agent.mqtt_link",
-        "agent.runtime",
+        "runtime",
         "agent.serving",
         "agent.store",
         "agent.systemd",
@@ -123,7 +124,7 @@ def test_importing_the_agent_stays_light() -> None:
     script = (
         "import importlib, sys\n"
         f"for name in {modules!r}: importlib.import_module(name)\n"
-        "from agent.runtime import load_model\n"
+        "from runtime import load_model\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'tensorflow', 'keras', 'fastapi', 'uvicorn', 'starlette', 'sqlalchemy'})\n"
         "print(','.join(heavy))\n"
@@ -170,10 +171,7 @@ def test_interval_jobs_run_trigger_and_replan() -> None:
         job.trigger()
         assert ran.wait(5) and count[0] == 1
         job.set_interval(0.01)  # a shorter interval applies at once
-        deadline = time.monotonic() + 5
-        while count[0] < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert count[0] >= 3
+        wait_until(lambda: count[0] >= 3, "three runs at the shorter interval", 5, interval_s=0.01)
     finally:
         job.stop()
     stopped_at = count[0]

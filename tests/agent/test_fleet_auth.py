@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 from agent.config import AgentConfig, fleet_credentials
 from agent.store import ModelStore
 from agent.update.fleet_auth import basic_header
-from agent.update.runner import WorkerRunner
-from tests.agent.conftest import Bundles
 from tests.agent.peer import FleetPeer
+from tests.support.agent import Bundles
+from tests.support.updater import worker_runner
 
 DEVICE = "dev-auth"
 CREDENTIALS = (DEVICE, "s3cret-from-device-add")
@@ -20,17 +19,8 @@ def test_credentials_reach_the_fleet_and_never_another_origin(
     tmp_path: Path, trusted_dir: Path, bundles: Bundles, fleet_peer: FleetPeer
 ) -> None:
     ModelStore(tmp_path / "state").open()
-    runner = WorkerRunner(
-        fleet_url=fleet_peer.url,
-        device_id=DEVICE,
-        trusted_paths=[trusted_dir],
-        state_dir=tmp_path / "state",
-        runtime="tflite-runtime",
-        threads=1,
-        timeout_s=5,
-        user_agent="test",
-        stopping=threading.Event(),
-        credentials=CREDENTIALS,
+    runner = worker_runner(
+        tmp_path / "state", trusted_dir, fleet_peer.url, device_id=DEVICE, credentials=CREDENTIALS
     )
     fleet_peer.deploy(DEVICE, bundles.v1, "digits", "1.0.0")
     target = runner.fetch_desired().model

@@ -1,58 +1,30 @@
 """The agent process killed (SIGKILL) in every update state comes back serving a model.
 
-The update machine is made to hang right after it saved the state (``EDGEFLEET_FAULT_HANG_IN``),
-the process is killed there, and a fresh process (without the hook) starts on the same state
-directory: from its first answer it serves a model, and it ends idle with the old or the new one.
+The ``kill`` rows of the update fault table (``test_update_faults.FAULT_TABLE``): the real agent
+is made to hang right after it saved the state (``EDGEFLEET_FAULT_HANG_IN``), its process group
+is killed there, and a fresh process (without the hook) starts on the same state directory. From
+its first answer it serves a model; it ends idle with the row's model, and the update events
+both lives reported (kept in the on-disk outbox: there is no broker) are the row's chain.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import requests
 
-from edgefleet.mosquitto import free_port
-from tests.agent.conftest import DEVICE, Bundles, config_toml, stage_directly
+from agent.outbox import Outbox
+from agent.update.faults import HANG_ENV
+from protocol.messages import UpdateEvent, parse_message
+from protocol.topics import Topics
+from protocol.update_state import UpdateState
 from tests.agent.peer import FleetPeer
+from tests.agent.test_update_faults import NEW, FaultCase, check_reported, fault_cases
+from tests.support.agent import DEVICE, Bundles, stage_directly
+from tests.support.processes import agent_process
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
-
-# state the process is killed in -> (bundle deployed, version served in the end)
-OUTCOME = {
-    "download": ("v2", "2.0.0"),
-    "verify": ("v2", "2.0.0"),
-    "stage": ("v2", "2.0.0"),
-    "smoke": ("v2", "2.0.0"),
-    "activate": ("v2", "1.0.0"),  # rolled back: the new model may be what killed the process
-    "probation": ("v2", "2.0.0"),  # watched again, then committed
-    "commit": ("v2", "2.0.0"),
-    "rollback": ("smoke_bad", "1.0.0"),
-    "failed": ("smoke_bad", "1.0.0"),
-}
-
-
-def _wait(predicate: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not happen within {timeout_s}s")
-
-
-def _saved_state(state_dir: Path) -> str | None:
-    try:
-        return str(json.loads((state_dir / "update.json").read_text())["state"])
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def _health(port: int) -> dict[str, object] | None:
@@ -62,51 +34,62 @@ def _health(port: int) -> dict[str, object] | None:
         return None
 
 
-@pytest.mark.parametrize("state", list(OUTCOME))
-def test_killed_in_every_update_state_comes_back_serving(
-    tmp_path: Path, trusted_dir: Path, fleet_peer: FleetPeer, bundles: Bundles, state: str
-) -> None:
-    state_dir = tmp_path / "state"
-    stage_directly(state_dir, bundles.v1, trusted_dir)
-    which, expected = OUTCOME[state]
-    fleet_peer.deploy(DEVICE, getattr(bundles, which), "digits", "2.0.0")
-    port = free_port()
-    config = tmp_path / "agent.toml"
-    # probation_s=0: the new model commits as soon as it is watched (mqtt port 1: no broker)
-    config.write_text(
-        config_toml(state_dir, trusted_dir, fleet_peer.url).replace("port = 0", f"port = {port}")
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "agent", "run", "--config", str(config)]
-    with open(tmp_path / "first.log", "wb") as log:
-        first = subprocess.Popen(
-            command, env={**env, "EDGEFLEET_FAULT_HANG_IN": state}, stdout=subprocess.DEVNULL, stderr=log
-        )
+def _reported(state_dir: Path) -> list[UpdateEvent]:
+    """The update events in the outbox, in the order they were published."""
+    outbox = Outbox(state_dir / "outbox.sqlite")
     try:
-        _wait(lambda: _saved_state(state_dir) == state, f"the agent to reach {state}")
+        topic = Topics().events(DEVICE)
+        return [
+            parse_message(UpdateEvent, message.payload)
+            for message in outbox.after(0, 10_000)
+            if message.topic == topic
+        ]
     finally:
-        first.kill()
-        first.wait(10)
+        outbox.close()
 
+
+@pytest.mark.parametrize("case", fault_cases("kill"))
+def test_killed_in_every_update_state_comes_back_serving(
+    tmp_path: Path, trusted_dir: Path, fleet_peer: FleetPeer, bundles: Bundles, case: FaultCase
+) -> None:
+    # probation_s=0: the new model commits as soon as it is watched (mqtt port 1: no broker)
+    first = agent_process(
+        tmp_path,
+        fleet_peer.url,
+        trusted_dir,
+        env={HANG_ENV: case.state},
+        module="agent",
+        log_name="first.log",
+    )
+    state_dir = first.state_dir
+    stage_directly(state_dir, bundles.v1, trusted_dir)
+    fleet_peer.deploy(DEVICE, getattr(bundles, case.bundle), "digits", NEW)
+    first.start()
+    try:
+        # Logged once the state is saved and its event is in the outbox.
+        first.wait_for_log(f"fault injection: hanging in state {case.state}", 60)
+    finally:
+        first.kill()  # the whole process group: a step's worker process too
+
+    # The same device folder and state, without the hook.
+    second = agent_process(tmp_path, fleet_peer.url, trusted_dir, module="agent", log_name="second.log")
     answers: list[dict[str, object]] = []
-    with open(tmp_path / "second.log", "wb") as log:
-        second = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    second.start()
     try:
 
         def settled() -> bool:
-            health = _health(port)
+            health = _health(second.port)
             if health is not None:
                 answers.append(health)
             return (
                 health is not None
-                and health["update_state"] == "idle"
+                and health["update_state"] == UpdateState.IDLE
                 and isinstance(health["model"], dict)
-                and health["model"]["version"] == expected
+                and health["model"]["version"] == case.serving
             )
 
-        _wait(settled, f"the restarted agent to settle on {expected}")
+        second.wait_until(settled, f"the restarted agent to settle on {case.serving}", 60)
     finally:
-        second.terminate()
-        second.wait(15)
+        second.kill()  # settled: no need to wait for a flush to the broker that is not there
     assert answers and all(a["model"] is not None for a in answers), answers  # never without a model
-    assert _saved_state(state_dir) == "idle"
+    check_reported(case, _reported(state_dir))

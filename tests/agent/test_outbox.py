@@ -17,7 +17,8 @@ from agent.mqtt_link import MqttLink
 from agent.outbox import Outbox
 from edgefleet.mosquitto import MosquittoBroker
 from protocol.topics import Topics
-from tests.agent.conftest import DEVICE
+from tests.support.agent import DEVICE
+from tests.support.wait import wait_until
 
 TOPICS = Topics()
 
@@ -81,9 +82,8 @@ class SessionWatcher:
             return [int(p["n"]) for p in self.payloads]
 
     def wait_for_count(self, n: int, timeout_s: float = 30) -> list[int]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and len(set(self.seqs())) < n:
-            time.sleep(0.05)
+        """Every sequence number received (repeats included) once ``n`` distinct ones have arrived."""
+        wait_until(lambda: len(set(self.seqs())) >= n, f"{n} distinct messages", timeout_s)
         return self.seqs()
 
     def close(self) -> None:
@@ -105,15 +105,6 @@ def _link(broker: MosquittoBroker, outbox: Outbox) -> MqttLink:
     )
 
 
-def _wait(predicate: Any, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 def _deduplicated(seqs: list[int]) -> list[int]:
     """Delivery is at least once: drop repeats, keep first arrival order."""
     seen: set[int] = set()
@@ -132,10 +123,11 @@ def test_broker_outage_and_agent_restart_lose_nothing_and_keep_order(
         assert link.connected.wait(10)
         for n in range(0, 20):
             link.publish(topic, json.dumps({"n": n}).encode(), 1, False)
-        _wait(lambda: link.queued == 0)  # acknowledged by the broker, so gone from the outbox
+        # Acknowledged by the broker, so gone from the outbox.
+        wait_until(lambda: link.queued == 0, "the outbox to drain")
 
         broker.stop()
-        _wait(lambda: not link.connected.is_set())
+        wait_until(lambda: not link.connected.is_set(), "the link to notice the broker is gone")
         for n in range(20, 70):
             link.publish(topic, json.dumps({"n": n}).encode(), 1, False)
         assert link.queued >= 50 - link.window  # the broker cannot have acknowledged these
@@ -152,7 +144,7 @@ def test_broker_outage_and_agent_restart_lose_nothing_and_keep_order(
         time.sleep(0.5)
         broker.start()
         seqs = watcher.wait_for_count(80)
-        _wait(lambda: relink.queued == 0)
+        wait_until(lambda: relink.queued == 0, "the new link's outbox to drain")
     finally:
         relink.stop()
         watcher.close()

@@ -2,34 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
-import requests
 from paho.mqtt import publish
 
-from edgefleet.mosquitto import MosquittoBroker, free_port
 from protocol.topics import Topics
-from tests.agent.conftest import DEVICE, Bundles, config_toml
 from tests.agent.mqtt_watch import Watcher
 from tests.agent.peer import FleetPeer
+from tests.support.agent import DEVICE, Bundles
+from tests.support.processes import ENTRY, AgentProcess, MosquittoBroker, agent_process
+from tests.support.wait import WaitTimeoutError, wait_until
 
 pytestmark = pytest.mark.slow
 
 TOPICS = Topics()
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -45,50 +42,32 @@ def notify_socket() -> Iterator[tuple[socket.socket, str]]:
 
 
 def _received(sock: socket.socket, want: set[str], timeout_s: float) -> set[str]:
+    """The sd_notify lines received until all of ``want`` have arrived (or the timeout: the caller
+    asserts on what came)."""
     seen: set[str] = set()
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not want <= seen:
-        try:
+
+    def all_seen() -> bool:
+        with contextlib.suppress(TimeoutError):  # the socket's own 0.5 s timeout: look again
             seen.update(sock.recv(4096).decode().splitlines())
-        except TimeoutError:
-            continue
+        return want <= seen
+
+    with contextlib.suppress(WaitTimeoutError):
+        wait_until(all_seen, f"sd_notify {sorted(want)}", timeout_s, interval_s=0)
     return seen
 
 
-def _start_agent(
-    tmp_path: Path, config: str, notify_path: str, entry: tuple[str, ...] = ("-m", "edgefleet.cli", "agent")
-) -> tuple[subprocess.Popen[bytes], int]:
-    api_port = free_port()
-    path = tmp_path / "agent.toml"
-    path.write_text(config.replace("port = 0", f"port = {api_port}"))
-    env = {**os.environ, "NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "400000", "PYTHONPATH": str(ROOT)}
-    env.pop("WATCHDOG_PID", None)
-    with open(tmp_path / "agent.log", "wb") as log:  # the child keeps its own descriptor
-        process = subprocess.Popen(
-            [sys.executable, *entry, "run", "--config", str(path)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-    return process, api_port
-
-
-def _health(port: int) -> dict[str, Any]:
-    return dict(requests.get(f"http://127.0.0.1:{port}/v1/health", timeout=5).json())
-
-
-def _version(port: int) -> str | None:
-    model = _health(port)["model"]
-    return str(model["version"]) if model else None
-
-
-def _wait(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
+def _agent(
+    tmp_path: Path, fleet_url: str, trusted: Path, mqtt_port: int, notify_path: str, *, module: str = ENTRY
+) -> AgentProcess:
+    """An agent process that notifies ``notify_path`` and expects a 400 ms watchdog, as under systemd."""
+    return agent_process(
+        tmp_path,
+        fleet_url,
+        trusted,
+        mqtt_port=mqtt_port,
+        env={"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "400000", "WATCHDOG_PID": None},
+        module=module,
+    )
 
 
 def test_agent_process_end_to_end(  # noqa: PLR0917 - pytest fixtures
@@ -103,14 +82,14 @@ def test_agent_process_end_to_end(  # noqa: PLR0917 - pytest fixtures
     fleet_peer.deploy(DEVICE, bundles.v1, "digits", "1.0.0")
     status = Watcher(broker.host, broker.port, TOPICS.status(DEVICE))
     events = Watcher(broker.host, broker.port, TOPICS.events(DEVICE))
-    config = config_toml(tmp_path / "state", trusted_dir, fleet_peer.url, mqtt_port=broker.port)
-    process, port = _start_agent(tmp_path, config, notify_path)
+    agent = _agent(tmp_path, fleet_peer.url, trusted_dir, broker.port, notify_path)
+    agent.start()
     try:
         lines = _received(sock, {"READY=1", "WATCHDOG=1"}, 20)
-        assert {"READY=1", "WATCHDOG=1"} <= lines, (tmp_path / "agent.log").read_text()
+        assert {"READY=1", "WATCHDOG=1"} <= lines, agent.log_text()
         assert any(line.startswith("STATUS=agent dev-1 serving on http://127.0.0.1:") for line in lines)
         # READY comes once the API listens; v1 arrives from the first check.
-        _wait(lambda: _version(port) == "1.0.0")
+        agent.wait_for_version("1.0.0", timeout_s=20)
         status.wait_for(lambda m: m["presence"] == "online")
         events.wait_for(lambda m: m["state"] == "commit" and m["target"]["version"] == "1.0.0")
 
@@ -130,19 +109,17 @@ def test_agent_process_end_to_end(  # noqa: PLR0917 - pytest fixtures
             "issued_at": datetime.now(UTC).isoformat(),
         }
         publish.single(TOPICS.cmd(DEVICE), json.dumps(command), qos=1, hostname=broker.host, port=broker.port)
-        _wait(lambda: _version(port) == "2.0.0")
+        agent.wait_for_version("2.0.0", timeout_s=20)
         assert _received(sock, {"WATCHDOG=1"}, 3) >= {"WATCHDOG=1"}  # still fed
         # Two updates later, the serving process has not loaded cryptography (the worker did).
-        maps = Path(f"/proc/{process.pid}/maps").read_text()
+        maps = Path(f"/proc/{agent.pid}/maps").read_text()
         assert "cryptography" not in maps and "_cffi_backend" not in maps
 
         # Killed without a goodbye: the broker publishes the last will, retained.
-        process.kill()
-        process.wait(10)
+        agent.kill()
         status.wait_for(lambda m: m["presence"] == "offline")
     finally:
-        if process.poll() is None:
-            process.kill()
+        agent.kill()
         status.close()
         events.close()
     late = Watcher(broker.host, broker.port, TOPICS.status(DEVICE))  # retained: a newcomer sees it
@@ -160,43 +137,39 @@ def test_sighup_reloads_and_sigterm_flushes_and_says_offline(
     notify_socket: tuple[socket.socket, str],
 ) -> None:
     sock, notify_path = notify_socket
-    state = tmp_path / "state"
-    config = config_toml(state, trusted_dir, fleet_peer.url, mqtt_port=broker.port)
     status = Watcher(broker.host, broker.port, TOPICS.status(DEVICE))
     telemetry = Watcher(broker.host, broker.port, TOPICS.telemetry(DEVICE))
-    process, port = _start_agent(tmp_path, config, notify_path, entry=("-m", "agent"))
+    agent = _agent(tmp_path, fleet_peer.url, trusted_dir, broker.port, notify_path, module="agent")
+    agent.start()
     try:
         assert "READY=1" in _received(sock, {"READY=1"}, 20)
-        assert _health(port)["status"] == "no-model"
+        assert agent.health()["status"] == "no-model"
         status.wait_for(lambda m: m["presence"] == "online")
         assert not telemetry.messages  # interval 300 s
 
         # SIGHUP: the telemetry interval applies at once; a changed keepalive needs a restart.
-        path = tmp_path / "agent.toml"
-        text = path.read_text().replace("interval_s = 300", "interval_s = 0.3")
-        path.write_text(text.replace("keepalive_s = 5", "keepalive_s = 7"))
-        process.send_signal(signal.SIGHUP)
+        agent.configure({"telemetry": {"interval_s": 0.3}, "mqtt": {"keepalive_s": 7}})
+        agent.send_signal(signal.SIGHUP)
         telemetry.wait_for(lambda m: m["seq"] >= 1)
-        log = (tmp_path / "agent.log").read_text()
-        assert "SIGHUP: config reloaded; these need a restart to apply: mqtt.keepalive_s" in log
+        assert "SIGHUP: config reloaded; these need a restart to apply: mqtt.keepalive_s" in agent.log_text()
 
         # SIGTERM: a last window is written and flushed to the broker before the offline status.
-        path.write_text(text.replace("interval_s = 0.3", "interval_s = 300"))
-        process.send_signal(signal.SIGHUP)
+        agent.configure({"telemetry": {"interval_s": 300}, "mqtt": {"keepalive_s": 5}})
+        agent.send_signal(signal.SIGHUP)
         time.sleep(0.5)
         seen = len(telemetry.messages)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(15) == 0
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(15) == 0
         assert "STOPPING=1" in _received(sock, {"STOPPING=1"}, 5)
         status.wait_for(lambda m: m["presence"] == "offline")
-        _wait(lambda: len(telemetry.messages) > seen, 5)
-        log = (tmp_path / "agent.log").read_text()
+        wait_until(lambda: len(telemetry.messages) > seen, "the last window flushed at SIGTERM", 5)
+        log = agent.log_text()
         assert "agent dev-1 serving on http://127.0.0.1:" in log and "(no model yet)" in log
         from agent.outbox import Outbox
 
-        assert len(Outbox(state / "outbox.sqlite")) == 0  # everything acknowledged before exit
+        # Everything acknowledged before exit.
+        assert len(Outbox(agent.state_dir / "outbox.sqlite")) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
+        agent.kill()
         status.close()
         telemetry.close()

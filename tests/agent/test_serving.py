@@ -17,7 +17,7 @@ from agent.http_api import InferenceAPI
 from agent.serving import ActiveModel, ModelHolder
 from agent.store import ModelStore
 from agent.telemetry import RequestMetrics
-from tests.agent.conftest import Bundles, stage_directly
+from tests.support.agent import Bundles, stage_directly
 
 MAX_BODY = 64 * 1024
 
@@ -224,8 +224,8 @@ def test_the_smoke_test_passes_in_each_runtime(
     bundles: Bundles, signing_keys: tuple[Path, Path], tmp_path: Path, runtime: str
 ) -> None:
     """Bundles carry outputs recorded by the converter; each device runtime must reproduce them."""
-    from agent.runtime import installed_runtimes, resolve_runtime
     from agent.update import smoke as smoke_step
+    from runtime import installed_runtimes, resolve_runtime
 
     if runtime not in {info.name for info in installed_runtimes()}:
         pytest.skip(f"{runtime} is not installed here")

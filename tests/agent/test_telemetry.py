@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,9 +17,11 @@ from agent.telemetry import LatencyHistogram, RequestMetrics, Telemetry, sample_
 from edgefleet.mosquitto import MosquittoBroker
 from protocol.messages import ResourceUsage, TelemetryWindow
 from protocol.topics import Topics
-from tests.agent.conftest import DEVICE, Bundles, config_toml
 from tests.agent.mqtt_watch import Watcher
 from tests.agent.peer import FleetPeer
+from tests.support.agent import DEVICE, Bundles
+from tests.support.toml import config_toml
+from tests.support.wait import wait_until
 
 
 class ListSink:
@@ -113,10 +114,7 @@ def test_window_on_the_real_broker_after_requests(
     agent = Agent(load_config(path)).start()
     try:
         assert agent.api is not None and agent.mqtt is not None and agent.telemetry is not None
-        deadline = time.monotonic() + 20
-        while agent.holder.current is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert agent.holder.current is not None, "v1 was not installed by the start-up check"
+        wait_until(lambda: agent.holder.current is not None, "v1 installed by the start-up check", 20)
         assert agent.mqtt.connected.wait(10)
         for row in bundles.samples_x[:5]:
             response = requests.post(f"{agent.api.url}/v1/predict", json={"inputs": row.tolist()}, timeout=5)
@@ -154,7 +152,7 @@ def test_prediction_health_against_the_manifest_baseline(
     from agent.serving import ActiveModel, ModelHolder
     from agent.store import ModelStore
     from agent.telemetry import prediction_health
-    from tests.agent.conftest import stage_directly
+    from tests.support.agent import stage_directly
 
     state = tmp_path / "state"
     sha = stage_directly(state, bundles.v1, signing_keys[1])

@@ -6,49 +6,33 @@ import json
 from pathlib import Path
 
 import pytest
-import requests
 
-from agent.serving import ModelHolder
+from agent.errors import UnroutedEventError
 from agent.store import ActivePointer, ModelStore
-from agent.update import State, Updater
+from agent.update import RESUME, TRANSITIONS, Event, State
+from agent.update.machine import route
 from agent.update.record import RecordFile, UpdateRecord
 from protocol.messages import DesiredModel, UpdateEvent
-from protocol.signing import TrustedKeys
-from tests.agent.conftest import DEVICE, Bundles, stage_directly
 from tests.agent.peer import FleetPeer
+from tests.support.agent import DEVICE, Bundles, stage_directly
+from tests.support.updater import build_updater, serving
 
-
-def make_updater(state: Path, trusted: Path, peer: FleetPeer, events: list[UpdateEvent]) -> Updater:
-    """What the agent does at start-up: resume what is local, load the serving model."""
-    store = ModelStore(state).open()
-    holder = ModelHolder()
-    updater = Updater(
-        DEVICE,
-        store,
-        holder,
-        trusted=TrustedKeys.from_paths([trusted]),
-        session=requests.Session(),
-        fleet_url=peer.url,
-        runtime="tflite-runtime",
-        timeout_s=5,
-        emit=events.append,
-    )
-    updater.resume(local_only=True)
-    if holder.current is None:
-        holder.swap(updater.load_serving(store.read_pointer()))
-    return updater
-
-
-def serving(updater: Updater) -> str | None:
-    model = updater.holder.current
-    return model.manifest.version if model else None
+INSTALL_CHAIN = [
+    State.DOWNLOAD,
+    State.VERIFY,
+    State.STAGE,
+    State.SMOKE,
+    State.ACTIVATE,
+    State.PROBATION,
+    State.COMMIT,
+]
 
 
 def test_v1_then_v2_installs_and_keeps_the_previous(
     tmp_path: Path, trusted_dir: Path, fleet_peer: FleetPeer, bundles: Bundles
 ) -> None:
     events: list[UpdateEvent] = []
-    updater = make_updater(tmp_path / "state", trusted_dir, fleet_peer, events)
+    updater = build_updater(tmp_path / "state", trusted_dir, fleet_peer.url, events)
     assert serving(updater) is None
     updater.check()  # nothing desired yet
     assert serving(updater) is None and not events
@@ -56,27 +40,19 @@ def test_v1_then_v2_installs_and_keeps_the_previous(
     v1 = fleet_peer.deploy(DEVICE, bundles.v1, "digits", "1.0.0")
     updater.check()
     assert serving(updater) == "1.0.0"
-    assert [e.state for e in events] == [
-        "download",
-        "verify",
-        "stage",
-        "smoke",
-        "activate",
-        "probation",
-        "commit",
-    ]
+    assert [e.state for e in events] == INSTALL_CHAIN
     assert all(e.ok for e in events) and events[0].previous is None
 
     events.clear()
     v2 = fleet_peer.deploy(DEVICE, bundles.v2, "digits", "2.0.0")
     updater.check()
     assert serving(updater) == "2.0.0"
-    assert events[-1].state == "commit" and events[-1].previous is not None
+    assert events[-1].state is State.COMMIT and events[-1].previous is not None
     assert events[-1].previous.version == "1.0.0"
     store = updater.store
     assert store.read_pointer() == ActivePointer(active=v2, previous=v1)
     assert set(store.stored()) == {v1, v2}  # the previous model stays on disk
-    assert updater.state == "idle"
+    assert updater.state is State.IDLE
     assert not list(store.downloads_dir.iterdir())
 
     events.clear()
@@ -98,7 +74,7 @@ def test_bad_bundles_are_refused_and_the_old_model_keeps_serving(  # noqa: PLR09
     state = tmp_path / "state"
     v1 = stage_directly(state, bundles.v1, trusted_dir)
     events: list[UpdateEvent] = []
-    updater = make_updater(state, trusted_dir, fleet_peer, events)
+    updater = build_updater(state, trusted_dir, fleet_peer.url, events)
     assert serving(updater) == "1.0.0"
     if case == "flipped-byte":
         spoiled = bytearray(bundles.v2)
@@ -113,7 +89,7 @@ def test_bad_bundles_are_refused_and_the_old_model_keeps_serving(  # noqa: PLR09
     assert serving(updater) == "1.0.0"
     assert updater.store.read_pointer().active == v1
     assert updater.store.stored() == [v1]
-    assert [e.state for e in events][-2:] == ["rollback", "failed"]
+    assert [e.state for e in events][-2:] == [State.ROLLBACK, State.FAILED]
     failed = events[-1]
     assert not failed.ok and failed.reason is not None and reason in failed.reason
     if case == "untrusted-key":
@@ -175,29 +151,32 @@ def test_crash_in_every_state_resumes_to_old_or_new(
         store.write_pointer(ActivePointer(active=v2, previous=v1))
     if died_in == "download":
         (store.downloads_dir / f"{v2}.bundle.part").write_bytes(bundles.v2[:100])
+    known = died_in if died_in in set(State) else State.ROLLBACK  # "garbage" is written below
     record = UpdateRecord(
-        state=died_in, state_saves=1, update_id="crashed", target=target, prior=prior, reason="crash"
+        state=State(known), state_saves=1, update_id="crashed", target=target, prior=prior, reason="crash"
     )
     if died_in == "idle":
         record = UpdateRecord()
     if died_in == "failed":
         record.failed_sha256 = v2
     RecordFile(state / "update.json").save(record)
+    if died_in == "garbage":  # a state this agent does not know: a newer agent's, or damage
+        saved = json.loads((state / "update.json").read_text())
+        (state / "update.json").write_text(json.dumps({**saved, "state": "garbage"}))
 
     events: list[UpdateEvent] = []
-    updater = make_updater(state, trusted_dir, fleet_peer, events)
+    updater = build_updater(state, trusted_dir, fleet_peer.url, events)
     assert serving(updater) is not None  # serving from the first moment, before any check
     updater.check()
 
     expected = CRASH_OUTCOME[died_in]
     assert serving(updater) == expected
-    assert updater.state == "idle"
+    assert updater.state is State.IDLE
     pointer = store.read_pointer()
     assert pointer.active == (v2 if expected == "2.0.0" else v1)
     if expected == "1.0.0":
         assert v2 not in store.stored()
-    saved = json.loads((state / "update.json").read_text())
-    assert saved["state"] == "idle"
+    assert json.loads((state / "update.json").read_text())["state"] == State.IDLE
 
 
 def test_a_crash_loop_gives_up_and_rolls_back(
@@ -216,10 +195,10 @@ def test_a_crash_loop_gives_up_and_rolls_back(
     )
     RecordFile(state / "update.json").save(record)
     events: list[UpdateEvent] = []
-    updater = make_updater(state, trusted_dir, fleet_peer, events)
+    updater = build_updater(state, trusted_dir, fleet_peer.url, events)
     updater.check()
     assert serving(updater) == "1.0.0"
-    assert [e.state for e in events] == ["smoke", "rollback", "failed"]
+    assert [e.state for e in events] == [State.SMOKE, State.ROLLBACK, State.FAILED]
     assert events[-1].reason is not None and "gave up after 3 restarts in state smoke" in events[-1].reason
     assert updater.record.failed_sha256 == v2
 
@@ -241,8 +220,35 @@ def test_a_model_that_keeps_killing_the_agent_on_probation_is_rolled_back_at_sta
     )
     RecordFile(state / "update.json").save(record)
     events: list[UpdateEvent] = []
-    updater = make_updater(state, trusted_dir, fleet_peer, events)  # start-up only, no check
+    updater = build_updater(state, trusted_dir, fleet_peer.url, events)  # start-up only, no check
     assert serving(updater) == "1.0.0"  # rolled back before serving a single request on v2
-    assert [e.state for e in events] == ["probation", "rollback", "failed"]
+    assert [e.state for e in events] == [State.PROBATION, State.ROLLBACK, State.FAILED]
     assert events[-1].reason is not None and "restarts in state probation" in events[-1].reason
     assert updater.store.read_pointer().active == v1 and updater.record.failed_sha256 == v2
+
+
+def test_every_state_routes_ok_and_fail_and_resumes_somewhere() -> None:
+    """The tables are complete: a new state without its rows fails here, not on a device."""
+    for state in State:
+        if state is State.IDLE:
+            assert route(state, Event.START) is State.DOWNLOAD
+            continue
+        assert {(state, Event.OK), (state, Event.FAIL)} <= TRANSITIONS.keys(), state
+        assert state in RESUME, state
+
+
+def test_an_unrouted_event_is_a_bug_not_a_rollback() -> None:
+    with pytest.raises(UnroutedEventError, match="no transition for event 'start' in state 'commit'"):
+        route(State.COMMIT, Event.START)
+
+
+def test_activation_is_reached_only_through_verify_and_smoke() -> None:
+    """The serving process switches only to a model this update verified and smoke-tested: the
+    only edge into activate leaves smoke, the only one into smoke leaves stage, the only one into
+    stage leaves verify; an interrupted activation never resumes as one."""
+    into = {state: {src for (src, event), dst in TRANSITIONS.items() if dst is state} for state in State}
+    assert into[State.ACTIVATE] == {State.SMOKE}
+    assert into[State.SMOKE] == {State.STAGE}
+    assert into[State.STAGE] == {State.VERIFY}
+    assert RESUME[State.ACTIVATE] is State.ROLLBACK
+    assert all(RESUME[state] is state for state in (State.VERIFY, State.STAGE, State.SMOKE))

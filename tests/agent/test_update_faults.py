@@ -1,4 +1,5 @@
-"""Updates under faults: cut and failing downloads, a full disk, probation, and load during switches."""
+"""Updates under faults: every state x {exception, hang, kill} from one table, then cut and failing
+downloads, a full disk, probation, and load during switches."""
 
 from __future__ import annotations
 
@@ -8,71 +9,171 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 import numpy as np
 import pytest
 import requests
 
-from agent.errors import SmokeTestError, VerifyError
+from agent.errors import DownloadError, SmokeTestError, VerifyError
 from agent.http_api import InferenceAPI
-from agent.serving import ModelHolder
 from agent.store import ModelStore
 from agent.telemetry import LatencyHistogram, ModelUsage, RequestMetrics
-from agent.update import Updater
+from agent.update import State, UpdatePolicy
 from agent.update import steps as update_steps
+from agent.update.faults import Faults
 from agent.update.probation import PASSED, WATCHING, ProbationPolicy, judge
 from agent.update.runner import WorkerRunner
-from protocol.messages import UpdateEvent
-from protocol.signing import TrustedKeys
-from tests.agent.conftest import DEVICE, Bundles, stage_directly
+from protocol.messages import DesiredModel, UpdateEvent
+from protocol.update_state import FAILED_INSTALL_STATES
 from tests.agent.peer import FleetPeer
+from tests.support.agent import DEVICE, Bundles, stage_directly
+from tests.support.updater import build_updater, serving, updater_config, worker_runner
+from tests.support.wait import wait_until
+
+# -- faults in every state, as one table ---------------------------------------------------------
+# v1 serves; the fleet wants "v2" (or "smoke_bad", whose smoke test fails, to reach rollback and
+# failed). The fault strikes right after the state was saved, before it acts:
+#   raise: the state's step fails;
+#   hang:  the state waits until the agent stops (SIGTERM's path), then the agent starts again;
+#   kill:  the real agent process is killed with SIGKILL there and started again (test_kills.py).
+# ``chain`` is every update event reported, in order, over both lives of the agent: a resumed
+# state is reported again. ``reason``: in the final ``failed`` event's reason.
+
+D, V, ST, SM, A, P, C, R, F = (
+    State.DOWNLOAD,
+    State.VERIFY,
+    State.STAGE,
+    State.SMOKE,
+    State.ACTIVATE,
+    State.PROBATION,
+    State.COMMIT,
+    State.ROLLBACK,
+    State.FAILED,
+)
+Fault = Literal["raise", "hang", "kill"]
+FAULTS: tuple[Fault, ...] = ("raise", "hang", "kill")
+OLD, NEW = "1.0.0", "2.0.0"
+SMOKE_FAILED = "smoke test failed"
+INJECTED = "fault injection"
 
 
-def make_updater(
-    state: Path,
-    trusted: Path,
-    peer: FleetPeer,
-    events: list[UpdateEvent],
-    *,
-    metrics: RequestMetrics | None = None,
-    probation: ProbationPolicy | None = None,
-) -> Updater:
-    store = ModelStore(state).open()
-    holder = ModelHolder()
-    metrics = metrics or RequestMetrics()
-    updater = Updater(
-        DEVICE,
-        store,
-        holder,
-        trusted=TrustedKeys.from_paths([trusted]),
-        session=requests.Session(),
-        fleet_url=peer.url,
-        runtime="tflite-runtime",
-        timeout_s=5,
-        emit=events.append,
-        probation=probation,
-        usage=metrics.usage,
-        download_attempts=4,
-        retry_base_s=0.01,
-    )
-    updater.resume(local_only=True)
-    if holder.current is None:
-        holder.swap(updater.load_serving(store.read_pointer()))
-    return updater
+@dataclass(frozen=True)
+class FaultCase:
+    state: State
+    fault: Fault
+    chain: tuple[State, ...]
+    serving: str
+    reason: str | None = None
+    bundle: str = "v2"
+
+    @property
+    def id(self) -> str:
+        return f"{self.fault}-{self.state}"
 
 
-def serving(updater: Updater) -> str | None:
-    model = updater.holder.current
-    return model.manifest.version if model else None
+FAULT_TABLE: tuple[FaultCase, ...] = (
+    FaultCase(D, "raise", (D, R, F), OLD, INJECTED),
+    FaultCase(D, "hang", (D, D, V, ST, SM, A, P, C), NEW),
+    FaultCase(D, "kill", (D, D, V, ST, SM, A, P, C), NEW),
+    FaultCase(V, "raise", (D, V, R, F), OLD, INJECTED),
+    FaultCase(V, "hang", (D, V, V, ST, SM, A, P, C), NEW),
+    FaultCase(V, "kill", (D, V, V, ST, SM, A, P, C), NEW),
+    FaultCase(ST, "raise", (D, V, ST, R, F), OLD, INJECTED),
+    FaultCase(ST, "hang", (D, V, ST, ST, SM, A, P, C), NEW),
+    FaultCase(ST, "kill", (D, V, ST, ST, SM, A, P, C), NEW),
+    FaultCase(SM, "raise", (D, V, ST, SM, R, F), OLD, INJECTED),
+    FaultCase(SM, "hang", (D, V, ST, SM, SM, A, P, C), NEW),
+    FaultCase(SM, "kill", (D, V, ST, SM, SM, A, P, C), NEW),
+    # An interrupted activation rolls back at start-up: the new model may be what killed us.
+    FaultCase(A, "raise", (D, V, ST, SM, A, R, F), OLD, INJECTED),
+    FaultCase(A, "hang", (D, V, ST, SM, A, R, F), OLD, "stopped or died in state activate"),
+    FaultCase(A, "kill", (D, V, ST, SM, A, R, F), OLD, "stopped or died in state activate"),
+    # Probation is counted again at start-up (a crash loop is caught there), watched again later.
+    FaultCase(P, "raise", (D, V, ST, SM, A, P, R, F), OLD, INJECTED),
+    FaultCase(P, "hang", (D, V, ST, SM, A, P, P, C), NEW),
+    FaultCase(P, "kill", (D, V, ST, SM, A, P, P, C), NEW),
+    # The switch is done: a failing commit is logged, the new model stays.
+    FaultCase(C, "raise", (D, V, ST, SM, A, P, C), NEW),
+    FaultCase(C, "hang", (D, V, ST, SM, A, P, C, C), NEW),
+    FaultCase(C, "kill", (D, V, ST, SM, A, P, C, C), NEW),
+    FaultCase(R, "raise", (D, V, ST, SM, R, F), OLD, f"then rollback failed: {INJECTED}", "smoke_bad"),
+    FaultCase(R, "hang", (D, V, ST, SM, R, R, F), OLD, SMOKE_FAILED, "smoke_bad"),
+    FaultCase(R, "kill", (D, V, ST, SM, R, R, F), OLD, SMOKE_FAILED, "smoke_bad"),
+    FaultCase(F, "raise", (D, V, ST, SM, R, F), OLD, SMOKE_FAILED, "smoke_bad"),
+    FaultCase(F, "hang", (D, V, ST, SM, R, F, F), OLD, SMOKE_FAILED, "smoke_bad"),
+    FaultCase(F, "kill", (D, V, ST, SM, R, F, F), OLD, SMOKE_FAILED, "smoke_bad"),
+)
+
+
+def fault_cases(*faults: Fault) -> list[object]:
+    return [pytest.param(case, id=case.id) for case in FAULT_TABLE if case.fault in faults]
+
+
+def check_reported(case: FaultCase, events: list[UpdateEvent]) -> None:
+    """The events say what happened: the chain in order, ``ok`` false only when it failed."""
+    assert tuple(e.state for e in events) == case.chain, [e.state.value for e in events]
+    assert all(e.ok == (e.state not in FAILED_INSTALL_STATES) for e in events)
+    assert len({e.update_id for e in events}) == 1  # one update, across both lives
+    last = events[-1]
+    if case.reason is None:
+        assert last.state is State.COMMIT
+    else:
+        assert last.state is State.FAILED and last.reason is not None and case.reason in last.reason, last
+
+
+def test_the_fault_table_covers_every_state_and_fault() -> None:
+    """A state added to the machine without its rows shows up here as untested."""
+    acting = [state for state in State if state is not State.IDLE]
+    rows = [(case.state, case.fault) for case in FAULT_TABLE]
+    assert sorted(rows) == sorted((state, fault) for state in acting for fault in FAULTS)
+    for case in FAULT_TABLE:
+        assert case.state in case.chain, case.id
+
+
+@pytest.mark.parametrize("case", fault_cases("raise", "hang"))
+def test_a_fault_in_every_state_ends_serving_the_old_or_the_new_model(
+    tmp_path: Path, trusted_dir: Path, fleet_peer: FleetPeer, bundles: Bundles, case: FaultCase
+) -> None:
+    state = tmp_path / "state"
+    v1 = stage_directly(state, bundles.v1, trusted_dir)
+    wanted = fleet_peer.deploy(DEVICE, getattr(bundles, case.bundle), "digits", NEW)
+    events: list[UpdateEvent] = []
+    if case.fault == "raise":
+        faults = Faults(raise_in=case.state)
+        updater = build_updater(state, trusted_dir, fleet_peer.url, events, faults=faults)
+        updater.check()
+    else:
+        stopping = threading.Event()
+        hung = build_updater(
+            state, trusted_dir, fleet_peer.url, events, faults=Faults(hang_in=case.state), stopping=stopping
+        )
+        first = threading.Thread(target=hung.check)
+        first.start()
+        wait_until(lambda: bool(events) and events[-1].state is case.state, f"a hang in {case.state}", 60)
+        assert first.is_alive()  # hanging, not finished
+        stopping.set()  # what SIGTERM does: the update stops in its state, saved
+        first.join(10)
+        assert not first.is_alive() and hung.state is case.state
+        updater = build_updater(state, trusted_dir, fleet_peer.url, events)  # the next start
+        assert serving(updater) is not None  # serving from the start, before any check
+        updater.check()
+
+    check_reported(case, events)
+    assert serving(updater) == case.serving
+    assert updater.state is State.IDLE
+    assert updater.store.read_pointer().active == (v1 if case.serving == OLD else wanted)
+    if case.serving == OLD and case.state is not State.FAILED:
+        assert updater.record.failed_sha256 == wanted  # not retried until the fleet changes its mind
 
 
 def test_a_cut_download_resumes_with_range(
     tmp_path: Path, trusted_dir: Path, fleet_peer: FleetPeer, bundles: Bundles
 ) -> None:
     events: list[UpdateEvent] = []
-    updater = make_updater(tmp_path / "state", trusted_dir, fleet_peer, events)
+    updater = build_updater(tmp_path / "state", trusted_dir, fleet_peer.url, events)
     fleet_peer.deploy(DEVICE, bundles.v2, "digits", "2.0.0")
     half = len(bundles.v2) // 2
     fleet_peer.cut[fleet_peer.filename(DEVICE)] = half
@@ -82,14 +183,14 @@ def test_a_cut_download_resumes_with_range(
     assert len(fleet_peer.ranges) == 1
     start = int(fleet_peer.ranges[0].removeprefix("bytes=").removesuffix("-"))
     assert half - update_steps.DOWNLOAD_CHUNK <= start <= half
-    assert [e.state for e in events][-1] == "commit"
+    assert [e.state for e in events][-1] is State.COMMIT
 
 
 def test_server_errors_are_retried_with_backoff(
     tmp_path: Path, trusted_dir: Path, fleet_peer: FleetPeer, bundles: Bundles
 ) -> None:
     events: list[UpdateEvent] = []
-    updater = make_updater(tmp_path / "state", trusted_dir, fleet_peer, events)
+    updater = build_updater(tmp_path / "state", trusted_dir, fleet_peer.url, events)
     fleet_peer.deploy(DEVICE, bundles.v1, "digits", "1.0.0")
     fleet_peer.fail[fleet_peer.filename(DEVICE)] = 2
     updater.check()
@@ -103,26 +204,44 @@ def test_retries_give_up_and_roll_back(
     state = tmp_path / "state"
     stage_directly(state, bundles.v1, trusted_dir)
     events: list[UpdateEvent] = []
-    updater = make_updater(state, trusted_dir, fleet_peer, events)
+    updater = build_updater(state, trusted_dir, fleet_peer.url, events)
     fleet_peer.deploy(DEVICE, bundles.v2, "digits", "2.0.0")
     fleet_peer.fail[fleet_peer.filename(DEVICE)] = 10
     updater.check()
     assert serving(updater) == "1.0.0"
-    assert events[-1].state == "failed" and events[-1].reason is not None
+    assert events[-1].state is State.FAILED and events[-1].reason is not None
     assert "gave up after 4 attempts" in events[-1].reason
+
+
+def test_a_reloaded_policy_applies_to_the_next_update_as_one_value(
+    tmp_path: Path, trusted_dir: Path, fleet_peer: FleetPeer, bundles: Bundles
+) -> None:
+    """SIGHUP's path: a new ``UpdatePolicy`` from the changed ``[update]`` section, swapped whole."""
+    state = tmp_path / "state"
+    stage_directly(state, bundles.v1, trusted_dir)
+    events: list[UpdateEvent] = []
+    updater = build_updater(state, trusted_dir, fleet_peer.url, events)
+    changed = updater_config(state, trusted_dir, fleet_peer.url, {"download_attempts": 2})
+    policy = UpdatePolicy.from_config(changed.update)
+    assert policy.download.attempts == 2 and policy.probation == updater.policy.probation
+    updater.reload(policy)
+    assert updater.policy is policy
+    fleet_peer.deploy(DEVICE, bundles.v2, "digits", "2.0.0")
+    fleet_peer.fail[fleet_peer.filename(DEVICE)] = 10
+    updater.check()
+    assert events[-1].reason is not None and "gave up after 2 attempts" in events[-1].reason
+    assert sum(1 for p in fleet_peer.requests if p.startswith("/bundles/")) == 2
 
 
 def test_backoff_grows_exponentially_with_jitter(tmp_path: Path, bundles: Bundles) -> None:
     waits: list[float] = []
 
     class Down(requests.Session):
-        def get(self, *args: object, **kwargs: object) -> requests.Response:  # type: ignore[override]
+        def get(self, *args: object, **kwargs: object) -> requests.Response:
             raise requests.ConnectionError("refused")
 
-    from protocol.messages import DesiredModel
-
     target = DesiredModel(name="digits", version="1.0.0", sha256="0" * 64, size=10, url="/b")
-    with pytest.raises(update_steps.DownloadError, match="gave up after 5 attempts"):
+    with pytest.raises(DownloadError, match="gave up after 5 attempts"):
         update_steps.download_with_retries(
             Down(),
             "http://127.0.0.1:1",
@@ -148,7 +267,7 @@ def test_disk_full_in_the_state_directory_fails_cleanly_and_keeps_serving(
     state = tmp_path / "state"
     stage_directly(state, bundles.v1, trusted_dir)
     events: list[UpdateEvent] = []
-    updater = make_updater(state, trusted_dir, fleet_peer, events)
+    updater = build_updater(state, trusted_dir, fleet_peer.url, events)
 
     class FullDisk:
         def __init__(self, path: Path, mode: str) -> None:
@@ -171,10 +290,10 @@ def test_disk_full_in_the_state_directory_fails_cleanly_and_keeps_serving(
     fleet_peer.deploy(DEVICE, bundles.v2, "digits", "2.0.0")
     updater.check()
     assert serving(updater) == "1.0.0"
-    assert [e.state for e in events][-2:] == ["rollback", "failed"]
+    assert [e.state for e in events][-2:] == [State.ROLLBACK, State.FAILED]
     assert events[-1].reason is not None and "no space left in the state directory" in events[-1].reason
     assert not list(updater.store.downloads_dir.iterdir())  # the partial file is gone
-    assert updater.state == "idle"
+    assert updater.state is State.IDLE
     monkeypatch.undo()
     fleet_peer.deploy(DEVICE, bundles.v2, "digits", "2.0.1")  # the operator freed space, redeployed
     updater.check()
@@ -210,13 +329,12 @@ def test_probation_rolls_back_a_model_that_fails_in_inference(
     stage_directly(state, bundles.v1, trusted_dir)
     events: list[UpdateEvent] = []
     metrics = RequestMetrics()
-    policy = ProbationPolicy(duration_s=5, min_requests=5, check_interval_s=0.05)
-    updater = make_updater(state, trusted_dir, fleet_peer, events, metrics=metrics, probation=policy)
+    policy = {"probation_s": 5, "probation_min_requests": 5, "health_check_interval_s": 0.05}
+    updater = build_updater(state, trusted_dir, fleet_peer.url, events, metrics=metrics, update=policy)
     v2 = fleet_peer.deploy(DEVICE, bundles.v2, "digits", "2.0.0")
 
     def failing_requests() -> None:  # what the HTTP API records when the new model's invoke fails
-        while updater.state != "probation":
-            time.sleep(0.005)
+        wait_until(lambda: updater.state is State.PROBATION, "the update to reach probation", 60, 0.005)
         for _ in range(10):
             metrics.record_error("inference", model_sha=v2)
 
@@ -225,7 +343,7 @@ def test_probation_rolls_back_a_model_that_fails_in_inference(
     updater.check()
     thread.join()
     assert serving(updater) == "1.0.0"
-    assert [e.state for e in events][-4:] == ["activate", "probation", "rollback", "failed"]
+    assert [e.state for e in events][-4:] == [State.ACTIVATE, State.PROBATION, State.ROLLBACK, State.FAILED]
     assert events[-1].reason is not None and "10 of 10 requests failed in inference" in events[-1].reason
 
 
@@ -240,8 +358,13 @@ def test_no_request_fails_while_a_model_is_activated_or_rolled_back(
     metrics = RequestMetrics()
     # "rollback": any latency counts as worse than the previous model's, so probation fails.
     factor = 1e-9 if outcome == "rollback" else 1e9
-    policy = ProbationPolicy(duration_s=1.5, min_requests=5, max_latency_factor=factor, check_interval_s=0.1)
-    updater = make_updater(state, trusted_dir, fleet_peer, events, metrics=metrics, probation=policy)
+    policy = {
+        "probation_s": 1.5,
+        "probation_min_requests": 5,
+        "max_latency_factor": factor,
+        "health_check_interval_s": 0.1,
+    }
+    updater = build_updater(state, trusted_dir, fleet_peer.url, events, metrics=metrics, update=policy)
     api = InferenceAPI("127.0.0.1", 0, updater.holder, metrics).start()
     url = f"{api.url}/v1/predict"
     body = {"inputs": bundles.samples_x[0].tolist()}
@@ -282,24 +405,13 @@ def test_no_request_fails_while_a_model_is_activated_or_rolled_back(
     assert seen["1.0.0"] > 0 and seen["2.0.0"] > 0
     expected = "2.0.0" if outcome == "commit" else "1.0.0"
     assert serving(updater) == expected
-    assert events[-1].state == ("commit" if outcome == "commit" else "failed")
+    assert events[-1].state is (State.COMMIT if outcome == "commit" else State.FAILED)
     if outcome == "rollback":
         assert events[-1].reason is not None and "p50 latency" in events[-1].reason
 
 
 def _worker(tmp_path: Path, trusted_dir: Path, python: str = sys.executable) -> WorkerRunner:
-    return WorkerRunner(
-        fleet_url="http://127.0.0.1:1",
-        device_id=DEVICE,
-        trusted_paths=[trusted_dir],
-        state_dir=tmp_path / "state",
-        runtime="tflite-runtime",
-        threads=1,
-        timeout_s=5,
-        user_agent="test",
-        stopping=threading.Event(),
-        python=python,
-    )
+    return worker_runner(tmp_path / "state", trusted_dir, python=python)
 
 
 def test_the_worker_process_reports_failures_in_words(
@@ -315,7 +427,7 @@ def test_the_worker_process_reports_failures_in_words(
     good.write_bytes(bundles.v1)
     runner.verify(good)
     runner.stage(good, Bundles.sha(bundles.v1))
-    assert runner.smoke(Bundles.sha(bundles.v1)) is None  # smoke-tested over there
+    runner.smoke(Bundles.sha(bundles.v1))  # smoke-tested over there: raises unless it passed
     assert ModelStore(tmp_path / "state").has(Bundles.sha(bundles.v1))
 
 

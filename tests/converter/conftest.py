@@ -6,51 +6,17 @@ process never imports TensorFlow and may run tflite-runtime itself.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
+import tarfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from converter.cli import main
-
-
-@dataclass(frozen=True)
-class CliRun:
-    code: int
-    stdout: str
-    stderr: str
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> CliRun:
-    """The converter's commands with the ``edgefleet`` error contract (one line, exit 2)."""
-    capsys.readouterr()
-    code = main(argv)
-    captured = capsys.readouterr()
-    return CliRun(code, captured.out, captured.err)
-
-
-def convert_argv(model_dir: Path, key: Path, out: Path, mode: str, *extra: str) -> list[str]:
-    return [
-        "convert", str(model_dir / "model.keras"),
-        "--calibration", str(model_dir / "calibration.npz"),
-        "--evaluation", str(model_dir / "evaluation.npz"),
-        "--labels", str(model_dir / "labels.txt"),
-        "--mode", mode, "--name", "digits", "--version", "1.0.0", "--task", "classification",
-        "--key", str(key), "--out", str(out), *extra,
-    ]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Converted:
-    run: CliRun
-    bundle: Path
-    report: dict[str, Any]
+from tests.converter.installs import install_on_agent
+from tests.support.converter import CliRun, Converted, cli_capture, convert_argv, train_example
 
 
 def _convert_once(
@@ -60,11 +26,9 @@ def _convert_once(
     private, _ = request.getfixturevalue("signing_keys")
     folder = tmp_path_factory.mktemp(f"convert-{mode}")
     out, report = folder / "digits.bundle", folder / "report.json"
-    # Module-scoped fixtures cannot use capsys: capture by redirection instead.
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = main([*convert_argv(digits, private, out, mode, *extra), "--report-json", str(report)])
-    return CliRun(code, stdout.getvalue(), stderr.getvalue()), out, report
+    # Module-scoped fixtures cannot use capsys: cli_capture redirects instead.
+    run = cli_capture([*convert_argv(digits, private, out, mode, *extra), "--report-json", str(report)])
+    return run, out, report
 
 
 @pytest.fixture(scope="module")
@@ -115,30 +79,6 @@ def regression_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-FACTORIES = Path(__file__).with_name("factories.py")
-
-
-def cli_capture(argv: list[str]) -> CliRun:
-    """Run the converter's CLI in this process, capturing by redirection (usable in any fixture)."""
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = main(argv)
-    return CliRun(code, stdout.getvalue(), stderr.getvalue())
-
-
-TEST_EPOCHS = {"diabetes": "60", "sunspots": "60"}
-"""Fewer epochs than the examples' own (the conversion is under test, not the training)."""
-
-
-def train_example(name: str, folder: Path) -> Path:
-    subprocess.run(
-        [sys.executable, "-m", "converter.examples", name, str(folder), "--epochs", TEST_EPOCHS[name]],
-        check=True,
-        capture_output=True,
-    )
-    return folder
-
-
 @pytest.fixture(scope="session")
 def example_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """diabetes and sunspots trained as the examples train them (digits is the session's digits_model)."""
@@ -170,28 +110,29 @@ def auto_converted(
     return converted
 
 
-def write_sequences(folder: Path, features: tuple[int, ...], samples: int = 120) -> tuple[Path, Path]:
-    """Random calibration and evaluation .npz for a factory model (the values do not matter)."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    calibration, evaluation = folder / "calibration.npz", folder / "evaluation.npz"
-    np.savez(calibration, x=rng.random((samples, *features)).astype(np.float32))
-    np.savez(
-        evaluation,
-        x=rng.random((40, *features)).astype(np.float32),
-        y=rng.random((40, 1)).astype(np.float32),
-    )
-    return calibration, evaluation
+@pytest.fixture(scope="session")
+def _bundles_before(tmp_path_factory: pytest.TempPathFactory) -> set[Path]:
+    """Bundles other parts of the suite wrote before the converter's tests began (not ours)."""
+    return set(tmp_path_factory.getbasetemp().rglob("*.bundle"))
 
 
-def factory_argv(
-    function: str, data: tuple[Path, Path], key: Path, out: Path, mode: str, *extra: str
-) -> list[str]:
-    calibration, evaluation = data
-    return [
-        "convert", f"{FACTORIES}:{function}",
-        "--calibration", str(calibration), "--evaluation", str(evaluation),
-        "--mode", mode, "--name", function.replace("_", "-"), "--version", "1.0.0", "--task", "forecast",
-        "--key", str(key), "--out", str(out), *extra,
-    ]  # fmt: skip
+_INSTALLED: set[Path] = set()
+
+
+@pytest.fixture(autouse=True)
+def every_bundle_installs_on_an_agent(
+    _bundles_before: set[Path],
+    signing_keys: tuple[Path, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[None]:
+    """After each test, every bundle ``convert`` or ``bundle`` wrote so far (in the test or its
+    fixtures, the worked examples included) is installed as an agent installs it: verified,
+    staged, and smoke-tested in every runtime its manifest says loads it. A bundle the converter
+    writes and an agent refuses fails the test that wrote it."""
+    yield
+    base = tmp_path_factory.getbasetemp()
+    for bundle in sorted(set(base.rglob("*.bundle")) - _bundles_before - _INSTALLED):
+        if not tarfile.is_tarfile(bundle):  # a test's placeholder ("an older bundle"), not a bundle
+            continue
+        _INSTALLED.add(bundle)
+        install_on_agent(bundle, signing_keys[1], tmp_path_factory.mktemp("agent-state"))

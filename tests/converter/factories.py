@@ -48,3 +48,24 @@ def dynamic_length_model() -> Any:
 
 def not_a_model() -> Any:
     return {"weights": [1, 2, 3]}
+
+
+def gru_forecaster() -> Any:
+    """A GRU forecaster exported with batch size 1, as recurrent models often are: converted on the
+    RNN unroll path (the default ``--rnn unroll``) into a fixed-batch model."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [keras.Input((12, 1), batch_size=1), keras.layers.GRU(8, name="gru"), keras.layers.Dense(1)]
+    )
+
+
+def normalized_regressor() -> Any:
+    """A regressor that rescales its own inputs (a Keras Rescaling layer): preprocessing in_model."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [keras.Input((6,)), keras.layers.Rescaling(0.5, offset=-1.0), keras.layers.Dense(1)]
+    )

@@ -1,4 +1,4 @@
-"""Pure pieces added for issue 3: the --max-drop budget, more metrics, more data and model kinds."""
+"""Pure pieces of the converter: --max-drop budget, more metrics, more data and model kinds."""
 
 from __future__ import annotations
 

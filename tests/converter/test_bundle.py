@@ -10,7 +10,7 @@ import pytest
 from protocol.bundle import read_bundle
 from protocol.manifest import QuantizationMode
 from protocol.signing import TrustedKeys
-from tests.converter.conftest import Converted, cli_capture
+from tests.support.converter import Converted, cli_capture
 
 pytestmark = pytest.mark.slow
 

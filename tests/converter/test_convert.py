@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from agent.runtime import load_model
-from protocol.bundle import read_bundle
+from protocol.bundle import read_bundle, read_samples
 from protocol.manifest import QuantizationMode, TaskKind
 from protocol.signing import TrustedKeys
-from protocol.tensors import dequantize, quantize
-from tests.converter.conftest import Converted, run_cli
+from runtime import compare_outputs, load_model, run_samples
+from tests.support.converter import Converted, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -59,23 +57,21 @@ def test_int8_keeps_accuracy_and_shrinks_the_model(int8_bundle: Converted) -> No
 def test_samples_reproduce_in_tflite_runtime(int8_bundle: Converted, signing_keys: tuple[Path, Path]) -> None:
     bundle = read_bundle(int8_bundle.bundle)
     manifest = bundle.verify(TrustedKeys.from_paths([signing_keys[1]]))
-    samples = np.load(io.BytesIO(bundle.members["samples.npz"]))
-    x, y = samples["x"], samples["y"]
-    assert x.shape == (8, 8, 8, 1) and x.dtype == np.float32
+    samples = read_samples(bundle.members["samples.npz"])
+    (x,) = samples.inputs
+    (y,) = samples.outputs
+    # Stored compact: already quantized, in the model's input dtype.
+    assert x.shape == (8, 8, 8, 1) and x.dtype == np.int8
     assert y.shape == (8, 10) and y.dtype == np.float32
+    assert manifest.primary_output == manifest.outputs[0].name
     model = load_model(bundle.members["model.tflite"], runtime="tflite-runtime")
-    outputs = np.concatenate(
-        [
-            dequantize(model.run([quantize(x[i : i + 1], manifest.inputs[0])])[0], manifest.outputs[0])
-            for i in range(8)
-        ]
-    )
-    assert np.max(np.abs(outputs - y)) <= manifest.smoke.atol
-    # In the runtime that recorded them, the samples reproduce exactly.
-    assert np.array_equal(outputs, y)
-    # ... and as one batch too.
-    batch = dequantize(model.run([quantize(x, manifest.inputs[0])])[0], manifest.outputs[0])
-    assert np.max(np.abs(batch - y)) <= manifest.smoke.atol
+    # As the agent's smoke test runs them: exactly the recorded outputs, in the recording runtime.
+    outputs = run_samples(model, samples.inputs, dynamic_batch=manifest.inputs[0].fixed_batch is None)
+    assert np.array_equal(outputs[0], y)
+    assert compare_outputs(outputs, samples.outputs, manifest.smoke.atol) is None
+    # One sample at a time (how a device serves requests) stays within the tolerance too.
+    single = np.concatenate([run_samples(model, [x[i : i + 1]], dynamic_batch=True)[0] for i in range(8)])
+    assert np.max(np.abs(single - y)) <= manifest.smoke.atol
 
 
 def test_report_table_and_progress(int8_bundle: Converted) -> None:

@@ -17,7 +17,7 @@ from converter.errors import ConversionError
 from converter.pipeline import ConversionRequest, convert
 from converter.worker import FAULT_ENV
 from protocol.manifest import QuantizationMode, TaskKind
-from tests.converter.conftest import convert_argv, run_cli
+from tests.support.converter import convert_argv, run_cli
 
 
 @pytest.fixture

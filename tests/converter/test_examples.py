@@ -10,7 +10,7 @@ import pytest
 from protocol.bundle import read_bundle
 from protocol.manifest import QuantizationMode, TaskKind
 from protocol.signing import TrustedKeys
-from tests.converter.conftest import Converted
+from tests.support.converter import Converted
 
 pytestmark = pytest.mark.slow
 
@@ -79,3 +79,20 @@ def test_sunspots_lstm_is_unrolled_and_reported(auto_converted: dict[str, Conver
     )
     metrics = auto_converted["sunspots"].report["validation"]["metrics"]
     assert {"mae", "smape", "mae_source", "smape_source"} <= set(metrics)
+
+
+def test_diabetes_records_its_standardization(
+    auto_converted: dict[str, Converted], signing_keys: tuple[Path, Path]
+) -> None:
+    """The example's data are raw features; its preprocessing.json is recorded and applied. The
+    model's Rescaling layer sits at the output (target units), so it is not ``in_model``."""
+    manifest = read_bundle(auto_converted["diabetes"].bundle).verify(
+        TrustedKeys.from_paths([signing_keys[1]])
+    )
+    (pre,) = manifest.preprocessing.values()
+    assert pre.method == "standardize" and isinstance(pre.offset, list) and len(pre.offset) == 10
+    # Raw scikit-learn features (each column scaled to unit norm) stay within +-0.25.
+    assert manifest.baseline is not None
+    assert all(-0.25 < r.min <= r.max < 0.25 for r in manifest.baseline.input_ranges)
+    digits = read_bundle(auto_converted["digits"].bundle).verify(TrustedKeys.from_paths([signing_keys[1]]))
+    assert digits.preprocessing == {}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.converter.conftest import cli_capture, convert_argv, factory_argv, write_sequences
+from tests.support.converter import cli_capture, convert_argv, factory_argv, write_sequences
 
 pytestmark = pytest.mark.slow
 
@@ -48,6 +48,9 @@ def test_segfaulting_single_mode_fails_in_one_line(tmp_path: Path, signing_keys:
     assert run.code == 2
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("edgefleet convert: error: " + SEGFAULT)
+    # The crash's own line (faulthandler's innermost frame), not a warning TensorFlow printed before.
+    assert "; last output: Fatal Python error: Segmentation fault in " in last
+    assert "warnings.warn(" not in run.stderr
     assert not out.exists()
 
 

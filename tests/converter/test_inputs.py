@@ -13,7 +13,7 @@ import pytest
 
 from protocol.bundle import read_bundle
 from protocol.signing import TrustedKeys
-from tests.converter.conftest import cli_capture, convert_argv, factory_argv, write_sequences
+from tests.support.converter import cli_capture, convert_argv, factory_argv, write_sequences
 
 pytestmark = pytest.mark.slow
 
@@ -58,6 +58,21 @@ def test_hdf5_and_saved_model_convert(
     assert manifest.conversion is not None and manifest.conversion.source == kind
     assert manifest.validation is not None and manifest.validation.top1_agreement == 1.0
     assert manifest.inputs[0].shape == [-1, 8, 8, 1]
+
+
+def test_float_modes_are_not_calibrated(
+    digits_model: Path, signing_keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """float16 never uses the calibration data: no "calibrating", no range or sample-count warning,
+    even for 20 samples at 5 % of the evaluation range (which int8 warns about)."""
+    calibration = tmp_path / "calibration.npz"
+    np.savez(calibration, x=np.load(digits_model / "calibration.npz")["x"][:20] * 0.05)
+    argv = convert_argv(digits_model, signing_keys[0], tmp_path / "digits.bundle", "float16")
+    argv[argv.index("--calibration") + 1] = str(calibration)
+    run = cli_capture(argv)
+    assert run.code == 0, run.stderr
+    assert "converting to TFLite (float16, none) in a TensorFlow subprocess..." in run.stderr
+    assert "calibrat" not in run.stderr + run.stdout
 
 
 def test_dynamic_dimension_is_fixed_from_the_data(tmp_path: Path, signing_keys: tuple[Path, Path]) -> None:

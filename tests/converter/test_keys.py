@@ -9,7 +9,7 @@ import pytest
 
 from converter.keys import signing_key_id
 from protocol.signing import TrustedKeys
-from tests.converter.conftest import run_cli
+from tests.support.converter import run_cli
 
 
 def test_generate_writes_a_private_key_only_the_owner_reads(

@@ -3,10 +3,8 @@ processes, bundles converted by the real converter, real HTTP and a real SQLite 
 
 from __future__ import annotations
 
-import io
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +12,13 @@ import numpy as np
 import pytest
 import requests
 
-from edgefleet.mosquitto import MosquittoBroker
-from edgefleet.stack import AgentProcess, FleetProcess, convert_digits
+from edgefleet.stack import convert_digits
 from protocol.bundle import read_bundle
+from protocol.samples import read_samples
 from protocol.signing import TrustedKeys
+from protocol.tensors import dequantize
+from tests.support.processes import AgentProcess, FleetProcess, MosquittoBroker
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -26,16 +27,6 @@ def _convert(model_dir: Path, version: str, key: Path, out: Path) -> Path:
     bundle = out / f"digits-{version}.bundle"
     convert_digits(model_dir, version, key, bundle)
     return bundle
-
-
-def _eventually(check: Callable[[], Any], what: str, timeout_s: float = 60) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"{what} did not happen within {timeout_s}s")
 
 
 @pytest.fixture
@@ -103,17 +94,21 @@ def test_convert_deploy_watch_update_and_refuse_a_tampered_bundle(
     agent.wait_for_version("1.0.0")
     bundle = read_bundle(v1)
     manifest = bundle.verify(TrustedKeys.from_paths([public]))
-    samples = np.load(io.BytesIO(bundle.members["samples.npz"]))
-    response = requests.post(f"{agent.url}/v1/predict", json={"inputs": samples["x"].tolist()}, timeout=10)
+    samples = read_samples(bundle.members["samples.npz"])
+    # The samples hold what the input tensor receives (int8 here); a caller sends real values.
+    x = dequantize(samples.inputs[0], manifest.inputs[0])
+    response = requests.post(f"{agent.url}/v1/predict", json={"inputs": x.tolist()}, timeout=10)
     assert response.status_code == 200, response.text
     outputs = np.asarray(response.json()["outputs"], dtype=np.float32)
-    np.testing.assert_allclose(outputs, samples["y"], atol=manifest.smoke.atol, rtol=0)
+    np.testing.assert_allclose(outputs, samples.outputs[0], atol=manifest.smoke.atol, rtol=0)
     assert response.json()["model"] == {"name": "digits", "version": "1.0.0"}
 
     # Telemetry for the device reaches SQLite with a non-zero latency.
     for _ in range(20):
-        requests.post(f"{agent.url}/v1/predict", json={"inputs": samples["x"][0].tolist()}, timeout=10)
-    latencies = _eventually(lambda: _telemetry_latencies(fleet.db_path, "dev-1"), "telemetry rows in SQLite")
+        requests.post(f"{agent.url}/v1/predict", json={"inputs": x[0].tolist()}, timeout=10)
+    latencies = wait_until(
+        lambda: _telemetry_latencies(fleet.db_path, "dev-1"), "telemetry rows in SQLite", 60, 0.2
+    )
     assert all(latency > 0 for latency in latencies)
 
     # Deploy v2: the agent switches.
@@ -146,9 +141,9 @@ def test_convert_deploy_watch_update_and_refuse_a_tampered_bundle(
         ]
         return failed[0] if failed else None
 
-    event = _eventually(refusal, "the agent to report refusing 3.0.0")
+    event = wait_until(refusal, "the agent to report refusing 3.0.0", 60, 0.2)
     assert "sha256" in (event.get("reason") or "")
     assert agent.serving_version() == "2.0.0"
-    response = requests.post(f"{agent.url}/v1/predict", json={"inputs": samples["x"][0].tolist()}, timeout=10)
+    response = requests.post(f"{agent.url}/v1/predict", json={"inputs": x[0].tolist()}, timeout=10)
     assert response.status_code == 200
     assert response.json()["model"]["version"] == "2.0.0"

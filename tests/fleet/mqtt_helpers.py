@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import queue
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -21,20 +20,14 @@ from protocol.messages import (
     UpdateEvent,
 )
 from protocol.schema import ModelRef
+from tests.support.wait import wait_until
 
 T = TypeVar("T")
 
 
 def wait_for(predicate: Callable[[], T], timeout_s: float = 10.0, interval_s: float = 0.05) -> T:
     """Poll until ``predicate`` returns something truthy; fail with the last value at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    value = predicate()
-    while not value:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s}s (last value: {value!r})")
-        time.sleep(interval_s)
-        value = predicate()
-    return value
+    return wait_until(predicate, "the condition", timeout_s, interval_s)
 
 
 class TestClient:

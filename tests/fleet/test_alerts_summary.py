@@ -17,9 +17,9 @@ from fleet.alerts import AlertRules, alerts_topic
 from protocol.messages import Presence
 from protocol.schema import ModelRef
 from protocol.topics import Topics
-from tests.fleet.conftest import RunningFleet
 from tests.fleet.mqtt_helpers import TestClient, status, update_event, wait_for
 from tests.fleet.mqtt_helpers import telemetry as telemetry_payload
+from tests.support.fleet import RunningFleet
 
 TOPICS = Topics()
 V2 = ModelRef(name="digits", version="2.0.0")

@@ -10,8 +10,8 @@ import pytest
 from fleet.auth import Role, hash_secret, parse_tokens, verify_secret
 from fleet.errors import FleetError
 from tests.fleet.bundles import build_bundle
-from tests.fleet.conftest import InProcessFleet
 from tests.fleet.mqtt_helpers import status as status_payload
+from tests.support.fleet import InProcessFleet
 
 OCTET = {"Content-Type": "application/octet-stream"}
 TOKENS = """
@@ -111,9 +111,12 @@ def test_device_add_and_device_credentials(secured: InProcessFleet, signing_keys
     assert client.get("/api/v1/devices/pi-2/desired", auth=("pi-1", secret)).status_code == 403
     assert client.get("/api/v1/devices/pi-1/desired", auth=("pi-1", "wrong-secret")).status_code == 401
     assert client.get("/api/v1/devices/pi-1/desired").status_code == 401
-    # ...and can download bundles, but cannot list devices.
+    # ...and can download the bundle it is told to run (no other), but cannot list devices.
     data = build_bundle(signing_keys[0], "digits", "1.0.0")
     client.post("/api/v1/models", content=data, headers={**OCTET, **bearer("operator")})
+    assert client.get("/api/v1/models/digits/1.0.0/bundle", auth=("pi-1", secret)).status_code == 403
+    deployment = {"name": "digits", "version": "1.0.0", "device_id": "pi-1"}
+    client.post("/api/v1/deployments", json=deployment, headers=bearer("operator"))
     assert client.get("/api/v1/models/digits/1.0.0/bundle", auth=("pi-1", secret)).content == data
     assert client.get("/api/v1/devices", auth=("pi-1", secret)).status_code == 401
 

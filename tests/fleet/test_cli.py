@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +13,9 @@ from edgefleet.mosquitto import MosquittoBroker, free_port
 from fleet.__main__ import main as fleet_main
 from protocol.topics import Topics
 from tests.fleet.bundles import build_bundle
-from tests.fleet.conftest import RunningFleet
 from tests.fleet.mqtt_helpers import TestClient, status, telemetry, wait_for
+from tests.support.fleet import RunningFleet
+from tests.support.processes import FleetProcess
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -96,51 +94,29 @@ def test_fleet_url_from_environment(
 def test_serve_process_logs_ready_and_stops_on_sigterm(
     tmp_path: Path, broker: MosquittoBroker, signing_keys: tuple[Path, Path]
 ) -> None:
-    port = free_port()
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as sink:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fleet",
-                "fleet",
-                "serve",
-                "--db",
-                f"sqlite:///{tmp_path / 'fleet.db'}",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--mqtt-host",
-                broker.host,
-                "--mqtt-port",
-                str(broker.port),
-                "--mqtt-client-id",
-                "fleet-serve-test",
-                "--trusted-keys",
-                str(signing_keys[1]),
-                "--artifacts",
-                str(tmp_path / "artifacts"),
-            ],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parents[2],
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    fleet = FleetProcess(
+        tmp_path,
+        broker.port,
+        signing_keys[1],
+        mqtt_host=broker.host,
+        client_id="fleet-serve-test",
+        module="fleet",
+    )
+    port = fleet.port
+    fleet.start()
     try:
-        wait_for(lambda: f"fleet listening on http://127.0.0.1:{port}" in log.read_text(), 20)
+        fleet.wait_for_log(f"fleet listening on http://127.0.0.1:{port}", 20)
         assert requests.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=5).json() == {"ok": True}
         page = requests.get(f"http://127.0.0.1:{port}/", timeout=5)
         assert page.status_code == 200 and "/static/app.js" in page.text
         script = requests.get(f"http://127.0.0.1:{port}/static/app.js", timeout=5).text
         assert "/api/v1/devices" in script and "2000" in script
-        wait_for(lambda: "ingester connected" in log.read_text(), 10)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0, log.read_text()
+        fleet.wait_ingesting(10)
+        fleet.send_signal(signal.SIGTERM)
+        assert fleet.wait(20) == 0, fleet.log_text()
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    text = log.read_text()
+        fleet.kill()
+    text = fleet.log_text()
     assert "fleet stopped" in text and "Traceback" not in text, text
 
 

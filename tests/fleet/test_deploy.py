@@ -9,8 +9,8 @@ import requests
 from protocol.messages import Command, CommandKind, DesiredState, parse_message
 from protocol.topics import DeviceChannel, Topics
 from tests.fleet.bundles import build_bundle
-from tests.fleet.conftest import RunningFleet
 from tests.fleet.mqtt_helpers import TestClient, status, wait_for
+from tests.support.fleet import RunningFleet
 
 TOPICS = Topics()
 
@@ -84,9 +84,12 @@ def test_deploy_unknown_model_or_bad_device(fleet: RunningFleet) -> None:
     )
     assert response.status_code == 404
     assert "no model digits 9.9.9" in response.json()["detail"]
-    response = fleet.post(
-        "/api/v1/deployments", json={"name": "digits", "version": "1.0.0", "device_id": "a/b"}
-    )
-    assert response.status_code == 400 and "not valid" in response.json()["detail"]
+    # "dev-a\n" passes a Python re.match with a $ anchor; the shared DeviceId type refuses it.
+    for bad in ("a/b", "dev-a\n", "dev\x00a", ""):
+        response = fleet.post(
+            "/api/v1/deployments", json={"name": "digits", "version": "1.0.0", "device_id": bad}
+        )
+        assert response.status_code == 422, bad
+        assert response.json()["detail"].startswith("body.device_id:"), response.json()
     response = fleet.get("/api/v1/devices/bad%20id/desired")
     assert response.status_code == 422 and isinstance(response.json()["detail"], str)

@@ -13,7 +13,6 @@ from fleet.storage.schema import telemetry
 from protocol.messages import Presence
 from protocol.schema import ModelRef
 from protocol.topics import Topics
-from tests.fleet.conftest import RunningFleet
 from tests.fleet.mqtt_helpers import (
     TestClient,
     status,
@@ -23,6 +22,7 @@ from tests.fleet.mqtt_helpers import (
 from tests.fleet.mqtt_helpers import (
     telemetry as telemetry_payload,
 )
+from tests.support.fleet import RunningFleet
 
 TOPICS = Topics()
 V1 = ModelRef(name="digits", version="1.0.0")
@@ -161,7 +161,7 @@ def test_database_outage_is_retried(fleet: RunningFleet, device: TestClient, mon
     real = repository.store_batch
     failures = iter([True, True])
 
-    def flaky(conn: Any, items: Any) -> tuple[int, int]:
+    def flaky(conn: Any, items: Any) -> Any:
         if next(failures, False):
             raise OperationalError("INSERT", {}, Exception("database is locked"))
         return real(conn, items)

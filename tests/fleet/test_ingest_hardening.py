@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -17,16 +13,17 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import create_engine, func, select
 
-from edgefleet.mosquitto import MosquittoBroker, free_port
+from edgefleet.mosquitto import MosquittoBroker
 from fleet.auth import hash_secret
 from fleet.config import MqttSettings
 from fleet.provision import acl_text
 from fleet.server import FleetServer
 from fleet.storage.schema import devices, telemetry
 from protocol.topics import DeviceChannel, Topics
-from tests.fleet.conftest import RunningFleet, fleet_config
 from tests.fleet.mqtt_helpers import TestClient, status, wait_for
 from tests.fleet.mqtt_helpers import telemetry as telemetry_payload
+from tests.support.fleet import RunningFleet, fleet_config
+from tests.support.processes import FleetProcess
 
 TOPICS = Topics()
 TOPICS_TELEMETRY = DeviceChannel.TELEMETRY
@@ -145,35 +142,18 @@ def test_huge_and_alien_messages_are_dead_lettered(fleet: RunningFleet, device: 
 
 def _serve(
     tmp_path: Path, broker: MosquittoBroker, signing_keys: tuple[Path, Path], db: Path
-) -> subprocess.Popen[bytes]:
-    port = free_port()
-    log = open(tmp_path / "fleet.log", "ab")  # noqa: SIM115 - handed to the child
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fleet",
-            "fleet",
-            "serve",
-            "--db",
-            f"sqlite:///{db}",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--mqtt-host",
-            broker.host,
-            "--mqtt-port",
-            str(broker.port),
-            "--mqtt-client-id",
-            "fleet-sigkill-test",
-            "--trusted-keys",
-            str(signing_keys[1]),
-            "--artifacts",
-            str(tmp_path / "artifacts"),
-        ],
-        stdout=log,
-        stderr=log,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+) -> FleetProcess:
+    fleet = FleetProcess(
+        tmp_path,
+        broker.port,
+        signing_keys[1],
+        mqtt_host=broker.host,
+        db_url=f"sqlite:///{db}",
+        client_id="fleet-sigkill-test",
+        module="fleet",
     )
+    fleet.start()
+    return fleet
 
 
 @pytest.mark.slow
@@ -194,7 +174,7 @@ def test_no_loss_when_the_fleet_is_killed_mid_stream(
     total, devices_n = 3000, 30
     publisher = TestClient(broker.host, broker.port)
     try:
-        wait_for(lambda: "ingester connected" in (tmp_path / "fleet.log").read_text(), 30)
+        process.wait_ingesting(30)
         killed_at = None
         for i in range(total):
             device_id = f"k{i % devices_n:02d}"
@@ -202,8 +182,7 @@ def test_no_loss_when_the_fleet_is_killed_mid_stream(
                 TOPICS.telemetry(device_id), telemetry_payload(device_id, seq=i // devices_n), qos=1
             )
             if killed_at is None and i >= total // 3 and stored() > 0:
-                process.send_signal(signal.SIGKILL)
-                process.wait(10)
+                process.kill()
                 killed_at = i
         assert killed_at is not None, "the fleet stored nothing before the kill"
         wait_for(lambda: publisher.client.want_write() is False, 10)
@@ -217,8 +196,7 @@ def test_no_loss_when_the_fleet_is_killed_mid_stream(
             assert conn.execute(select(func.count()).select_from(devices)).scalar_one() == 0  # no status sent
     finally:
         publisher.close()
-        process.send_signal(signal.SIGTERM)
-        process.wait(15)
+        process.stop()
         engine.dispose()
 
 

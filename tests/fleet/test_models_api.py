@@ -9,7 +9,7 @@ import pytest
 from protocol.bundle import read_bundle
 from protocol.signing import TrustedKeys, generate_private_key
 from tests.fleet.bundles import build_bundle, bundle_with_bad_signature, flip_model_byte, model_files
-from tests.fleet.conftest import InProcessFleet
+from tests.support.fleet import InProcessFleet
 
 OCTET = {"Content-Type": "application/octet-stream"}
 

@@ -15,8 +15,8 @@ from sqlalchemy import Engine
 
 from fleet.errors import ConflictError, FleetError, NotFoundError
 from fleet.ingest.decode import Decoded, Received, decode
+from fleet.rollout_spec import Gates, RolloutRequest, RolloutState, Target, wave_sizes
 from fleet.rollouts.controller import RolloutController
-from fleet.rollouts.spec import Gates, RolloutRequest, RolloutState, Target, wave_sizes
 from fleet.storage import create_engine_for_url, repository
 from protocol.messages import (
     DeviceStatus,

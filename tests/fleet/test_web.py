@@ -18,8 +18,8 @@ from protocol.messages import LatencySummary, PredictionHealth, ResourceUsage, T
 from protocol.schema import ModelRef
 from protocol.topics import Topics
 from tests.fleet.bundles import build_bundle
-from tests.fleet.conftest import RunningFleet
 from tests.fleet.mqtt_helpers import TestClient, status, wait_for
+from tests.support.fleet import RunningFleet
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -112,6 +112,7 @@ def test_dashboard_pages_live_in_chromium(
     )
     assert started.status_code == 201, started.text
     fleet.server.alerts.evaluate()
+    assert fleet.post("/api/v1/devices", json={"device_id": "cam-9"}).status_code == 201  # never reports
 
     # The API asks for a token: the page shows the login form, then loads with the token.
     fleet.server.context.tokens = parse_tokens("viewer wall-screen viewer-token-0123456789")
@@ -120,7 +121,8 @@ def test_dashboard_pages_live_in_chromium(
     page.fill("#token", "viewer-token-0123456789")
     page.click("#login button")
     page.wait_for_selector("#devices tbody tr[data-device-id='cam-3']")
-    assert page.inner_text("#card-devices .big") == "3"
+    assert page.inner_text("#card-devices .big") == "3"  # devices that reported
+    assert "provisioned" in page.inner_text("#devices tbody tr[data-device-id='cam-9']")
     assert "digits 1.0.0" in page.inner_text("#models")
     assert "running" in page.inner_text("#rollouts")
 
@@ -143,5 +145,6 @@ def test_dashboard_pages_live_in_chromium(
     page.wait_for_selector("#waves tbody tr")
     assert "running" in page.inner_text("#rollout-state")
     assert page.eval_on_selector_all("#waves tbody tr", "nodes => nodes.length") == 3
+    assert "every targeted device can load it" in page.inner_text("#skipped")
     shoot(page, tmp_path, "rollout")
     assert page.evaluate("window.__marker") == 1  # never reloaded

@@ -97,6 +97,7 @@ def _tar(*entries: tarfile.TarInfo, payload: bytes = b"x") -> bytes:
         ("../etc/passwd", "unexpected member"),
         ("/etc/passwd", "unexpected member"),
         ("models/model.tflite", "unexpected member"),
+        ("d" * 120 + "/model.tflite", "unexpected member"),  # the path travels in a pax record
     ],
 )
 def test_unsafe_paths_are_refused(member: str, message: str) -> None:
@@ -123,7 +124,7 @@ def test_not_a_tar_and_truncated_archives_are_named() -> None:
         _read(b"this is not an archive at all" * 40)
     data, trusted = _signed_bundle()
     # Cut inside the second member's data: tar pads to 10 KiB, so halving would only trim padding.
-    with pytest.raises(BundleError, match=r"truncated or corrupt|not a bundle|never signed"):
+    with pytest.raises(BundleError, match=r"is truncated|not a bundle|never signed"):
         _read(data[:1100]).verify(trusted)
 
 

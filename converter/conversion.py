@@ -1,11 +1,12 @@
-"""The two subprocess stages of a conversion: TensorFlow (``converter.worker``) and the runtimes
-(``converter.validate``), launched with time limits, their failures turned into typed errors.
+"""Phase "convert": every asked mode converted in a TensorFlow subprocess (``converter.worker``).
+
+A mode that crashes or hangs costs that mode only (the rest go on in a new worker); every
+failure becomes a typed ``ConversionError`` that names the mode and the likely cause.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,13 +14,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from agent.runtime import RuntimeInfo
 from converter import worker
-from converter.errors import ConversionError, InputError, UnsupportedOpsError
+from converter.errors import ConversionError, ConverterError, InputError, UnsupportedOpsError
+from converter.inputs import Inputs
+from converter.request import ConversionRequest, Progress, quiet
+from converter.source import SourceModel
 from converter.subproc import ChildOutcome, run_module
-from protocol.manifest import QuantizationMode, RuntimeCheck, TensorSpec
-
-Progress = Callable[[str], None]
+from protocol.manifest import QuantizationMode
 
 LIKELY_CAUSE = {
     QuantizationMode.INT8: "an op without an int8 kernel, or calibration data the model cannot run on; "
@@ -52,6 +53,78 @@ class WorkerOutput:
     modes: dict[QuantizationMode, ModeOutcome]
     seconds: float
     debug: dict[str, Any] | None = None
+
+
+def worker_job(request: ConversionRequest, source: SourceModel, work: Path) -> dict[str, Any]:
+    """The worker's job file, pointing at the arrays ``write_worker_arrays`` left in ``work``."""
+    return {
+        "model": source.reference,
+        "kind": source.kind.value,
+        "calibration": str(work / "calibration.npy"),
+        "evaluation": str(work / "evaluation.npy"),
+        "io_type": request.io_type,
+        "rnn": request.rnn,
+        "float_layers": request.float_layers,
+    }
+
+
+def write_worker_arrays(inputs: Inputs, work: Path) -> None:
+    """The data as the worker reads it (``worker_job`` points at these files)."""
+    np.save(work / "calibration.npy", inputs.calibration.x)
+    np.save(work / "evaluation.npy", inputs.evaluation.x)
+
+
+def convert_modes(
+    request: ConversionRequest,
+    source: SourceModel,
+    inputs: Inputs,
+    modes: list[QuantizationMode],
+    *,
+    work: Path,
+    progress: Progress,
+) -> WorkerOutput:
+    """Convert ``modes``, and always float32 too: the reference for the size ratio."""
+    worker_modes = modes if QuantizationMode.NONE in modes else [*modes, QuantizationMode.NONE]
+    calibrating = [m for m in worker_modes if m in (QuantizationMode.INT8, QuantizationMode.INT16X8)]
+    how = f", calibrating on {len(inputs.calibration.x)} samples" if calibrating else ""
+    progress(
+        f"converting to TFLite ({', '.join(m.value for m in worker_modes)}) in a TensorFlow "
+        f"subprocess{how}..."
+    )
+    return run_worker(
+        worker_job(request, source, work),
+        worker_modes,
+        work=work,
+        timeout=request.timeout,
+        calibration_samples=len(inputs.calibration.x),
+        progress=progress,
+    )
+
+
+def layer_report(request: ConversionRequest, source: SourceModel, inputs: Inputs, work: Path) -> str:
+    """Re-run int8 with TensorFlow's quantization debugger; the worst layers as a table."""
+    np.save(work / "debug.npy", inputs.evaluation.x[: request.smoke_samples])
+    job = {**worker_job(request, source, work), "evaluation": str(work / "debug.npy"), "debug_int8": True}
+    try:
+        output = run_worker(
+            job,
+            [QuantizationMode.INT8],
+            work=work / "debug",
+            timeout=request.timeout,
+            calibration_samples=len(inputs.calibration.x),
+            progress=quiet,
+        )
+    except ConverterError as exc:
+        return f"\nthe per-layer report failed: {exc}"
+    if not output.debug or not output.debug.get("layers"):
+        return "\nthe per-layer report found no quantized layers"
+    lines = ["", "worst int8 layers (TensorFlow quantization debugger, RMSE / scale; 0.29 is ideal rounding)"]
+    for row in output.debug["layers"]:
+        lines.append(f"  {row['rmse_over_scale']:>8.3f}  {row['op']:<24} {row['tensor']}")
+    lines.append(
+        "keep the worst in float with --float-layers NAME[,NAME] (the layer names in the tensor names)"
+    )
+    return "\n".join(lines)
 
 
 def run_worker(
@@ -106,7 +179,7 @@ def run_worker(
         if left and current is None:
             raise ConversionError(
                 f"the conversion worker stopped before converting {', '.join(m.value for m in left)}"
-                f"{_detail(outcome)}"
+                f"{detail(outcome)}"
             )
         remaining = left
     assert facts is not None and source_dir is not None
@@ -184,7 +257,7 @@ def _died(
         cause = LIKELY_CAUSE[mode]
     return ConversionError(
         f"the conversion worker {how_it_died(outcome)} in mode {mode.value} "
-        f"(likely cause: {cause}){_detail(outcome)}"
+        f"(likely cause: {cause}){detail(outcome)}"
     )
 
 
@@ -194,55 +267,10 @@ def how_it_died(outcome: ChildOutcome) -> str:
     return f"failed with exit status {outcome.returncode} and no result"
 
 
-def _detail(outcome: ChildOutcome) -> str:
-    last = outcome.stderr_tail.strip().splitlines()
-    return f"; last output: {last[-1].strip()}" if last else ""
+def detail(outcome: ChildOutcome) -> str:
+    return f"; last output: {outcome.last_words}" if outcome.last_words else ""
 
 
 def _first_line(message: object) -> str:
     lines = str(message).strip().splitlines()
     return lines[0] if lines else "no message"
-
-
-@dataclass(frozen=True)
-class RuntimeRun:
-    info: RuntimeInfo
-    check: RuntimeCheck
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    eval_outputs: npt.NDArray[np.float32] | None
-    smoke_outputs: npt.NDArray[np.float32] | None
-    smoke_batch_outputs: npt.NDArray[np.float32] | None = None
-
-
-def validate_in(
-    info: RuntimeInfo, model: Path, work: Path, *, dynamic_batch: bool, timeout: float, tag: str
-) -> RuntimeRun:
-    job = {
-        "model": str(model),
-        "runtime": info.name,
-        "evaluation": str(work / "evaluation.npy"),
-        "smoke": str(work / "smoke.npy"),
-        "dynamic_batch": dynamic_batch,
-    }
-    out_dir = work / f"validate-{tag}-{info.name}"
-    outcome = run_module("converter.validate", job, out_dir, timeout)
-    result = outcome.result
-    if outcome.timed_out:
-        error = f"{info} did not load and run the model within {timeout:g} s"
-    elif result is None:
-        error = f"{info} {how_it_died(outcome)} while loading or running the model{_detail(outcome)}"
-    elif not result.get("loads"):
-        error = str(result.get("error"))
-    else:
-        outputs = np.load(out_dir / "outputs.npz")
-        return RuntimeRun(
-            info=info,
-            check=RuntimeCheck(version=info.version, loads=True, latency_ms_p50=result["latency_ms_p50"]),
-            inputs=[TensorSpec.model_validate(s) for s in result["inputs"]],
-            outputs=[TensorSpec.model_validate(s) for s in result["outputs"]],
-            eval_outputs=outputs["eval"],
-            smoke_outputs=outputs["smoke"],
-            smoke_batch_outputs=outputs["smoke_batch"],
-        )
-    return RuntimeRun(info, RuntimeCheck(version=info.version, loads=False, error=error), [], [], None, None)

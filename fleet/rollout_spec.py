@@ -1,4 +1,5 @@
-"""What an operator asks for (target, waves, gates) and what the API shows. Pure pydantic, no I/O."""
+"""What an operator asks for in a rollout (target, waves, gates) and what the API shows. Pure pydantic,
+no I/O: storage, the controller and the API all read these types."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from protocol.schema import DEVICE_ID_RE
+from fleet.compat import RuntimeNote
+from fleet.names import DeviceId, FreeText, Label, ModelName, SemVer
 
 DEFAULT_WAVES = ["1", "10%", "50%", "100%"]
 _WAVE = re.compile(r"^(\d+(?:\.\d+)?)%$|^(\d+)$")
@@ -36,18 +38,15 @@ class Target(Spec):
     """Which devices: all of them, a group, devices carrying every given tag, or a list of ids."""
 
     all: bool = Field(False, description="every known device")
-    group: str | None = Field(None, description="devices in this group")
-    tags: list[str] = Field(default_factory=list, description="devices carrying every one of these tags")
-    devices: list[str] = Field(default_factory=list, description="these device ids")
+    group: Label | None = Field(None, description="devices in this group")
+    tags: list[Label] = Field(default_factory=list, description="devices carrying every one of these tags")
+    devices: list[DeviceId] = Field(default_factory=list, description="these device ids")
 
     @model_validator(mode="after")
     def _one_selector(self) -> Target:
         chosen = sum([self.all, self.group is not None, bool(self.tags), bool(self.devices)])
         if chosen != 1:
             raise ValueError("choose exactly one of all, group, tags or devices")
-        for device_id in self.devices:
-            if not DEVICE_ID_RE.match(device_id):
-                raise ValueError(f"device id {device_id!r} is not valid")
         return self
 
 
@@ -72,8 +71,8 @@ class Gates(Spec):
 
 
 class RolloutRequest(Spec):
-    name: str
-    version: str
+    name: ModelName
+    version: SemVer
     target: Target
     waves: list[str] = Field(default_factory=lambda: list(DEFAULT_WAVES))
     gates: Gates = Field(default_factory=Gates)
@@ -133,10 +132,13 @@ class RolloutView(Spec):
     created_at: datetime
     updated_at: datetime
     created_by: str | None
+    skipped: list[RuntimeNote] = Field(
+        default_factory=list, description="targeted devices left out: their runtime cannot load the model"
+    )
 
 
 class RolloutAction(Spec):
-    reason: str | None = Field(None, description="why, for the record")
+    reason: FreeText | None = Field(None, description="why, for the record")
 
 
 def gate_dicts(results: list[GateResult]) -> list[dict[str, Any]]:

@@ -1,0 +1,261 @@
+"""Storing what devices send: status, telemetry windows and update events (redeliveries once), and
+dead letters with their retention."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from fleet.storage.engine import RawJson
+from fleet.storage.metrics import metric_values
+from fleet.storage.records import DeadLetter, Decoded
+from fleet.storage.schema import dead_letters, devices, events, telemetry
+from fleet.storage.times import utc
+from fleet.views import DeadLetterRow
+from protocol.messages import DeviceStatus, TelemetryWindow, UpdateEvent
+from protocol.update_state import UpdateState
+
+
+def store_dead_letter(conn: Connection, letter: DeadLetter) -> bool:
+    """Record a dead letter; False when it is a redelivery of one already recorded."""
+    if letter.redelivered:
+        seen = conn.execute(
+            select(dead_letters.c.id).where(dead_letters.c.digest == letter.digest).limit(1)
+        ).first()
+        if seen is not None:
+            return False
+    conn.execute(
+        insert(dead_letters).values(
+            topic=letter.topic,
+            reason=letter.reason.value,
+            detail=letter.detail,
+            payload_prefix=letter.payload_prefix,
+            payload_size=letter.payload_size,
+            received_at=utc(letter.received_at),
+            digest=letter.digest or None,
+        )
+    )
+    return True
+
+
+def expire_dead_letters(conn: Connection, older_than: datetime, keep_at_most: int) -> int:
+    """Delete dead letters received before ``older_than``, then the oldest beyond ``keep_at_most``."""
+    expired = conn.execute(delete(dead_letters).where(dead_letters.c.received_at < older_than)).rowcount
+    newest_dropped = conn.execute(
+        select(dead_letters.c.id).order_by(dead_letters.c.id.desc()).offset(keep_at_most).limit(1)
+    ).scalar()
+    if newest_dropped is not None:
+        expired += conn.execute(delete(dead_letters).where(dead_letters.c.id <= newest_dropped)).rowcount
+    return max(expired, 0)
+
+
+def store_decoded(conn: Connection, item: Decoded) -> bool:
+    """Store one valid device message; False when it was a duplicate (a QoS 1 redelivery)."""
+    message = item.message
+    received_at = utc(item.received_at)
+    if isinstance(message, DeviceStatus):
+        _store_status(conn, message, received_at)
+        return True
+    if isinstance(message, TelemetryWindow):
+        return _store_telemetry(conn, message, received_at)
+    return _store_event(conn, message, received_at)
+
+
+def store_batch(conn: Connection, items: Iterable[Decoded | DeadLetter]) -> tuple[int, int, list[DeadLetter]]:
+    """Store a batch in the caller's transaction; returns (stored, duplicates, dead letters recorded).
+
+    Telemetry windows, the bulk of the stream, go in with one multi-row INSERT per batch (statement
+    building, not the database, is what costs per message); status and events keep their order.
+    A redelivered dead letter already recorded is not recorded again, nor returned.
+    """
+    stored = duplicates = 0
+    letters: list[DeadLetter] = []
+    windows: list[tuple[TelemetryWindow, datetime, bytes | None]] = []
+    for item in items:
+        if isinstance(item, DeadLetter):
+            if store_dead_letter(conn, item):
+                letters.append(item)
+        elif isinstance(item.message, TelemetryWindow) and conn.dialect.name in ("sqlite", "postgresql"):
+            windows.append((item.message, utc(item.received_at), item.raw))
+        elif store_decoded(conn, item):
+            stored += 1
+        else:
+            duplicates += 1
+    if windows:
+        inserted = _store_telemetry_many(conn, windows)
+        stored += inserted
+        duplicates += len(windows) - inserted
+    return stored, duplicates, letters
+
+
+def _store_telemetry_many(
+    conn: Connection, windows: list[tuple[TelemetryWindow, datetime, bytes | None]]
+) -> int:
+    """One INSERT ... ON CONFLICT DO NOTHING RETURNING for many windows, then one UPDATE per device."""
+    rows = [telemetry_row(window, received_at, raw) for window, received_at, raw in windows]
+    keys = ["device_id", "seq", "window_start"]
+    statement: Any
+    if conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        statement = sqlite_insert(telemetry).on_conflict_do_nothing(index_elements=keys)
+    else:
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        statement = pg_insert(telemetry).on_conflict_do_nothing(index_elements=keys)
+    inserted = conn.execute(statement.returning(telemetry.c.device_id), rows).all()
+    seen: dict[str, datetime] = {}
+    for row in rows:
+        if row["received_at"] > seen.get(row["device_id"], row["received_at"] - timedelta(1)):
+            seen[row["device_id"]] = row["received_at"]
+    touched = {row.device_id for row in inserted}
+    if touched:
+        conn.execute(
+            update(devices)
+            .where(devices.c.device_id == bindparam("d"), devices.c.last_seen < bindparam("seen"))
+            .values(last_seen=bindparam("seen")),
+            [{"d": device_id, "seen": seen[device_id]} for device_id in sorted(touched)],
+        )
+    return len(inserted)
+
+
+def status_values(status: DeviceStatus, received_at: datetime) -> dict[str, Any]:
+    """The ``devices`` columns a status message sets."""
+    values: dict[str, Any] = {
+        "presence": status.presence.value,
+        "status_ts": utc(status.ts),
+        "last_seen": received_at,
+        "agent_version": status.agent_version,
+        "runtime": status.runtime,
+    }
+    if status.model is not None:
+        values |= {
+            "model_name": status.model.name,
+            "model_version": status.model.version,
+            "model_sha256": status.model.sha256,
+        }
+    if status.update_state is not None:
+        values["update_state"] = status.update_state
+    return values
+
+
+def _store_status(conn: Connection, status: DeviceStatus, received_at: datetime) -> None:
+    values = status_values(status, received_at)
+    changed = conn.execute(
+        update(devices).where(devices.c.device_id == status.device_id).values(**values)
+    ).rowcount
+    if not changed:
+        conn.execute(insert(devices).values(device_id=status.device_id, first_seen=received_at, **values))
+
+
+def _touch(conn: Connection, device_id: str, received_at: datetime, **values: Any) -> None:
+    conn.execute(
+        update(devices).where(devices.c.device_id == device_id).values(last_seen=received_at, **values)
+    )
+
+
+def _store_telemetry(conn: Connection, window: TelemetryWindow, received_at: datetime) -> bool:
+    row = telemetry_row(window, received_at)
+    if not _insert_ignoring_duplicate(conn, telemetry, row, ("device_id", "seq", "window_start")):
+        return False
+    _touch(conn, window.device_id, received_at)
+    return True
+
+
+def telemetry_row(window: TelemetryWindow, received_at: datetime, raw: bytes | None = None) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "device_id": window.device_id,
+        "seq": window.seq,
+        "window_start": utc(window.window_start),
+        "window_end": utc(window.window_end),
+        "received_at": received_at,
+        "model_name": window.model.name if window.model else None,
+        "model_version": window.model.version if window.model else None,
+        **metric_values(window),
+        # The payload exactly as the device sent it (validated): no second serialization.
+        "payload": RawJson(raw.decode()) if raw is not None else window.model_dump(mode="json"),
+    }
+    return row
+
+
+def event_row(event: UpdateEvent, received_at: datetime) -> dict[str, Any]:
+    """The ``events`` row of one update transition."""
+    return {
+        "device_id": event.device_id,
+        "ts": utc(event.ts),
+        "received_at": received_at,
+        "update_id": event.update_id,
+        "state": event.state,
+        "ok": event.ok,
+        "reason": event.reason,
+        "target_name": event.target.name,
+        "target_version": event.target.version,
+        "target_sha256": event.target.sha256,
+        "previous_name": event.previous.name if event.previous else None,
+        "previous_version": event.previous.version if event.previous else None,
+        "payload": event.model_dump(mode="json"),
+    }
+
+
+def _store_event(conn: Connection, event: UpdateEvent, received_at: datetime) -> bool:
+    row = event_row(event, received_at)
+    if not _insert_ignoring_duplicate(conn, events, row, ("device_id", "update_id", "state", "ts")):
+        return False
+    values: dict[str, Any] = {"update_state": event.state}
+    if event.state is UpdateState.COMMIT and event.ok:
+        values |= {
+            "model_name": event.target.name,
+            "model_version": event.target.version,
+            "model_sha256": event.target.sha256,
+        }
+    _touch(conn, event.device_id, received_at, **values)
+    return True
+
+
+def _insert_ignoring_duplicate(
+    conn: Connection, table: Table, row: Mapping[str, Any], keys: Sequence[str]
+) -> bool:
+    """INSERT unless a row with the same ``keys`` exists; True when a row was inserted."""
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        lite = sqlite_insert(table).values(**row).on_conflict_do_nothing(index_elements=list(keys))
+        return bool(conn.execute(lite).rowcount)
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        # psycopg reports rowcount -1 for this statement: ask for a returned row instead.
+        pg = (
+            pg_insert(table)
+            .values(**row)
+            .on_conflict_do_nothing(index_elements=list(keys))
+            .returning(table.c[keys[0]])
+        )
+        return conn.execute(pg).first() is not None
+    try:
+        with conn.begin_nested():
+            conn.execute(insert(table).values(**row))
+    except IntegrityError:
+        return False
+    return True
+
+
+def list_dead_letters(conn: Connection, limit: int) -> list[DeadLetterRow]:
+    query = select(dead_letters).order_by(dead_letters.c.id.desc()).limit(limit)
+    return [
+        DeadLetterRow(
+            id=row.id,
+            topic=row.topic,
+            reason=row.reason,
+            detail=row.detail,
+            payload_prefix=row.payload_prefix,
+            payload_size=row.payload_size,
+            received_at=utc(row.received_at),
+        )
+        for row in conn.execute(query)
+    ]
