@@ -4,7 +4,6 @@ processes, bundles converted by the real converter, real HTTP and a real SQLite 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from protocol.bundle import read_bundle
 from protocol.samples import read_samples
 from protocol.signing import TrustedKeys
 from protocol.tensors import dequantize
-from tests.support.processes import AgentProcess, FleetProcess, MosquittoBroker
+from tests.support.processes import AgentProcess, FleetProcess
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
@@ -27,24 +26,6 @@ def _convert(model_dir: Path, version: str, key: Path, out: Path) -> Path:
     bundle = out / f"digits-{version}.bundle"
     convert_digits(model_dir, version, key, bundle)
     return bundle
-
-
-@pytest.fixture
-def stack(
-    tmp_path: Path, broker: MosquittoBroker, signing_keys: tuple[Path, Path]
-) -> Iterator[tuple[FleetProcess, AgentProcess]]:
-    _, public = signing_keys
-    fleet = FleetProcess(tmp_path / "fleet", broker.port, public)
-    agent = AgentProcess(
-        "dev-1", tmp_path / "devices", fleet.url, broker.port, public, telemetry_interval_s=1
-    )
-    try:
-        fleet.start_and_wait()
-        agent.start_and_wait()
-        yield fleet, agent
-    finally:
-        agent.stop()
-        fleet.stop()
 
 
 def _push(fleet: FleetProcess, data: bytes) -> requests.Response:

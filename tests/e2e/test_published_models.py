@@ -6,7 +6,6 @@ output equals the runtime run directly, in JSON and ``.npz``, for 1 and 3 instan
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from edgefleet.stack import run_edgefleet
 from protocol.bundle import read_bundle
 from protocol.manifest import Manifest
 from protocol.signing import TrustedKeys
-from tests.support.processes import AgentProcess, FleetProcess, MosquittoBroker
+from tests.support.processes import AgentProcess, FleetProcess
 from tests.support.published_models import expected_outputs, published_folder, raw_inputs
 
 __all__ = ["published_folder"]  # the fixture, imported for pytest
@@ -34,22 +33,6 @@ MODELS = {
     "pose": ("regression", "output_4"),
     "gru_forecaster": ("forecast", None),
 }
-
-
-@pytest.fixture
-def stack(
-    tmp_path: Path, broker: MosquittoBroker, signing_keys: tuple[Path, Path]
-) -> Iterator[tuple[FleetProcess, AgentProcess]]:
-    _, public = signing_keys
-    fleet = FleetProcess(tmp_path / "fleet", broker.port, public)
-    agent = AgentProcess("dev-1", tmp_path / "devices", fleet.url, broker.port, public)
-    try:
-        fleet.start_and_wait()
-        agent.start_and_wait()
-        yield fleet, agent
-    finally:
-        agent.stop()
-        fleet.stop()
 
 
 def _bundle(folder: Path, name: str, key: Path, out: Path) -> Path:
