@@ -19,6 +19,8 @@ SERIES_COLUMNS = (
     *(metric.series for metric in METRICS if metric.series is not None),
 )
 """Throughput and error rate come from the counters; every other series is one metric's."""
+_RAW_SERIES = {metric.series: metric.name for metric in METRICS if metric.series is not None}
+"""Series name -> the raw telemetry column it is read from."""
 _HOURLY_SERIES = {
     metric.series: name
     for metric, rollup, name in HOURLY_COLUMNS
@@ -41,15 +43,7 @@ def _raw_points(conn: Connection, device_id: str, since: datetime, until: dateti
     for row in rows:
         start, end = utc(row.window_start), utc(row.window_end)
         seconds = max((end - start).total_seconds(), 1e-9)
-        values: dict[str, float | None] = {
-            "throughput_rps": row.requests / seconds,
-            "error_rate": row.errors / row.requests if row.requests else 0.0,
-        }
-        for metric in METRICS:
-            if metric.series is not None:
-                value = row._mapping[metric.name]
-                values[metric.series] = None if value is None else value * metric.series_scale
-        points.append((start.timestamp(), values))
+        points.append((start.timestamp(), _point_values(row, seconds, _RAW_SERIES)))
     return points
 
 
@@ -63,19 +57,22 @@ def _hourly_points(conn: Connection, device_id: str, since: datetime, before: da
         )
         .order_by(telemetry_hourly.c.hour)
     ).all()
-    points: list[Point] = []
-    for row in rows:
-        values: dict[str, float | None] = {
-            "throughput_rps": row.requests / 3600,
-            "error_rate": row.errors / row.requests if row.requests else 0.0,
-        }
-        for metric in METRICS:
-            if metric.series is not None:
-                column = _HOURLY_SERIES.get(metric.series)
-                value = None if column is None else row._mapping[column]
-                values[metric.series] = None if value is None else value * metric.series_scale
-        points.append((utc(row.hour).timestamp(), values))
-    return points
+    return [(utc(row.hour).timestamp(), _point_values(row, 3600, _HOURLY_SERIES)) for row in rows]
+
+
+def _point_values(row: Any, seconds: float, columns_of: dict[str, str]) -> dict[str, float | None]:
+    """One point's figures from a raw window or an hourly row: throughput and error rate from its
+    counts, then every series metric from the column ``columns_of`` names (None where it has none)."""
+    values: dict[str, float | None] = {
+        "throughput_rps": row.requests / seconds,
+        "error_rate": row.errors / row.requests if row.requests else 0.0,
+    }
+    for metric in METRICS:
+        if metric.series is not None:
+            column = columns_of.get(metric.series)
+            value = None if column is None else row._mapping[column]
+            values[metric.series] = None if value is None else value * metric.series_scale
+    return values
 
 
 def telemetry_series(
