@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from agent.config import AgentConfig
 from agent.errors import AgentError
 from agent.http_api import InferenceAPI
+from agent.http_limits import HttpLimits
 from agent.mqtt_link import MqttLink
 from agent.outbox import Outbox
 from agent.scheduler import IntervalJob
@@ -143,6 +144,7 @@ class Agent:
             max_instances=cfg.api.max_instances,
             update_state=self.update_state,
             unix_socket=cfg.api.unix_socket,
+            limits=HttpLimits.from_config(cfg.api),
         ).start()
         self.mqtt.start()
         self.telemetry = Telemetry(

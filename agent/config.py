@@ -1,6 +1,6 @@
 """The agent's configuration: one TOML file, strict pydantic models, loaded in one place.
 
-Every field carries a description; ``reference_markdown()`` renders them for docs/agent.md and
+Every field carries a description; ``agent.config_reference`` renders them for docs/agent.md and
 ``edgefleet agent check-config`` reports problems as ``field.path: message``.
 """
 
@@ -10,13 +10,16 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 from pydantic.fields import FieldInfo
 
+from agent.config_env import env_overrides, merge
+from agent.credentials import PASSWORD_FILE_HELP, password_from_file
 from agent.errors import ConfigError
 from protocol.schema import DEVICE_ID_PATTERN
+from protocol.validation import error_location
 
 
 class _Section(BaseModel):
@@ -48,11 +51,17 @@ class FleetConfig(_Section):
         "Sent only to the fleet's own origin, never to a bundle URL on another host, never after a "
         "redirect to another origin.",
     )
+    password_file: Path | None = Field(default=None, description=PASSWORD_FILE_HELP)
     ca_file: Path | None = Field(
         default=None,
         description="For an https:// url: PEM CA certificate(s) the fleet's certificate (and that of "
         "any bundle host) must chain to; unset: the system's CA store. The host name is always checked.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def resolve_password_file(cls, data: Any, info: ValidationInfo) -> Any:
+        return password_from_file(data, info)
 
 
 class MqttTlsConfig(_Section):
@@ -94,6 +103,7 @@ class MqttConfig(_Section):
     keepalive_s: int = Field(default=30, ge=5, le=65535, description="MQTT keepalive in seconds.")
     username: str | None = Field(default=None, description="Broker user name, if the broker requires one.")
     password: str | None = Field(default=None, description="Broker password, if the broker requires one.")
+    password_file: Path | None = Field(default=None, description=PASSWORD_FILE_HELP)
     queue_limit: int = Field(
         default=10_000,
         ge=1,
@@ -102,6 +112,11 @@ class MqttConfig(_Section):
     )
     tls: MqttTlsConfig = Field(default_factory=MqttTlsConfig, description="TLS to the broker.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def resolve_password_file(cls, data: Any, info: ValidationInfo) -> Any:
+        return password_from_file(data, info)
+
 
 class ApiConfig(_Section):
     host: str = Field(default="127.0.0.1", min_length=1, description="Address the inference API listens on.")
@@ -109,7 +124,60 @@ class ApiConfig(_Section):
         default=8500, ge=0, le=65535, description="TCP port of the inference API (0: any free)."
     )
     max_body_bytes: int = Field(
-        default=16 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413."
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted (binary forms; JSON has max_json_body_bytes); "
+        "larger ones get 413 unread.",
+    )
+    max_json_body_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Largest JSON request body; parsing JSON takes up to ~40x its size, so it has a "
+        "lower limit than binary bodies. Larger ones get 413 (send application/octet-stream or "
+        "application/x-npz instead).",
+    )
+    max_inflight_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Memory budget shared by all requests in flight: a request reserves its body (a "
+        "binary one twice), then a JSON body its parse cost and an .npz body its unpacked size. One "
+        "that does not fit waits up to busy_wait_s, then gets 503 with Retry-After; one that can never "
+        "fit gets 413. Keep it well under the unit's MemoryMax.",
+    )
+    busy_wait_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="Seconds a request waits for room in max_inflight_bytes before it gets 503.",
+    )
+    max_connections: int = Field(
+        default=64,
+        ge=1,
+        description="Connections served at once (one thread each); one more is answered 503 with "
+        "Retry-After and closed.",
+    )
+    backlog: int = Field(
+        default=128,
+        ge=1,
+        le=65535,
+        description="Listen backlog: connections the kernel queues until the agent accepts them "
+        "(capped by net.core.somaxconn).",
+    )
+    header_timeout_s: float = Field(
+        default=10,
+        gt=0,
+        description="Seconds a client has for the request line and headers, from connecting (on a "
+        "kept-alive connection: from the request's first byte); then 408 and the connection closes.",
+    )
+    body_timeout_s: float = Field(
+        default=30,
+        gt=0,
+        description="Seconds a client has to send the whole request body; then 408 and the "
+        "connection closes.",
+    )
+    idle_timeout_s: float = Field(
+        default=60,
+        gt=0,
+        description="Seconds an idle kept-alive connection stays open waiting for its next request.",
     )
     max_instances: int = Field(
         default=4096,
@@ -122,6 +190,15 @@ class ApiConfig(_Section):
         description="Also serve the same API on this Unix socket path (e.g. /run/edgefleet/agent.sock); "
         "none by default.",
     )
+
+    @model_validator(mode="after")
+    def _body_fits_budget(self) -> ApiConfig:
+        if 2 * self.max_body_bytes > self.max_inflight_bytes:
+            raise ValueError(
+                f"max_inflight_bytes ({self.max_inflight_bytes}) must be at least twice max_body_bytes "
+                f"({self.max_body_bytes}): a binary body counts twice; raise the one or lower the other"
+            )
+        return self
 
 
 class TelemetryConfig(_Section):
@@ -236,10 +313,10 @@ def describe_errors(exc: ValidationError) -> list[str]:
     lines = []
     for error in exc.errors():
         loc = tuple(error["loc"])
-        where = ".".join(str(p) for p in loc) or "(file)"
+        where = error_location(loc, "(file)")
         owner, info = _field_at(loc)
         if error["type"] == "extra_forbidden":
-            section = ".".join(str(p) for p in loc[:-1])
+            section = error_location(loc[:-1], "")
             known = ", ".join(owner.model_fields) if owner is not None else ""
             place = f"[{section}]" if section else "the top level"
             lines.append(f"{where}: unknown key; {place} takes: {known}")
@@ -254,50 +331,16 @@ def describe_errors(exc: ValidationError) -> list[str]:
     return lines
 
 
-def parse_config(data: dict[str, object], source: str = "config") -> AgentConfig:
+def parse_config(
+    data: dict[str, object], source: str = "config", environ: Mapping[str, str] | None = None
+) -> AgentConfig:
+    """Validate ``data``; ``environ`` (default: the process's) is where a ``password_file``
+    credential name finds ``$CREDENTIALS_DIRECTORY``."""
+    context = {"environ": os.environ if environ is None else environ}
     try:
-        return AgentConfig.model_validate(data)
+        return AgentConfig.model_validate(data, context=context)
     except ValidationError as exc:
         raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(describe_errors(exc))) from exc
-
-
-ENV_PREFIX = "EDGEFLEET_AGENT_"
-
-
-def env_overrides(environ: Mapping[str, str]) -> dict[str, object]:
-    """``EDGEFLEET_AGENT_<KEY>`` or ``EDGEFLEET_AGENT_<SECTION>__<KEY>`` -> nested config values.
-
-    A value is read as a TOML value when it parses as one (``8500``, ``true``, ``["a", "b"]``),
-    else as a string; an unknown key is reported like one in the file.
-    """
-    out: dict[str, object] = {}
-    for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or len(name) == len(ENV_PREFIX):
-            continue
-        path = name[len(ENV_PREFIX) :].lower().split("__")
-        try:
-            value: object = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        node = out
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"{name}: {part} is not a section")
-            node = child
-        node[path[-1]] = value
-    return out
-
-
-def _merge(base: dict[str, object], over: dict[str, object]) -> dict[str, object]:
-    merged = dict(base)
-    for key, value in over.items():
-        current = merged.get(key)
-        if isinstance(value, dict) and isinstance(current, dict):
-            merged[key] = _merge(current, value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> AgentConfig:
@@ -311,37 +354,10 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> AgentCo
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-    overrides = env_overrides(os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    overrides = env_overrides(environ)
     source = str(path) + (" (with EDGEFLEET_AGENT_* overrides)" if overrides else "")
-    return parse_config(_merge(data, overrides), source)
-
-
-def reference_markdown() -> str:
-    """A Markdown table per section, from the field descriptions (docs/agent.md embeds it)."""
-    out: list[str] = []
-
-    def section(model: type[BaseModel], title: str, prefix: str = "") -> None:
-        out.append(f"### `{title}`\n\n| key | default | description |\n|---|---|---|")
-        nested: list[tuple[type[BaseModel], str]] = []
-        for name, field in model.model_fields.items():
-            annotation = field.annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-                nested.append((annotation, name))
-                continue
-            if field.is_required():
-                default = "required"
-            else:
-                value = field.get_default(call_default_factory=True)
-                if isinstance(value, list):
-                    value = [str(v) for v in value]
-                default = "`" + (str(value) if not isinstance(value, str) else repr(value)) + "`"
-            out.append(f"| `{name}` | {default} | {field.description or ''} |")
-        out.append("")
-        for sub, name in nested:
-            section(sub, f"[{prefix}{name}]", f"{prefix}{name}.")
-
-    section(AgentConfig, "top level")
-    return "\n".join(out)
+    return parse_config(merge(data, overrides), source, environ)
 
 
 def fleet_credentials(config: AgentConfig) -> tuple[str, str] | None:

@@ -12,6 +12,12 @@ instances of a single-input model and is answered with the primary output's floa
 answered with every output by name (``X-Output-Shapes``). Any failure of the runtime is a 500
 counted in telemetry; the interpreter is ready for the next request. The same API can also
 listen on a Unix socket.
+
+Limits (``agent.http_limits``, the ``[api]`` section): a connection cap (503 beyond it), a byte
+budget shared by the requests in flight (a request waits briefly for room, then gets 503 with
+``Retry-After``; one that can never fit gets 413), a lower body limit for JSON than for binary
+forms, JSON nesting and parse cost checked before parsing, and deadlines for the request head and
+body (``agent.http_base``).
 """
 
 from __future__ import annotations
@@ -23,22 +29,39 @@ import socketserver
 import threading
 import time
 from collections.abc import Callable
-from http.server import ThreadingHTTPServer
+from http.server import HTTPServer
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from agent.errors import BadInputError
 from agent.http_base import FastHandler
+from agent.http_limits import (
+    MAX_JSON_DEPTH,
+    ByteBudget,
+    ConnectionCap,
+    HttpLimits,
+    Reservation,
+    json_depth,
+    json_parse_cost,
+    return_large_buffers_to_the_system,
+)
+from agent.http_requests import (
+    BUSY,
+    NO_MODEL,
+    RETRY_AFTER_S,
+    Refused,
+    body_form,
+    body_length,
+    busy_response,
+    json_request,
+    npz_unpacked_bytes,
+)
 from agent.predict_io import (
-    NPZ,
+    binary_answer,
     parse_float32_body,
     parse_json_inputs,
     parse_npz_body,
     response_json,
-    response_npz,
-    shapes_header,
 )
 from agent.serving import ActiveModel, ModelHolder, PredictResult
 from agent.serving_health import ServingHealth
@@ -47,69 +70,32 @@ from protocol.errors import EdgefleetError
 
 log = logging.getLogger(__name__)
 
-BINARY = "application/octet-stream"
-NO_MODEL = "no model is active yet; the agent installs one when the fleet deploys it"
 
-
-class _Refused(Exception):  # noqa: N818 - internal control flow, never leaves the handler
-    """A request answered with an error status (and counted in telemetry under ``kind``)."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        kind: str = "bad_request",
-        *,
-        nonfinite: bool = False,
-        close: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.kind = status, message, kind
-        self.nonfinite, self.close = nonfinite, close
-
-
-def _form(content_type: str) -> str:
-    """Which body form a Content-Type names: npz, float32 or (anything else) json."""
-    media = content_type.split(";", maxsplit=1)[0].strip().lower()
-    return {NPZ: "npz", BINARY: "float32"}.get(media, "json")
-
-
-def _json_request(body: bytes) -> tuple[dict[str, Any], int]:
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: [[[[...
-        raise _Refused(400, f'the body is not valid JSON ({exc}); send {{"inputs": [...]}}') from None
-    if not isinstance(payload, dict) or "inputs" not in payload:
-        raise _Refused(400, 'the body must be a JSON object with an "inputs" member')
-    top_k = payload.get("top_k", 1)
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 100:
-        raise _Refused(400, '"top_k" must be a whole number from 1 to 100')
-    return payload, top_k
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(ConnectionCap, HTTPServer):
     allow_reuse_address = True
     api: InferenceAPI
 
 
-class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+class _UnixServer(ConnectionCap, socketserver.UnixStreamServer):
     api: InferenceAPI
 
 
 class _Handler(FastHandler):
     server: _Server | _UnixServer
 
+    def limits(self) -> HttpLimits:
+        return self.server.api.limits
+
     def closing(self) -> bool:
         return self.server.api.stopping
 
-    def _send_json(self, status: int, body: object) -> None:
-        self._send(status, "application/json", json.dumps(body, allow_nan=False).encode())
+    def _send_json(self, status: int, body: object, extra: str = "") -> None:
+        self._send(status, "application/json", json.dumps(body, allow_nan=False).encode(), extra)
 
-    def _error(self, status: int, message: str, kind: str, nonfinite: bool = False) -> None:
-        self.server.api.metrics.record_error(kind, nonfinite=nonfinite)
-        self._send_json(status, {"error": message})
+    def _error(self, refused: Refused) -> None:
+        self.server.api.metrics.record_error(refused.kind, nonfinite=refused.nonfinite)
+        extra = f"Retry-After: {RETRY_AFTER_S}\r\n" if refused.retry_after else ""
+        self._send_json(refused.status, {"error": refused.message}, extra)
 
     def _tracked(self, action: Callable[[], None]) -> None:
         api = self.server.api
@@ -121,6 +107,7 @@ class _Handler(FastHandler):
 
     # -- routes ------------------------------------------------------------------------------
     def do_GET(self) -> None:  # noqa: N802 - the name http.server dispatches to
+        self._discard_body()
         self._tracked(self._get)
 
     def do_POST(self) -> None:  # noqa: N802 - the name http.server dispatches to
@@ -154,46 +141,72 @@ class _Handler(FastHandler):
             self._discard_body()
             self._send_json(404, {"error": f"no such endpoint: POST {self.path}"})
             return
+        form = body_form(self.headers.get("Content-Type", ""))
+        hold = Reservation(self.server.api.budget)
         try:
-            self._predict(self._read_body())
-        except _Refused as refused:
+            self._predict(form, self._read_body(form, hold), hold)
+        except Refused as refused:
             if refused.close:
                 self.close_connection = True
-            self._error(refused.status, refused.message, refused.kind, nonfinite=refused.nonfinite)
+                self._linger = True  # the body may be arriving still
+            self._error(refused)
         except OSError:
-            raise  # the connection itself failed: http.server closes it
+            raise  # the connection itself failed (or timed out): the handler closes it
         except Exception:  # a bug: answer and count it rather than drop the connection
             log.exception("predict request failed unexpectedly")
             self.close_connection = True
-            self._error(500, "internal error; see the agent's log", "internal")
+            self._error(Refused(500, "internal error; see the agent's log", "internal"))
+        finally:
+            hold.close()
 
-    def _read_body(self) -> bytes:
-        length_header = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding") or length_header is None:
-            raise _Refused(411, "send the body with a Content-Length header", close=True)
-        try:
-            length = int(length_header)
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            raise _Refused(400, "Content-Length is not a number", close=True) from None
-        limit = self.server.api.max_body_bytes
-        if length > limit:  # the body stays unread
-            raise _Refused(413, f"the body is {length} bytes; the limit is {limit}", "too_large", close=True)
+    def _reserve(self, hold: Reservation, nbytes: int, what: str, *, unread: bool) -> None:
+        """Room in the in-flight budget for ``nbytes``, or the request is refused (413 if it can
+        never fit, else 503 after a short wait)."""
+        api = self.server.api
+        if nbytes > api.budget.total:
+            raise Refused(
+                413,
+                f"{what} needs about {nbytes} bytes of memory; requests in flight may hold at most "
+                f"{api.budget.total} (api.max_inflight_bytes): send fewer instances per request",
+                "too_large",
+                close=unread,
+            )
+        if not hold.take(nbytes, api.limits.busy_wait_s):
+            raise Refused(503, BUSY + " (api.max_inflight_bytes)", "busy", close=unread, retry_after=True)
+
+    def _read_body(self, form: str, hold: Reservation) -> bytes:
+        api = self.server.api
+        length = body_length(self.headers, form, api.max_body_bytes, api.limits.max_json_body_bytes)
+        # A binary body counts twice: the body and the runtime's copy of the batch.
+        self._reserve(hold, length if form == "json" else 2 * length, "the body", unread=True)
+        self.continue_body()
+        self.reader.start(api.limits.body_timeout_s)
         body: bytes = self.rfile.read(length)
+        self.reader.idle()
+        if len(body) < length:
+            raise Refused(400, f"the body ended after {len(body)} of {length} bytes", close=True)
         return body
 
-    def _predict(self, body: bytes) -> None:
+    def _predict(self, form: str, body: bytes, hold: Reservation) -> None:
         api = self.server.api
         started = time.perf_counter()
         model = api.holder.current  # this request runs on this model, whatever swaps meanwhile
-        form = _form(self.headers.get("Content-Type", ""))
         payload: dict[str, Any] = {}
         top_k = 1
         if form == "json":
-            payload, top_k = _json_request(body)
+            depth = json_depth(body)
+            if depth > MAX_JSON_DEPTH:
+                raise Refused(
+                    400,
+                    f"the body is not valid JSON for this API: it nests {depth} levels deep, "
+                    f"at most {MAX_JSON_DEPTH} are read",
+                )
+            self._reserve(hold, json_parse_cost(body), "parsing this JSON body", unread=False)
+            payload, top_k = json_request(body)
+        elif form == "npz":
+            self._reserve(hold, npz_unpacked_bytes(body), "unpacking this .npz body", unread=False)
         if model is None:
-            raise _Refused(503, NO_MODEL, "no_model")
+            raise Refused(503, NO_MODEL, "no_model")
         try:
             if form == "json":
                 arrays = parse_json_inputs(payload["inputs"], model)
@@ -208,7 +221,7 @@ class _Handler(FastHandler):
                 )
             result = model.predict(arrays)
         except BadInputError as exc:
-            raise _Refused(400, str(exc), nonfinite="NaN" in str(exc)) from None
+            raise Refused(400, str(exc), nonfinite="NaN" in str(exc)) from None
         except Exception as exc:  # the boundary: any failure is a 500, never a dropped connection
             self._inference_failed(model, exc)
             return
@@ -239,28 +252,29 @@ class _Handler(FastHandler):
         if form == "json":
             self._send_json(200, response_json(model, result, top_k))
             return
-        extra = f"X-Model: {model.manifest.name}/{model.manifest.version}\r\n"
-        if result.classes is not None:
-            extra += f"X-Classes: {','.join(str(c) for c in result.classes.tolist())}\r\n"
-        if result.out_of_range:
-            extra += f"X-Out-Of-Range: {','.join(str(i) for i in result.out_of_range)}\r\n"
-        if form == "npz":
-            extra += f"X-Output-Shapes: {shapes_header(result)}\r\n"
-            self._send(200, NPZ, response_npz(result), extra)
-            return
-        data = np.ascontiguousarray(result.outputs, dtype="<f4").tobytes()
-        extra += f"X-Output-Shape: {','.join(str(d) for d in result.outputs.shape)}\r\n"
-        self._send(200, BINARY, data, extra)
+        self._send(200, *binary_answer(form == "npz", model, result))
 
     def _discard_body(self) -> None:
+        """Skip a body nobody reads (small ones, keeping the connection); close on anything else."""
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
-            length = 0
-        if 0 < length <= self.server.api.max_body_bytes:
-            self.rfile.read(length)
-        elif length:
+            length = -1
+        if (
+            self.headers.get("Transfer-Encoding")
+            or length < 0
+            or length > _DISCARD_MAX
+            or self.expect_continue
+        ):
             self.close_connection = True
+            self._linger = True
+        elif length:
+            self.reader.start(self.server.api.limits.body_timeout_s)
+            self.rfile.read(length)
+            self.reader.idle()
+
+
+_DISCARD_MAX = 64 * 1024
 
 
 class _UnixHandler(_Handler):
@@ -270,7 +284,7 @@ class _UnixHandler(_Handler):
 class InferenceAPI:
     """Owns the HTTP server thread; ``stop`` lets requests in flight finish first."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the server's collaborators, injected one by one so tests can swap each
         self,
         host: str,
         port: int,
@@ -282,6 +296,7 @@ class InferenceAPI:
         health: ServingHealth | None = None,
         update_state: Callable[[], str] = lambda: "idle",
         unix_socket: Path | None = None,
+        limits: HttpLimits | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -292,6 +307,8 @@ class InferenceAPI:
         self.health = health or ServingHealth()
         self.update_state = update_state
         self.unix_socket = unix_socket
+        self.limits = limits or HttpLimits()
+        self.budget = ByteBudget(self.limits.max_inflight_bytes)
         self.stopping = False
         self._server: _Server | None = None
         self._unix: _UnixServer | None = None
@@ -305,12 +322,18 @@ class InferenceAPI:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> InferenceAPI:
+        return_large_buffers_to_the_system()  # else RSS outgrows max_inflight_bytes
+        server = _Server((self.host, self.port), _Handler, bind_and_activate=False)
+        server.request_queue_size = self.limits.backlog
         try:
-            server = _Server((self.host, self.port), _Handler)
+            server.server_bind()
+            server.server_activate()
         except OSError as exc:
+            server.server_close()
             raise EdgefleetError(
                 f"cannot listen on {self.host}:{self.port} ({exc.strerror or exc}); is another agent running?"
             ) from exc
+        server.start_cap(self.limits.max_connections, busy_response())
         server.api = self
         self.port = server.server_address[1]
         self._server = server
@@ -325,11 +348,19 @@ class InferenceAPI:
             if path.is_socket():
                 path.unlink()  # left behind by a process that died
             path.parent.mkdir(parents=True, exist_ok=True)
-            unix = _UnixServer(str(path), _UnixHandler)
+            unix = _UnixServer(str(path), _UnixHandler, bind_and_activate=False)
+            unix.request_queue_size = self.limits.backlog
+            try:
+                unix.server_bind()
+                unix.server_activate()
+            except OSError:
+                unix.server_close()
+                raise
             os.chmod(path, 0o660)
         except OSError as exc:
             self.stop()
             raise EdgefleetError(f"cannot listen on the Unix socket {path} ({exc.strerror or exc})") from exc
+        unix.start_cap(self.limits.max_connections, busy_response())
         unix.api = self
         self._unix = unix
         self._unix_thread = threading.Thread(target=unix.serve_forever, name="http-api-unix", daemon=True)
@@ -358,8 +389,10 @@ class InferenceAPI:
             while self._in_flight and time.monotonic() < deadline:
                 self._idle.wait(max(0.0, deadline - time.monotonic()))
         server.server_close()
+        server.stop_cap()
         if unix is not None:
             unix.server_close()
+            unix.stop_cap()
             if self.unix_socket is not None:
                 self.unix_socket.unlink(missing_ok=True)
         if self._thread is not None:

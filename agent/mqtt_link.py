@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 class MqttLink:
     """Implements the telemetry ``Sink`` protocol: ``publish(topic, payload, qos, retain)``."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the [mqtt] settings plus the injected transport and clock; built in one place (app)
         self,
         device_id: str,
         host: str,

@@ -25,6 +25,7 @@ from agent.serving import ActiveModel, PredictResult
 from protocol.manifest import TensorSpec
 
 NPZ = "application/x-npz"
+BINARY = "application/octet-stream"
 
 
 def describe_expected(spec: TensorSpec, dtype: str = "float32") -> str:
@@ -212,3 +213,17 @@ def response_json(model: ActiveModel, result: PredictResult, top_k: int) -> dict
     if result.out_of_range:
         response["out_of_range"] = result.out_of_range
     return response
+
+
+def binary_answer(npz: bool, model: ActiveModel, result: PredictResult) -> tuple[str, bytes, str]:
+    """Content type, body and extra header lines of a binary answer: every output by name
+    (``.npz``), or the primary output as little-endian float32."""
+    extra = f"X-Model: {model.manifest.name}/{model.manifest.version}\r\n"
+    if result.classes is not None:
+        extra += f"X-Classes: {','.join(str(c) for c in result.classes.tolist())}\r\n"
+    if result.out_of_range:
+        extra += f"X-Out-Of-Range: {','.join(str(i) for i in result.out_of_range)}\r\n"
+    if npz:
+        return NPZ, response_npz(result), extra + f"X-Output-Shapes: {shapes_header(result)}\r\n"
+    data = np.ascontiguousarray(result.outputs, dtype="<f4").tobytes()
+    return BINARY, data, extra + f"X-Output-Shape: {','.join(str(d) for d in result.outputs.shape)}\r\n"

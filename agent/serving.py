@@ -23,6 +23,7 @@ from protocol.samples import SmokeSamples
 from protocol.schema import ModelRef
 from runtime import (
     InputMismatchError,
+    InputTransform,
     LoadedModel,
     RuntimeChoice,
     TensorDetail,
@@ -94,12 +95,6 @@ class PredictResult:
 
 
 @dataclass(frozen=True)
-class _Preprocess:
-    offset: npt.NDArray[np.float32]
-    scale: npt.NDArray[np.float32]
-
-
-@dataclass(frozen=True)
 class ActiveModel:
     """A loaded model with its manifest: immutable apart from the interpreter's own lock."""
 
@@ -110,7 +105,8 @@ class ActiveModel:
     dynamic_batch: bool = False
     """The model (and its manifest) let the batch be resized; else it runs in chunks of its
     fixed batch and is never resized."""
-    preprocess: tuple[_Preprocess | None, ...] = ()
+    preprocess: tuple[InputTransform | None, ...] = ()
+    """Per input, the manifest's preprocessing (``runtime.preprocess``, as the converter validated)."""
     input_bounds: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = field(
         default=None, repr=False
     )
@@ -153,7 +149,7 @@ class ActiveModel:
             labels=stored.labels,
             loaded=loaded,
             dynamic_batch=dynamic,
-            preprocess=tuple(_preprocess_for(manifest, spec) for spec in manifest.inputs),
+            preprocess=tuple(InputTransform.of(manifest.preprocessing.get(s.name)) for s in manifest.inputs),
             input_bounds=_bounds(manifest),
         )
 
@@ -206,10 +202,8 @@ class ActiveModel:
         return compare_outputs(actual, [o[:count] for o in samples.outputs], atol)
 
     def _preprocessed(self, position: int, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
-        pre = self.preprocess[position] if position < len(self.preprocess) else None
-        if pre is None or array.dtype.kind != "f":  # already the tensor's storage values
-            return array
-        return ((array - pre.offset) * pre.scale).astype(np.float32)
+        transform = self.preprocess[position] if position < len(self.preprocess) else None
+        return array if transform is None else transform(array)
 
     def _result(self, tensors: list[npt.NDArray[np.float32]], out_of_range: list[int]) -> PredictResult:
         names = [spec.name for spec in self.manifest.outputs]
@@ -220,15 +214,6 @@ class ActiveModel:
             confidences = outputs[np.arange(len(outputs)), classes].astype(np.float32)
             return PredictResult(names, tensors, primary, classes, confidences, self.labels, out_of_range)
         return PredictResult(names, tensors, primary, out_of_range=out_of_range)
-
-
-def _preprocess_for(manifest: Manifest, spec: TensorSpec) -> _Preprocess | None:
-    pre = manifest.preprocessing.get(spec.name)
-    if pre is None or not pre.applies:
-        return None
-    return _Preprocess(
-        offset=np.asarray(pre.offset, dtype=np.float32), scale=np.asarray(pre.scale, dtype=np.float32)
-    )
 
 
 def _bounds(manifest: Manifest) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None:

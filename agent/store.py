@@ -7,6 +7,7 @@ Layout::
       downloads/                bundles being fetched (<sha256>.bundle.part, then <sha256>.bundle)
       active.json               {"active": sha|null, "previous": sha|null}
       update.json               the update state machine's record (agent.update.record)
+      versions.json             per model name, the newest version committed here (agent.update.downgrade)
 
 Every file is written to a temporary name, fsynced and renamed, so a power cut leaves either
 the old or the new file, never half of one.
@@ -29,7 +30,7 @@ from protocol import bundle
 from protocol.bundle import LABELS, MANIFEST, MODEL, SIGNATURE, sha256_hex, write_atomically
 from protocol.errors import BundleError
 from protocol.manifest import Manifest
-from protocol.schema import ModelRef
+from protocol.schema import ModelRef, SemVer
 
 
 def parse_manifest(data: bytes) -> Manifest:
@@ -49,6 +50,38 @@ class ActivePointer(BaseModel):
 
     active: str | None = None
     previous: str | None = None
+
+
+class VersionMark(BaseModel):
+    """The high-water mark of one model name on this device."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    highest: SemVer
+    """The newest version of this model the device has committed (never lowered)."""
+    ran_older: bool = False
+    """The device has run an older version since: its one step back without a grant is spent."""
+
+
+class VersionMarks:
+    """``versions.json``: ``{model name: VersionMark}``, written atomically like every state file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, VersionMark]:
+        try:
+            raw = json.loads(self.path.read_bytes())
+            if not isinstance(raw, dict):
+                raise TypeError(f"a JSON object was expected, not {type(raw).__name__}")
+            return {str(name): VersionMark.model_validate(mark) for name, mark in raw.items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError) as exc:  # ValidationError is a ValueError
+            raise StoreError(f"{self.path} is unreadable or corrupt: {exc}") from exc
+
+    def save(self, marks: dict[str, VersionMark]) -> None:
+        write_json(self.path, {name: mark.model_dump() for name, mark in sorted(marks.items())})
 
 
 @dataclass(frozen=True)
@@ -86,6 +119,7 @@ class ModelStore:
         self.models_dir = state_dir / "models"
         self.downloads_dir = state_dir / "downloads"
         self.pointer_path = state_dir / "active.json"
+        self.versions = VersionMarks(state_dir / "versions.json")
 
     def open(self) -> ModelStore:
         """Create the directories; fail in words when the state directory is not writable."""

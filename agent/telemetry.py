@@ -12,7 +12,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,11 +22,13 @@ import numpy as np
 import numpy.typing as npt
 import psutil
 
+from agent.drift import confidence_p05, psi
 from agent.resources import guarded, sample_resources, sample_temperature
 from agent.store import write_json
 from protocol.manifest import BaselineStats
 from protocol.messages import LatencySummary, PredictionHealth, ResourceUsage, TelemetryWindow
 from protocol.schema import ModelRef
+from protocol.telemetry_wire import encode_compact
 from protocol.topics import Topics
 
 __all__ = [
@@ -250,36 +252,6 @@ class RequestMetrics:
         return window
 
 
-PSI_FLOOR = 1e-4
-"""Shares are floored at this before the PSI's logarithm, so an empty bin does not make it infinite."""
-
-
-def psi(actual_counts: Sequence[float], expected_shares: Sequence[float]) -> float | None:
-    """Population stability index of observed counts against expected shares (None: no data).
-
-    Rule of thumb: < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 major shift.
-    """
-    actual = np.asarray(actual_counts, dtype=np.float64)
-    expected = np.asarray(expected_shares, dtype=np.float64)
-    if actual.sum() <= 0 or expected.sum() <= 0:
-        return None
-    size = max(len(actual), len(expected))
-    actual = np.pad(actual, (0, size - len(actual)))
-    expected = np.pad(expected, (0, size - len(expected)))
-    a = np.maximum(actual / actual.sum(), PSI_FLOOR)
-    e = np.maximum(expected / expected.sum(), PSI_FLOOR)
-    return float(np.sum((a - e) * np.log(a / e)))
-
-
-def _confidence_p05(counts: list[int]) -> float | None:
-    total = sum(counts)
-    if total == 0:
-        return None
-    rank = max(1, math.ceil(0.05 * total))
-    index = int(np.searchsorted(np.cumsum(counts), rank))
-    return index / CONFIDENCE_BINS  # the lower edge of the bin holding the 5th percentile
-
-
 def prediction_health(window: _Window, baseline: BaselineStats | None) -> PredictionHealth | None:
     """The window's prediction-health block, compared with the manifest's baseline when it has one."""
     if not (window.predictions or window.nonfinite_inputs or window.instances):
@@ -302,7 +274,7 @@ def prediction_health(window: _Window, baseline: BaselineStats | None) -> Predic
     return PredictionHealth(
         predictions=n,
         mean_confidence=round(window.confidence_sum / n, 3) if n and window.class_counts else None,
-        confidence_p05=_confidence_p05(window.confidence_counts),
+        confidence_p05=confidence_p05(window.confidence_counts, CONFIDENCE_BINS),
         low_confidence_share=round(window.low_confidence / n, 3) if n and window.class_counts else None,
         class_counts=counts,
         output_histogram_counts=output_counts,
@@ -315,18 +287,17 @@ def prediction_health(window: _Window, baseline: BaselineStats | None) -> Predic
 
 
 def encode_window(message: TelemetryWindow) -> bytes:
-    """The wire form: compact JSON without members that equal the schema's defaults (nulls, zero
-    counters); parsing restores them. ``schema_version`` and ``kind`` are always written: a reader
-    must never have to guess which schema a message was written with."""
-    body = message.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
-    wire = {"schema_version": message.schema_version, "kind": message.kind, **body}
-    return json.dumps(wire, separators=(",", ":")).encode()
+    """The wire form: the compact JSON of ``protocol.telemetry_wire`` (short member names, times
+    as Unix seconds, no members that equal the schema's defaults); parsing restores the window.
+    ``schema_version`` and ``kind`` are always written under their own names: a reader must never
+    have to guess which schema a message was written with."""
+    return encode_compact(message)
 
 
 class Telemetry:
     """Builds and publishes one ``TelemetryWindow`` per call of ``publish_window``."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the sources of one window (usage, resources, clock, sink), injected for tests
         self,
         device_id: str,
         topics: Topics,
@@ -369,12 +340,15 @@ class Telemetry:
         window = self.metrics.take()
         end = self.wall().replace(microsecond=0)  # whole seconds: enough for windows, shorter
         prediction = prediction_health(window, self.baseline())
+        model = self.model_ref()
         message = TelemetryWindow(
             device_id=self.device_id,
             seq=self._seq,
             window_start=self._window_start_wall,
             window_end=end,
-            model=self.model_ref(),
+            # Name and version only: the bundle's sha256 (64 characters in every window) is in the
+            # retained status and the update events, and the fleet files a window by name and version.
+            model=ModelRef(name=model.name, version=model.version) if model is not None else None,
             requests=window.requests,
             errors=dict(window.errors),
             latency_ms=window.latency.summary(),

@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ from edgefleet.stack import AgentProcess, FleetProcess, convert_digits, run_edge
 from edgefleet.wait import wait_until
 from protocol.bundle import read_bundle, read_samples
 from protocol.manifest import TensorSpec
+from protocol.messages import TelemetryWindow, parse_message
 from protocol.signing import TrustedKeys
 from protocol.tensors import dequantize, quantize
 from protocol.topics import Topics
@@ -280,6 +282,34 @@ class Load:
         return total
 
 
+class PeakRss:
+    """The largest RSS of a process plus all its children (the update worker), sampled every
+    20 ms in a thread until ``stop``: the memory an update really needs on the device."""
+
+    def __init__(self, pid: int) -> None:
+        self._process = psutil.Process(pid)
+        self.peak = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(0.02):
+            total = 0
+            with_children = [self._process, *self._process.children(recursive=True)]
+            for process in with_children:
+                try:
+                    total += process.memory_info().rss
+                except psutil.Error:  # a worker that ended between listing and reading
+                    continue
+            self.peak = max(self.peak, total)
+
+    def stop(self) -> int:
+        self._done.set()
+        self._thread.join()
+        return self.peak
+
+
 class TelemetryTap:
     """Collects the agent's telemetry payloads as they leave the broker."""
 
@@ -438,9 +468,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear ru
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput run")
     parser.add_argument("--requests", type=int, default=1000, help="requests per latency figure")
-    parser.add_argument(
-        "--idle-seconds", type=float, default=60.0, help="seconds of idle CPU measurement"
-    )
+    parser.add_argument("--idle-seconds", type=float, default=60.0, help="seconds of idle CPU measurement")
     args = parser.parse_args(argv)
     topics = Topics()
 
@@ -511,11 +539,15 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear ru
                 # Long enough for the worker-process steps under this load, and for requests on the
                 # new model after the switch.
                 seconds_switch = max(args.seconds * 4, 20.0)
+                assert agent.process is not None
+                serving_rss = psutil.Process(agent.process.pid).memory_info().rss
                 load = Load(agent.port, json_body, "application/json", seconds_switch, track=True)
                 time.sleep(1.0)
+                peak = PeakRss(agent.process.pid)
                 _push_and_deploy(fleet.url, v2, "2.0.0")
                 agent.wait_for_version("2.0.0", timeout_s=seconds_switch)
                 activation = load.result()
+                update_peak_rss = peak.stop()
                 _wait(lambda: agent.health().get("update_state") == "idle", "v2 to settle", 60)
                 v2_end = [
                     e
@@ -574,9 +606,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear ru
                 fleet.stop()
                 tap.close()
 
-    windows = [json.loads(p) for p in tap.payloads]
+    windows = [parse_message(TelemetryWindow, p) for p in tap.payloads]  # either wire form
     busiest = max(
-        (p for p, w in zip(tap.payloads, windows, strict=True) if w.get("prediction")), key=len, default=b""
+        (p for p, w in zip(tap.payloads, windows, strict=True) if w.prediction), key=len, default=b""
     )
     idle_window = min(tap.payloads, key=len, default=b"")
     topic = topics.telemetry(DEVICE)
@@ -607,6 +639,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear ru
         "agent_rss_mib_after_load": round(rss / 2**20, 1),
         "agent_rss_mib_idle": round(rss_idle / 2**20, 1),
         "agent_rss_over_bare_mib": round((rss_idle - bare_rss) / 2**20, 1),
+        "serving_rss_mib_before_update": round(serving_rss / 2**20, 1),
+        "update_peak_rss_mib_agent_and_worker": round(update_peak_rss / 2**20, 1),
+        "update_peak_over_serving": round(update_peak_rss / serving_rss, 3),
         "fastapi_recipe_rss_mib": round(recipe["rss"] / 2**20, 1),
         "idle_seconds_measured": args.idle_seconds,
         "idle_cpu_percent_of_one_core": round(idle_cpu, 3),

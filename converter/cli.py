@@ -91,10 +91,12 @@ def register(commands: Any) -> None:
         "--image-preprocessing",
         choices=("scale01", "minus1to1", "raw"),
         help="a --calibration folder of images: pixels 0..255 become x/255 (scale01, the default), "
-        "x/127.5-1 (minus1to1) or x (raw); images are resized to the model's input. Not recorded: "
-        "callers send model inputs. With --preprocessing the pixels are read raw and that maps them",
+        "x/127.5-1 (minus1to1) or x (raw); images are resized to the model's input. This only reads "
+        "the folder and is not recorded (callers then send model inputs); to record what the model "
+        "was trained with, use --preprocess-scale or --preprocessing-file instead, which read the "
+        "pixels raw and map them",
     )
-    _preprocessing_options(convert)
+    _preprocessing_options(convert, "the --calibration and --evaluation data")
     convert.add_argument(
         "--float-layers",
         default="",
@@ -134,6 +136,10 @@ def register(commands: Any) -> None:
     )
     convert.set_defaults(handler=_convert)
 
+    _register_bundle(commands)
+
+
+def _register_bundle(commands: Any) -> None:
     bundle = commands.add_parser(
         "bundle",
         help="package a ready-made .tflite model as a validated, signed bundle",
@@ -174,28 +180,33 @@ def register(commands: Any) -> None:
         help="a model with several outputs: the one metrics, baseline, labels and health checks use "
         "(default: the first); every output is described and smoke-tested",
     )
+    _preprocessing_options(bundle, "the --evaluation data")
     bundle.set_defaults(handler=_bundle)
 
 
-def _preprocessing_options(convert: Any) -> None:
-    group = convert.add_argument_group(
+def _preprocessing_options(command: Any, data: str) -> None:
+    group = command.add_argument_group(
         "preprocessing",
-        "What the model was trained with, recorded in the manifest: the agent applies (x - offset) * "
-        "scale to the raw values callers send (V,V,...: one value, or one per feature/channel of the "
-        "last axis). With any of these the --calibration and --evaluation data are raw values too: the "
-        "converter applies the recorded preprocessing to them exactly as the agent will before it "
-        "calibrates and validates. Without them nothing is recorded and the data are model inputs, "
-        "unless the model carries a Keras Normalization/Rescaling layer (recorded as in_model).",
+        "What the model was trained with, recorded in the manifest per input: the agent applies it to "
+        "the raw values callers send (channel order first, then (x - offset) * scale; V,V,...: one "
+        "value, or one per feature/channel of the last axis). The flags describe a single-input "
+        "model; --preprocessing-file describes any. With any of these, " + data + " are raw values "
+        "too: they go through the recorded preprocessing exactly as the agent will before the model "
+        "is run and validated. Without them nothing is recorded and the data are model inputs, "
+        "unless the model carries a Keras Normalization/Rescaling layer (recorded as in_model). "
+        "Resizing is the caller's job: the agent refuses another spatial size.",
     )
     group.add_argument(
         "--preprocessing",
         choices=PREPROCESSING,
         help="none: raw values go in; standardize (x - mean) / std or minmax (x - min) / (max - min) "
-        "computed per last-axis feature from the calibration data, unless --preprocess-mean/-std give "
-        "them; scale: --preprocess-scale and --preprocess-offset",
+        "with --preprocess-mean/-std or --preprocess-min/-max, or else computed per last-axis feature "
+        "from the calibration data (convert); scale: --preprocess-scale and --preprocess-offset",
     )
     group.add_argument("--preprocess-mean", type=_floats, metavar="V[,V]", help="standardize: the mean(s)")
     group.add_argument("--preprocess-std", type=_floats, metavar="V[,V]", help="standardize: the std(s)")
+    group.add_argument("--preprocess-min", type=_floats, metavar="V[,V]", help="minmax: the minimum(s)")
+    group.add_argument("--preprocess-max", type=_floats, metavar="V[,V]", help="minmax: the maximum(s)")
     group.add_argument("--preprocess-scale", type=_floats, metavar="V[,V]", help="scale: multiply by")
     group.add_argument(
         "--preprocess-offset", type=_floats, metavar="V[,V]", help="scale: subtract first (default 0)"
@@ -204,10 +215,16 @@ def _preprocessing_options(convert: Any) -> None:
         "--preprocessing-file",
         type=Path,
         metavar="JSON",
-        help='the whole preprocessing as JSON, e.g. {"method": "scale", "scale": 0.00392, "offset": 0}',
+        help='one entry, e.g. {"method": "scale", "scale": 0.00392}, or one per input name, e.g. '
+        '{"image": {"scale": 0.00392, "channel_order": "bgr"}, "vector": {"mean": [..], "std": [..]}}; '
+        "keys: method, mean, std, min, max, scale, offset, channel_order, caller_channel_order, "
+        "description",
     )
     group.add_argument(
-        "--channel-order", choices=("rgb", "bgr"), help="image models: the channel order trained on"
+        "--channel-order",
+        choices=("rgb", "bgr"),
+        help="image models: the channel order trained on; callers send RGB and the agent reverses "
+        "the channels of a bgr model",
     )
 
 
@@ -234,7 +251,9 @@ def _keys_generate(args: argparse.Namespace) -> int:
 # Options `convert` and `bundle` share, by their argparse destination.
 _SHARED_FIELDS = (
     "model", "evaluation", "mode", "name", "version", "task", "labels", "description",
-    "key", "out", "force", "runtime", "timeout", "smoke_samples",
+    "key", "out", "force", "runtime", "timeout", "smoke_samples", "preprocessing", "preprocess_mean",
+    "preprocess_std", "preprocess_min", "preprocess_max", "preprocess_scale", "preprocess_offset",
+    "preprocessing_file", "channel_order",
 )  # fmt: skip
 
 
@@ -262,13 +281,6 @@ def _convert(args: argparse.Namespace) -> int:
         rnn=args.rnn,
         float_layers=[name.strip() for name in args.float_layers.split(",") if name.strip()],
         image_preprocessing=args.image_preprocessing,
-        preprocessing=args.preprocessing,
-        preprocess_mean=args.preprocess_mean,
-        preprocess_std=args.preprocess_std,
-        preprocess_scale=args.preprocess_scale,
-        preprocess_offset=args.preprocess_offset,
-        preprocessing_file=args.preprocessing_file,
-        channel_order=args.channel_order,
     )
     try:
         result = convert(request, progress=_progress)

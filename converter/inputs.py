@@ -24,7 +24,8 @@ class Inputs:
     evaluation: data_mod.Dataset
     labels: list[str] | None
     preprocessing: Preprocessing | None = None
-    """What the operator said the model was trained with (None: nothing said)."""
+    """What the operator said the model was trained with (None: nothing said); convert takes
+    models with one input, so this is that input's entry."""
     raw_evaluation: data_mod.Dataset | None = None
     """The evaluation data as given, when preprocessing changed it (the baseline's input ranges
     are the raw values callers send)."""
@@ -70,12 +71,11 @@ def load_inputs(request: ConversionRequest, source: SourceModel, calibrated: boo
         raise InputError(
             f"--smoke-samples {request.smoke_samples} is more than the {len(evaluation.x)} evaluation samples"
         )
-    pre = preprocessing.resolve(
-        method=request.preprocessing, mean=request.preprocess_mean, std=request.preprocess_std,
-        scale=request.preprocess_scale, offset=request.preprocess_offset, file=request.preprocessing_file,
-        channel_order=request.channel_order, calibration=calibration.x,
-    )  # fmt: skip
-    if pre is None or not pre.applies:
+    resolved = preprocessing.resolve_inputs(
+        request.preprocessing_flags, request.preprocessing_file, ["input"], [calibration.x], names_known=False
+    )
+    pre = resolved.get("input")
+    if pre is None or not (pre.applies or pre.reorders_channels):
         return Inputs(calibration, evaluation, labels, pre)
     return Inputs(
         data_mod.Dataset(preprocessing.apply(pre, calibration.x), None),

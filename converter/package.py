@@ -5,12 +5,14 @@ signed and written atomically.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from converter import data as data_mod
@@ -40,9 +42,40 @@ def samples_limit(model_size: int) -> int:
 
 
 def smoke_count(asked: int, sample_bytes: int, model_size: int) -> int:
-    """How many smoke samples fit the limit, from an upper bound of one sample's stored bytes
-    (inputs and every output, uncompressed); at least one."""
+    """How many smoke samples to run, from an estimate of one sample's stored bytes; at least
+    one. ``fit_samples`` keeps the written file within the limit whatever the estimate said."""
     return max(1, min(asked, samples_limit(model_size) // max(1, sample_bytes)))
+
+
+def estimated_sample_bytes(inputs: Sequence[npt.NDArray[Any]], output_values: int) -> int:
+    """One sample's share of ``samples.npz``: the inputs as they compress (deflate, as
+    ``savez_compressed`` does) and ``output_values`` float32 values uncompressed (a bound)."""
+    count = max(1, int(inputs[0].shape[0]))
+    packed = sum(len(zlib.compress(np.ascontiguousarray(a).tobytes(), 6)) for a in inputs)
+    return packed // count + 4 * output_values
+
+
+@dataclass(frozen=True)
+class FittedSamples:
+    data: bytes
+    """The bytes of ``samples.npz``."""
+    count: int
+    limit: int
+
+
+def fit_samples(
+    inputs: Sequence[npt.NDArray[Any]], outputs: Sequence[npt.NDArray[Any]], model_size: int
+) -> FittedSamples:
+    """``samples.npz`` with as many of the samples as fit max(256 KiB, 10 % of the model),
+    measured on the compressed file; at least one (then it may be over: the caller warns)."""
+    limit = samples_limit(model_size)
+    count = int(inputs[0].shape[0])
+    data = write_samples(inputs, outputs)
+    while len(data) > limit and count > 1:
+        # Shrink in proportion to the overshoot (the file's framing is small): few rewrites.
+        count = max(1, min(count - 1, count * limit // len(data)))
+        data = write_samples([a[:count] for a in inputs], [o[:count] for o in outputs])
+    return FittedSamples(data, count, limit)
 
 
 @dataclass(frozen=True)
@@ -52,7 +85,7 @@ class Packaged:
     bundle_size: int
 
 
-def package(
+def package(  # noqa: PLR0913 - the facts of every phase meet here; keyword-only, called from two places
     request: RequestFacts,
     *,
     chosen: Candidate,
@@ -60,24 +93,32 @@ def package(
     baseline: BaselineStats | None,
     labels: list[str] | None,
     conversion: ConversionReport,
-    preprocessing: Preprocessing | None,
+    preprocessing: dict[str, Preprocessing],
     signing_key: Ed25519PrivateKey,
     force: bool,
     note: Callable[[str], None],
+    warn: Callable[[str], None],
     progress: Progress,
 ) -> Packaged:
     """Assemble, sign and write the bundle for ``chosen`` (validated: it has a primary run)."""
     primary = chosen.primary
     assert primary is not None and chosen.model is not None
     assert primary.smoke_inputs is not None and primary.smoke_outputs is not None
-    samples = write_samples(primary.smoke_inputs, primary.smoke_outputs)
-    if len(samples) > samples_limit(len(chosen.model)):
-        note(
-            f"samples.npz holds one sample in {len(samples):,} bytes, over the "
-            f"{samples_limit(len(chosen.model)):,} byte limit for this model: its tensors are large"
+    fitted = fit_samples(primary.smoke_inputs, primary.smoke_outputs, len(chosen.model))
+    ran = len(primary.smoke_inputs[0])
+    if len(fitted.data) > fitted.limit:
+        warn(
+            f"samples.npz holds a single smoke sample in {len(fitted.data):,} bytes, over the "
+            f"{fitted.limit:,} byte limit for this model (max of 256 KiB and 10 % of model.tflite): "
+            "its tensors are too large to record compactly; every device downloads and stores it"
         )
-    smoke = SmokeTest(samples=len(primary.smoke_inputs[0]), atol=smoke_atol(primary, chosen.runs, note))
-    files = member_files(chosen.model, samples, data_mod.labels_text(labels) if labels is not None else None)
+    elif fitted.count < ran:
+        note(
+            f"{fitted.count} of the {ran} smoke samples kept: samples.npz stays within {fitted.limit:,} bytes"
+        )
+    smoke = SmokeTest(samples=fitted.count, atol=smoke_atol(primary, chosen.runs, note))
+    labels_text = data_mod.labels_text(labels) if labels is not None else None
+    files = member_files(chosen.model, fitted.data, labels_text)
     manifest = _manifest(
         request,
         facts=facts,
@@ -123,7 +164,7 @@ def smoke_atol(primary: RuntimeRun, runs: list[RuntimeRun], note: Callable[[str]
     return atol
 
 
-def _manifest(
+def _manifest(  # noqa: PLR0913 - the manifest's sections, each from its own phase
     request: RequestFacts,
     *,
     facts: dict[str, Any],
@@ -133,7 +174,7 @@ def _manifest(
     smoke: SmokeTest,
     labels: list[str] | None,
     conversion: ConversionReport,
-    preprocessing: Preprocessing | None,
+    preprocessing: dict[str, Preprocessing],
 ) -> Manifest:
     assert chosen.primary is not None
     versions = {run.info.name: run.info.version for run in chosen.runs}
@@ -147,7 +188,7 @@ def _manifest(
         inputs=chosen.primary.inputs,
         outputs=chosen.primary.outputs,
         primary_output=chosen.primary.outputs[chosen.primary_output].name,
-        preprocessing={chosen.primary.inputs[0].name: preprocessing} if preprocessing is not None else {},
+        preprocessing=preprocessing,
         labels=labels,
         quantization=chosen.mode,
         tools=ToolVersions(

@@ -36,11 +36,11 @@ from converter.measure import (
     recurrent_int8_warning,
     write_samples_for_runtime,
 )
-from converter.package import package, smoke_count
+from converter.package import estimated_sample_bytes, package, smoke_count
 from converter.plan import inspect_request
 from converter.request import ConversionRequest, Progress, quiet
-from converter.results import ConversionResult
-from protocol.manifest import QuantizationMode, TaskKind, ValidationReport
+from converter.results import Candidate, ConversionResult
+from protocol.manifest import Preprocessing, QuantizationMode, TaskKind, ValidationReport
 
 __all__ = ["ConversionRequest", "ConversionResult", "convert"]
 
@@ -98,8 +98,8 @@ def convert(request: ConversionRequest, progress: Progress = quiet) -> Conversio
     )  # fmt: skip
     packaged = package(
         request, chosen=chosen, facts=output.facts, baseline=baseline, labels=inputs.labels,
-        conversion=conversion, preprocessing=recorded, signing_key=plan.signing_key,
-        force=request.force, note=notes.append, progress=progress,
+        conversion=conversion, preprocessing=_keyed(chosen, recorded), signing_key=plan.signing_key,
+        force=request.force, note=notes.append, warn=warn, progress=progress,
     )  # fmt: skip
     seconds["total"] = round(time.monotonic() - started, 2)
     return ConversionResult(
@@ -117,22 +117,27 @@ def convert(request: ConversionRequest, progress: Progress = quiet) -> Conversio
     )
 
 
+def _keyed(chosen: Candidate, recorded: Preprocessing | None) -> dict[str, Preprocessing]:
+    """convert's single input's entry under the converted model's input name."""
+    assert chosen.primary is not None
+    return {} if recorded is None else {chosen.primary.inputs[0].name: recorded}
+
+
 def _write_validation_arrays(
     request: ConversionRequest, inputs: Inputs, output: WorkerOutput, work: Path, note: Progress
 ) -> None:
     """The evaluation set and the smoke samples as the validator reads them; as many smoke samples
-    as keep ``samples.npz`` within its limit for the smallest converted model (float32 bound)."""
+    as an estimate says fit ``samples.npz``'s limit for the smallest converted model (inputs as
+    they compress, outputs as float32); packaging then keeps what really fits."""
     x = inputs.evaluation.x
-    sample_bytes = 4 * (
-        int(np.prod(x.shape[1:]))
-        + sum(int(np.prod([d or 1 for d in shape[1:]])) for shape in output.facts["output_shapes"])
-    )
+    outputs = sum(int(np.prod([d or 1 for d in shape[1:]])) for shape in output.facts["output_shapes"])
+    sample_bytes = estimated_sample_bytes([x[: request.smoke_samples]], outputs)
     sizes = [len(o.model) for o in output.modes.values() if o.model is not None]
     count = smoke_count(request.smoke_samples, sample_bytes, min(sizes, default=0))
     if count < request.smoke_samples:
         note(
             f"{count} smoke samples instead of --smoke-samples {request.smoke_samples}: "
-            f"{sample_bytes:,} bytes per sample would make samples.npz too large"
+            f"about {sample_bytes:,} bytes per sample would make samples.npz too large"
         )
     write_samples_for_runtime(work / EVALUATION_FILE, [x])
     write_samples_for_runtime(work / SMOKE_FILE, [x[:count]])

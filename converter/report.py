@@ -35,6 +35,7 @@ def report_dict(result: ConversionResult) -> dict[str, Any]:
         "model_size": result.model_size,
         "bundle_size": result.bundle_size,
         "samples_size": manifest.files["samples.npz"].size if "samples.npz" in manifest.files else None,
+        "bundle_ratio": round(_bundle_ratio(result), 4),
         "float32_weight_bytes": result.float32_weight_bytes,
         "float32_model_bytes": result.float32_model_bytes,
         "size_ratio": result.size_ratio,
@@ -111,9 +112,10 @@ def _summary_rows(result: ConversionResult) -> list[tuple[str, str]]:
         primary = " (primary)" if len(manifest.outputs) > 1 and spec.name == manifest.primary_output else ""
         rows.append((kind, f"{spec.name} {spec.shape} {spec.dtype}{quant}{primary}"))
     for name, pre in manifest.preprocessing.items():
-        rows.append(
-            ("preprocessing", f"{name}: {pre.method}" + (f", {pre.description}" if pre.description else ""))
-        )
+        swap = f", channels {pre.caller_channel_order} -> {pre.channel_order}"
+        order = swap if pre.reorders_channels else ""
+        described = f", {pre.description}" if pre.description else ""
+        rows.append(("preprocessing", f"{name}: {pre.method}{order}{described}"))
     conversion = manifest.conversion
     if conversion is not None:
         if conversion.recurrent:
@@ -131,9 +133,14 @@ def _bundle_size(result: ConversionResult) -> str:
     samples_size = samples.size if samples is not None else 0
     rest = result.bundle_size - result.model_size - samples_size
     return (
-        f"{result.bundle_size:,} bytes: model.tflite {result.model_size:,} + samples.npz {samples_size:,} "
+        f"{result.bundle_size:,} bytes, {_bundle_ratio(result):.2f}x the model: model.tflite "
+        f"{result.model_size:,} + samples.npz {samples_size:,} "
         f"+ manifest, signature and archive framing {rest:,}"
     )
+
+
+def _bundle_ratio(result: ConversionResult) -> float:
+    return result.bundle_size / result.model_size if result.model_size else 0.0
 
 
 def _validation_lines(validation: ValidationReport | None) -> list[str]:

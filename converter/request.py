@@ -12,7 +12,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from converter.errors import InputError
 from converter.images import ImagePreprocessing
-from converter.preprocessing import PreprocessingChoice
+from converter.preprocessing import Entry, PreprocessingChoice
 from protocol.manifest import QuantizationMode, TaskKind
 from protocol.schema import ModelName, SemVer
 from protocol.validation import describe_first_error
@@ -27,7 +27,45 @@ def quiet(_: str) -> None:
     """The progress callback that shows nothing."""
 
 
-class ConversionRequest(BaseModel):
+class PreprocessingOptions(BaseModel):
+    """The preprocessing options ``convert`` and ``bundle`` share (``converter.preprocessing``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preprocessing: PreprocessingChoice | None = Field(
+        default=None,
+        description="What the model was trained with; standardize/minmax computed from calibration.",
+    )
+    preprocess_mean: list[float] | None = Field(default=None, description="standardize: per-feature mean.")
+    preprocess_std: list[float] | None = Field(default=None, description="standardize: per-feature std.")
+    preprocess_min: list[float] | None = Field(default=None, description="minmax: per-feature minimum.")
+    preprocess_max: list[float] | None = Field(default=None, description="minmax: per-feature maximum.")
+    preprocess_scale: list[float] | None = Field(default=None, description="scale: (x - offset) * scale.")
+    preprocess_offset: list[float] | None = Field(default=None, description="scale: (x - offset) * scale.")
+    preprocessing_file: Path | None = Field(
+        default=None, description="JSON: one entry, or one per input name (converter.preprocessing.Entry)."
+    )
+    channel_order: Literal["rgb", "bgr"] | None = Field(
+        default=None, description="Image models: the colour channel order the model was trained on."
+    )
+
+    @property
+    def preprocessing_flags(self) -> Entry:
+        """The simple flags as one entry (for a single-input model)."""
+        return Entry(
+            method=self.preprocessing, mean=self.preprocess_mean, std=self.preprocess_std,
+            min=self.preprocess_min, max=self.preprocess_max, scale=self.preprocess_scale,
+            offset=self.preprocess_offset, channel_order=self.channel_order,
+        )  # fmt: skip
+
+    @property
+    def preprocessing_given(self) -> bool:
+        """Whether the operator said anything about value preprocessing (then the data are raw)."""
+        flags = self.preprocessing_flags.model_copy(update={"channel_order": None})
+        return self.preprocessing_file is not None or not flags.empty
+
+
+class ConversionRequest(PreprocessingOptions):
     """Everything one conversion needs; validated at construction."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -67,25 +105,6 @@ class ConversionRequest(BaseModel):
         description="A calibration folder of images: pixels 0..255 to model inputs (default scale01; "
         "raw when a --preprocessing is recorded, which then maps the pixels).",
     )
-    preprocessing: PreprocessingChoice | None = Field(
-        default=None,
-        description="What the model was trained with; standardize/minmax computed from calibration.",
-    )
-    preprocess_mean: list[float] | None = Field(default=None, description="standardize: per-feature mean.")
-    preprocess_std: list[float] | None = Field(default=None, description="standardize: per-feature std.")
-    preprocess_scale: list[float] | None = Field(default=None, description="scale: (x - offset) * scale.")
-    preprocess_offset: list[float] | None = Field(default=None, description="scale: (x - offset) * scale.")
-    preprocessing_file: Path | None = Field(default=None, description="A JSON manifest Preprocessing object.")
-    channel_order: Literal["rgb", "bgr"] | None = Field(
-        default=None, description="Image models: the colour channel order the model was trained on."
-    )
-
-    @property
-    def preprocessing_given(self) -> bool:
-        """Whether the operator said anything about preprocessing (then the data are raw)."""
-        fields = (self.preprocessing, self.preprocess_mean, self.preprocess_std, self.preprocess_scale,
-                  self.preprocess_offset, self.preprocessing_file)  # fmt: skip
-        return any(value is not None for value in fields)
 
     @classmethod
     def build(cls, **fields: Any) -> ConversionRequest:

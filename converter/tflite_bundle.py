@@ -6,8 +6,12 @@ targets when evaluation data is given (then baseline statistics are recorded too
 by the same step as ``convert`` (``converter.package``). Every input and output is described in
 the manifest and recorded in the smoke samples; metrics, the baseline and the labels use the
 primary output (``--primary-output``, default the first). Without evaluation data the smoke
-samples are random inputs over each input tensor's range, and the manifest carries no baseline.
-A model with several inputs takes its evaluation data as an .npz with ``x_0``, ``x_1``, ... and ``y``.
+samples are random model inputs over each input tensor's range, made to compress (values on a
+grid of 256 levels, constant over blocks of the spatial axes) so that ``samples.npz`` stays
+small, and the manifest carries no baseline. A model with several inputs takes its evaluation
+data as an .npz with ``x_0``, ``x_1``, ... and ``y``. Preprocessing (``--preprocessing-file``
+per input name, or the simple flags for a single-input model) is recorded per input; the
+evaluation data are then raw values, put through ``runtime.preprocess`` as the agent will.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from pydantic import ValidationError as PydanticValidationError
 
 from converter import data as data_mod
+from converter import preprocessing
 from converter.baseline import baseline_stats
 from converter.conversion import detail, how_it_died
 from converter.errors import InputError, ModelValidationError
@@ -36,11 +41,11 @@ from converter.measure import (
 )
 from converter.metrics import compare
 from converter.pack import check_output_free
-from converter.package import package, smoke_count
-from converter.request import Progress, RuntimeRequirement, quiet
+from converter.package import estimated_sample_bytes, package, samples_limit, smoke_count
+from converter.request import PreprocessingOptions, Progress, RuntimeRequirement, quiet
 from converter.results import Candidate, ConversionResult
 from converter.subproc import run_module
-from protocol.manifest import ConversionReport, QuantizationMode, TaskKind, TensorSpec
+from protocol.manifest import ConversionReport, Preprocessing, QuantizationMode, TaskKind, TensorSpec
 from protocol.schema import ModelName, SemVer
 from protocol.signing import load_private_key
 from protocol.validation import describe_first_error
@@ -56,10 +61,8 @@ _MODE_BY_INPUT = {
 }
 
 
-class BundleRequest(BaseModel):
+class BundleRequest(PreprocessingOptions):
     """Everything ``edgefleet bundle`` needs; validated at construction."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: Path = Field(description="The ready-made .tflite model.")
     name: ModelName
@@ -92,6 +95,7 @@ class BundleRequest(BaseModel):
 def bundle_tflite(request: BundleRequest, progress: Progress = quiet) -> ConversionResult:
     started = time.monotonic()
     notes: list[str] = []
+    warnings: list[str] = []
     check_output_free(request.out, request.force)
     signing_key = load_private_key(request.key)
     model_bytes = _read_model(request.model)
@@ -108,10 +112,20 @@ def bundle_tflite(request: BundleRequest, progress: Progress = quiet) -> Convers
                 f"{len(inputs)} inputs ({', '.join(s.name for s in inputs)}) and {len(outputs)} outputs "
                 f"({', '.join(s.name for s in outputs)}): the smoke samples hold every one"
             )
-        x, evaluation = _samples(request, inputs, notes.append)
-        count = smoke_count(request.smoke_samples, _sample_bytes(inputs, outputs), len(model_bytes))
-        if count < request.smoke_samples:
-            notes.append(f"{count} smoke samples instead of {request.smoke_samples}: the tensors are large")
+        limit = samples_limit(len(model_bytes))
+        raw, evaluation = _samples(request, inputs, limit)
+        recorded = _preprocessing(request, inputs)
+        # Evaluation data are raw values: through the recorded preprocessing as a device does it.
+        # Random samples are model inputs already.
+        x = raw
+        if evaluation is not None:
+            x = [preprocessing.apply(recorded.get(s.name), a) for s, a in zip(inputs, raw, strict=True)]
+        asked = min(request.smoke_samples, len(x[0]))
+        outputs_size = sum(int(np.prod([max(d, 1) for d in s.shape[1:]])) for s in outputs)
+        estimate = estimated_sample_bytes([a[:asked] for a in x], outputs_size)
+        count = smoke_count(asked, estimate, len(model_bytes))
+        if count < asked:
+            notes.append(f"{count} smoke samples run instead of {asked}: the tensors are large")
         write_samples_for_runtime(work / EVALUATION_FILE, x)
         write_samples_for_runtime(work / SMOKE_FILE, [a[:count] for a in x])
         mode = request.mode or _MODE_BY_INPUT.get(inputs[0].dtype, QuantizationMode.NONE)
@@ -125,7 +139,8 @@ def bundle_tflite(request: BundleRequest, progress: Progress = quiet) -> Convers
         candidate.validation = compare(
             request.task, None, candidate.primary_eval(), targets, candidate.primary.info.name
         )
-        baseline = baseline_stats(request.task, evaluation.x, candidate.primary_eval())
+        # The baseline's input ranges are the raw values callers send (the agent checks them so).
+        baseline = baseline_stats(request.task, raw[0], candidate.primary_eval())
     if labels is not None and primary_spec.shape[-1] != len(labels):
         raise InputError(
             f"{request.labels} holds {len(labels)} labels "
@@ -133,9 +148,15 @@ def bundle_tflite(request: BundleRequest, progress: Progress = quiet) -> Convers
         )
     packaged = package(
         request, chosen=candidate, facts={}, baseline=baseline, labels=labels,
-        conversion=ConversionReport(source="tflite"), preprocessing=None, signing_key=signing_key,
-        force=request.force, note=notes.append, progress=progress,
+        conversion=ConversionReport(source="tflite"), preprocessing=recorded, signing_key=signing_key,
+        force=request.force, note=notes.append, warn=warnings.append, progress=progress,
     )  # fmt: skip
+    if evaluation is None:
+        kept = packaged.manifest.smoke.samples
+        notes.append(
+            f"no --evaluation: the {kept} smoke sample{'s' if kept != 1 else ''} recorded are random "
+            "model inputs; no metrics or baseline"
+        )
     return ConversionResult(
         request=request,
         manifest=packaged.manifest,
@@ -144,6 +165,7 @@ def bundle_tflite(request: BundleRequest, progress: Progress = quiet) -> Convers
         bundle_size=packaged.bundle_size,
         float32_weight_bytes=None,
         seconds={"total": round(time.monotonic() - started, 2)},
+        warnings=warnings,
         notes=notes,
         candidates=[candidate],
     )
@@ -165,16 +187,13 @@ def _primary_output(request: BundleRequest, outputs: list[TensorSpec], note: Cal
 
 
 def _samples(
-    request: BundleRequest, inputs: list[TensorSpec], note: Callable[[str], None]
+    request: BundleRequest, inputs: list[TensorSpec], limit: int
 ) -> tuple[list[npt.NDArray[Any]], data_mod.Dataset | None]:
-    """The evaluation arrays (one per input), and the evaluation data when given."""
+    """The evaluation arrays as given (one per input), and the evaluation data when given; else
+    random model inputs for the smoke test, compressible to about ``limit`` bytes."""
     if request.evaluation is None:
-        x = [random_inputs(spec, request.smoke_samples) for spec in inputs]
-        note(
-            f"no --evaluation: the {request.smoke_samples} smoke samples are random inputs; "
-            "no metrics or baseline"
-        )
-        return x, None
+        budget = limit // max(1, len(inputs))
+        return [random_inputs(spec, request.smoke_samples, budget) for spec in inputs], None
     if len(inputs) == 1:
         evaluation = data_mod.load_data(request.evaluation, "evaluation", need_y=True)
         arrays = [evaluation.x]
@@ -190,10 +209,17 @@ def _samples(
     return arrays, evaluation
 
 
-def _sample_bytes(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> int:
-    """Stored bytes of one smoke sample, uncompressed: inputs in their dtype, outputs as float32."""
-    size = sum(int(np.prod([max(d, 1) for d in s.shape[1:]])) * np.dtype(s.dtype).itemsize for s in inputs)
-    return size + sum(4 * int(np.prod([max(d, 1) for d in s.shape[1:]])) for s in outputs)
+def _preprocessing(request: BundleRequest, inputs: list[TensorSpec]) -> dict[str, Preprocessing]:
+    """What to record per input name; standardize/minmax without values are refused here (a
+    ready-made model's statistics are the ones it was trained with, not the evaluation set's)."""
+    names = [spec.name for spec in inputs]
+    return preprocessing.resolve_inputs(
+        request.preprocessing_flags,
+        request.preprocessing_file,
+        names,
+        [None] * len(names),
+        features=[spec.shape[-1] if len(spec.shape) > 1 else None for spec in inputs],
+    )
 
 
 def _read_model(path: Path) -> bytes:
@@ -236,12 +262,37 @@ def _inspect(
     raise ModelValidationError(f"{shown} loads in no installed runtime: {reasons}")
 
 
-def random_inputs(spec: TensorSpec, samples: int) -> npt.NDArray[Any]:
-    """Reproducible inputs over the tensor's range: [0, 1) for float, every value of an integer
-    tensor (already in its dtype, as ``samples.npz`` stores quantized inputs)."""
+def random_inputs(spec: TensorSpec, samples: int, budget: int) -> npt.NDArray[Any]:
+    """Reproducible inputs over the tensor's range that compress: 256 levels ([0, 1) in steps of
+    1/256 for float, exact in float32; the integer range in 256 steps, every value of an int8 or
+    uint8 tensor, already in its dtype as ``samples.npz`` stores quantized inputs), constant over
+    blocks of the spatial axes, the blocks as small as ``budget`` bytes for all samples allow.
+
+    Uniform float32 noise does not compress: one 256x256x3 sample was 786 KB in ``samples.npz``."""
     rng = np.random.default_rng(RANDOM_SMOKE_SEED)
-    shape = (samples, *(max(d, 1) for d in spec.shape[1:]))
-    if np.dtype(spec.dtype).kind == "f":
-        return rng.random(shape, dtype=np.float32)
-    info = np.iinfo(np.dtype(spec.dtype))
-    return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(spec.dtype)
+    shape = [max(d, 1) for d in spec.shape[1:]]
+    # Colour channels (a short last axis of a 2-D+ instance) stay whole; every other axis is blocked.
+    blocked = [i for i in range(len(shape)) if not (len(shape) > 1 and i == len(shape) - 1 and shape[i] <= 4)]
+    block = 1
+    # About two stored bytes per random value: grow the blocks until the coarse values fit.
+    while samples * _coarse_size(shape, blocked, block) * 2 > budget and any(
+        shape[i] > block for i in blocked
+    ):
+        block *= 2
+    coarse = [-(-d // block) if i in blocked else d for i, d in enumerate(shape)]
+    levels = rng.integers(0, 256, size=(samples, *coarse))
+    for i in blocked:
+        levels = np.repeat(levels, block, axis=i + 1)
+    levels = levels[(slice(None), *(slice(0, d) for d in shape))]
+    dtype = np.dtype(spec.dtype)
+    if dtype.kind == "f":
+        return (levels / 256.0).astype(dtype)
+    if dtype.kind == "b":
+        return (levels % 2).astype(dtype)
+    info = np.iinfo(dtype)
+    step = (int(info.max) - int(info.min)) // 255
+    return (int(info.min) + levels.astype(np.int64) * step).astype(dtype)
+
+
+def _coarse_size(shape: list[int], blocked: list[int], block: int) -> int:
+    return int(np.prod([-(-d // block) if i in blocked else d for i, d in enumerate(shape)]))

@@ -227,7 +227,7 @@ class FleetProcess(ManagedProcess):
     """``fleet serve`` on a free loopback port with its database (SQLite by default) and artifacts
     in ``workdir``."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - one keyword-only parameter per `fleet serve` option the tests and demo set
         self,
         workdir: Path,
         mqtt_port: int,
@@ -272,7 +272,7 @@ class AgentProcess(ManagedProcess):
     ``{"update": {"probation_s": 3}}``.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - one keyword-only parameter per agent setting the tests and demo set
         self,
         device_id: str,
         workdir: Path,

@@ -37,6 +37,12 @@ class AlertRules(BaseModel):
     offline_minutes: float | None = Field(10, gt=0, description="device offline (or silent) longer than this")
     latency_p95_ms: float | None = Field(None, gt=0, description="latest window's p95 latency above this")
     drift_psi: float | None = Field(0.25, ge=0, description="latest window's drift PSI above this")
+    out_of_range_share: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="latest window's share of inputs outside the baseline's range above this",
+    )
     error_rate: float | None = Field(0.05, ge=0, le=1, description="latest window's failed share above this")
     rollback: bool = Field(True, description="an agent rolled a model back")
     rollback_hold_minutes: float = Field(60, gt=0, description="how long a rollback alert stays open")
@@ -91,6 +97,11 @@ def device_findings(rules: AlertRules, device: DeviceView, now: datetime) -> lis
     if rules.drift_psi is not None and drift is not None and drift > rules.drift_psi:
         message = f"{device.device_id} drift PSI {drift:.2f} > {rules.drift_psi}"
         found.append(Finding("drift_psi", device.device_id, "warning", message, drift))
+    outside = window.value("out_of_range_share")
+    limit = rules.out_of_range_share
+    if limit is not None and outside is not None and outside > limit:
+        message = f"{device.device_id} inputs out of range {outside:.1%} > {limit:.1%}"
+        found.append(Finding("out_of_range_share", device.device_id, "warning", message, outside))
     return found
 
 

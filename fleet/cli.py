@@ -117,6 +117,17 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument(
         "--hourly-retention-days", type=float, default=400, metavar="D", help="hourly rollups kept (400)"
     )
+    # No defaults here: FleetConfig's apply (this module imports no storage code).
+    serve.add_argument(
+        "--dead-letter-days", type=float, default=None, metavar="D", help="dead letters kept (30 days)"
+    )
+    serve.add_argument(
+        "--dead-letter-cap",
+        type=int,
+        default=None,
+        metavar="N",
+        help="at most this many dead letters kept, the newest; enforced as they arrive (10000)",
+    )
     serve.add_argument(
         "--tls-cert",
         type=Path,
@@ -354,6 +365,14 @@ def _serve(args: argparse.Namespace) -> int:
             broker_pid_file=args.broker_pid_file,
             broker_reload_command=args.broker_reload_command,
             **({"alerts": load_rules(args.alerts)} if args.alerts else {}),
+            **{
+                field: value
+                for field, value in (
+                    ("dead_letter_days", args.dead_letter_days),
+                    ("dead_letter_cap", args.dead_letter_cap),
+                )
+                if value is not None
+            },
         )
     except ValidationError as exc:
         raise FleetError(describe_first_error(exc, default="config")) from exc

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleet.alerts import AlertRules
+from fleet.storage.ingest import DEAD_LETTER_CAP, DEAD_LETTER_DAYS
 from protocol.bundle import DEFAULT_MAX_BUNDLE_BYTES
 from protocol.topics import DEFAULT_PREFIX
 
@@ -92,6 +93,14 @@ class FleetConfig(BaseModel):
     raw_retention_days: float = Field(14, gt=0, description="keep raw telemetry windows this long")
     hourly_retention_days: float = Field(400, gt=0, description="keep hourly rollups this long")
     retention_interval_s: float = Field(3600, gt=0, description="how often retention runs")
+    dead_letter_days: float = Field(
+        DEAD_LETTER_DAYS, gt=0, description="keep dead letters this long (removed by the retention run)"
+    )
+    dead_letter_cap: int = Field(
+        DEAD_LETTER_CAP,
+        ge=1,
+        description="keep at most this many dead letters, the newest: enforced as each batch is stored",
+    )
     alerts: AlertRules = Field(default_factory=AlertRules, description="alert rules")
     summary_interval_s: float = Field(10, gt=0, description="how often alerts and summary topics refresh")
     homeassistant_discovery: bool = Field(False, description="publish Home Assistant MQTT discovery configs")

@@ -84,7 +84,7 @@ class FleetServer:
         self.engine: Engine = create_engine_for_url(config.db_url)
         registry = Registry(self.engine, config.artifacts, trusted)
         clean_incoming(config.artifacts)  # uploads a killed fleet left half-written
-        self.ingester = Ingester(config.mqtt, self.engine)
+        self.ingester = Ingester(config.mqtt, self.engine, dead_letter_cap=config.dead_letter_cap)
         topics = Topics(config.mqtt.topic_prefix)
         self.rollouts = RolloutController(self.engine, self.ingester, topics)
         self.alerts = AlertEngine(
@@ -164,8 +164,10 @@ class FleetServer:
                         datetime.now(UTC),
                         self.config.raw_retention_days,
                         self.config.hourly_retention_days,
+                        dead_letter_days=self.config.dead_letter_days,
+                        dead_letter_cap=self.config.dead_letter_cap,
                     )
-                    if result.windows_rolled_up or result.hourly_rows_expired:
+                    if result.windows_rolled_up or result.hourly_rows_expired or result.dead_letters_expired:
                         log.info("retention: %s", result)
             except Exception:
                 log.exception("maintenance failed; trying again")

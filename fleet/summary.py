@@ -16,9 +16,7 @@ from fleet.deploy import Publisher, was_refused
 from fleet.storage import repository
 from fleet.storage.metrics import METRICS, Sensor
 from fleet.views import DeviceView, FleetSummary
-from protocol.topics import Topics
-
-HA_PREFIX = "homeassistant"
+from protocol.topics import HOMEASSISTANT_PREFIX, Topics
 
 
 def summarize(engine: Engine) -> tuple[FleetSummary, list[DeviceView]]:
@@ -42,11 +40,16 @@ def device_health(device: DeviceView) -> dict[str, Any]:
     }
 
 
-def homeassistant_configs(device_id: str, health_topic: str) -> dict[str, dict[str, Any]]:
+def homeassistant_configs(
+    device_id: str,
+    health_topic: str,
+    topics: Topics | None = None,
+    discovery_prefix: str = HOMEASSISTANT_PREFIX,
+) -> dict[str, dict[str, Any]]:
     """Discovery topic -> config for each sensor of the metrics table, plus presence."""
+    topics = topics or Topics()
     sensors = [(m.name, m.sensor) for m in METRICS if m.sensor is not None]
     sensors.append(("presence", Sensor("presence")))
-    safe = device_id.replace(".", "_")
     configs: dict[str, dict[str, Any]] = {}
     for key, sensor in sensors:
         config: dict[str, Any] = {
@@ -60,7 +63,7 @@ def homeassistant_configs(device_id: str, health_topic: str) -> dict[str, dict[s
             config["unit_of_measurement"] = sensor.unit
         if sensor.device_class:
             config["device_class"] = sensor.device_class
-        configs[f"{HA_PREFIX}/sensor/edgefleet_{safe}/{key}/config"] = config
+        configs[topics.homeassistant_config(device_id, key, discovery_prefix)] = config
     return configs
 
 
@@ -87,6 +90,7 @@ class SummaryPublisher:
             health_topic = self.topics.device_health(device.device_id)
             self._send(health_topic, device_health(device))
             if self.homeassistant:
-                for topic, config in homeassistant_configs(device.device_id, health_topic).items():
+                configs = homeassistant_configs(device.device_id, health_topic, self.topics)
+                for topic, config in configs.items():
                     self._send(topic, config)
         return summary

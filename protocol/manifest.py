@@ -93,17 +93,22 @@ class Preprocessing(WireModel):
     ``standardize``, ``minmax`` and ``scale`` are applied by the agent to raw float inputs as
     ``(x - offset) * scale`` (standardize: offset = mean, scale = 1/std; minmax: offset = min,
     scale = 1/(max - min)); a list broadcasts over the input's last axis (one value per channel
-    or feature). ``none``: raw values go straight in. ``in_model``: the model carries its own
-    normalisation layer and the agent applies nothing. The converter records what the model was
-    trained with so that a device never has to guess.
+    or feature, in the model's channel order). ``none``: raw values go straight in.
+    ``in_model``: the model carries its own normalisation layer and the agent applies no
+    arithmetic. When ``caller_channel_order`` is set and differs from ``channel_order``, the
+    agent first reverses the last axis (RGB <-> BGR). Resizing is the caller's job: an input of
+    another spatial size is refused. The converter records what the model was trained with so
+    that a device never has to guess; ``runtime.preprocess`` is the one implementation.
     """
 
     method: PreprocessingMethod = "none"
     scale: float | list[float] = 1.0
     offset: float | list[float] = 0.0
     channel_order: Literal["rgb", "bgr"] | None = None
-    """The colour channel order the model was trained on (the caller's job; the agent does
-    not reorder channels)."""
+    """The colour channel order the model was trained on."""
+    caller_channel_order: Literal["rgb", "bgr"] | None = None
+    """The order callers send; None (and every manifest older than this field): the model's
+    order, nothing is reordered. Set by the converter together with ``channel_order``."""
     description: str = ""
 
     @model_validator(mode="after")
@@ -124,6 +129,15 @@ class Preprocessing(WireModel):
     def applies(self) -> bool:
         """Whether the agent transforms raw inputs (False for none, in_model and the identity)."""
         return self.method not in ("none", "in_model") and not self.is_identity
+
+    @property
+    def reorders_channels(self) -> bool:
+        """Whether the agent reverses the last axis (callers send the other colour order)."""
+        return (
+            self.channel_order is not None
+            and self.caller_channel_order is not None
+            and self.channel_order != self.caller_channel_order
+        )
 
     @property
     def is_identity(self) -> bool:
@@ -306,6 +320,11 @@ class Manifest(VersionedMessage):
                     f"preprocessing names {name!r}, which is not one of the inputs {list(by_name)}"
                 )
             last = by_name[name].shape[-1]
+            if pre.reorders_channels and last not in (-1, 3):
+                raise ValueError(
+                    f"preprocessing of {name!r} reorders colour channels, but its last axis has "
+                    f"{last} values, not 3"
+                )
             for field_name, value in (("scale", pre.scale), ("offset", pre.offset)):
                 if isinstance(value, list) and len(value) != 1 and last != -1 and len(value) != last:
                     raise ValueError(

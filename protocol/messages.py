@@ -6,11 +6,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from protocol.errors import MessageError
 from protocol.rollback import SignedRollbackGrant
 from protocol.schema import DeviceId, ModelRef, Sha256Hex, VersionedMessage, WireModel
+from protocol.telemetry_wire import expand
 from protocol.update_state import UpdateState
 from protocol.validation import describe_first_error
 
@@ -76,7 +77,8 @@ class PredictionHealth(WireModel):
 
 
 class TelemetryWindow(VersionedMessage):
-    """One window of aggregates on ``devices/{id}/telemetry``."""
+    """One window of aggregates on ``devices/{id}/telemetry``, in the full or the compact wire
+    form (``protocol.telemetry_wire``); agents send the compact one."""
 
     kind: Literal["telemetry"] = "telemetry"
     device_id: DeviceId
@@ -95,6 +97,11 @@ class TelemetryWindow(VersionedMessage):
     prediction: PredictionHealth | None = None
     dropped_messages: int = Field(default=0, ge=0)
     """Messages the device's outbox dropped since the last window because it was full."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_compact(cls, data: object) -> object:
+        return expand(data)
 
 
 class UpdateEvent(VersionedMessage):
@@ -153,6 +160,7 @@ class DesiredState(VersionedMessage):
 
 
 _M = TypeVar("_M", bound=VersionedMessage)
+
 
 def parse_message(model: type[_M], payload: bytes) -> _M:
     """Parse one JSON payload as ``model``; raise MessageError naming the first problem."""

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from protocol.signing import TrustedKeys
 
 
-_KEY_ID = re.compile(r"^[0-9a-f]{16}$")
+_KEY_ID = re.compile(r"[0-9a-f]{16}")
+"""Matched with ``fullmatch``: ``match`` with ``$`` would let a trailing newline through."""
 
 
 class RollbackGrantError(ProtocolError):
@@ -54,7 +55,7 @@ class SignedRollbackGrant(WireModel):
 
     @model_validator(mode="after")
     def _key_id_is_hex(self) -> SignedRollbackGrant:
-        if not _KEY_ID.match(self.signature.key_id):
+        if not _KEY_ID.fullmatch(self.signature.key_id):
             raise ValueError("signature.key_id must be the 16 hex digits of an operator key id")
         return self
 
@@ -136,12 +137,12 @@ def check_grant(
     return grant
 
 
-_DURATION = re.compile(r"^(\d+)([smhd])$")
+_DURATION = re.compile(r"(\d+)([smhd])")
 
 
 def parse_duration_s(text: str) -> int:
     """``90s``, ``30m``, ``24h``, ``7d`` -> seconds; ``ValueError`` naming the expected form."""
-    match = _DURATION.match(text.strip())
+    match = _DURATION.fullmatch(text.strip())
     if match is None or int(match.group(1)) <= 0:
         raise ValueError(f"{text!r} is not a duration like 30m, 24h or 7d")
     return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]

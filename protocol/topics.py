@@ -1,7 +1,10 @@
-"""MQTT topic names under a configurable prefix (default ``edgefleet/v1``)."""
+"""MQTT topic names under a configurable prefix (default ``edgefleet/v1``), and the Home Assistant
+discovery topics the fleet publishes under Home Assistant's own prefix (default ``homeassistant``).
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -9,6 +12,11 @@ from protocol.errors import TopicError
 from protocol.schema import DEVICE_ID_RE
 
 DEFAULT_PREFIX = "edgefleet/v1"
+HOMEASSISTANT_PREFIX = "homeassistant"
+"""Home Assistant's default MQTT discovery prefix (its ``discovery_prefix`` setting)."""
+
+_SENSOR_KEY_RE = re.compile(r"[a-z0-9_]{1,64}")
+"""A discovery topic's object id part: Home Assistant takes ``[a-zA-Z0-9_-]``; ours are metric names."""
 
 
 class DeviceChannel(StrEnum):
@@ -31,12 +39,7 @@ class Topics:
     prefix: str = DEFAULT_PREFIX
 
     def __post_init__(self) -> None:
-        if not self.prefix or self.prefix.startswith("/") or self.prefix.endswith("/"):
-            raise TopicError(
-                f"topic prefix {self.prefix!r} must be non-empty without a leading or trailing /"
-            )
-        if any(c in self.prefix for c in "#+\0"):
-            raise TopicError(f"topic prefix {self.prefix!r} must not contain wildcards")
+        _check_prefix(self.prefix, "topic prefix")
 
     def device(self, device_id: str, channel: DeviceChannel) -> str:
         if not DEVICE_ID_RE.fullmatch(device_id):
@@ -70,6 +73,22 @@ class Topics:
     def device_health(self, device_id: str) -> str:
         return f"{self.prefix}/fleet/devices/{device_id}/health"
 
+    def homeassistant_config(
+        self, device_id: str, sensor: str, discovery_prefix: str = HOMEASSISTANT_PREFIX
+    ) -> str:
+        """Home Assistant's discovery topic for one sensor of one device. It lives under Home
+        Assistant's ``discovery_prefix``, not ours; dots in the device id become ``_`` (the node id
+        allows only letters, digits, ``_`` and ``-``)."""
+        _check_prefix(discovery_prefix, "discovery prefix")
+        if not DEVICE_ID_RE.fullmatch(device_id):
+            raise TopicError(f"device id {device_id!r} is not valid (letters, digits, _ . -; at most 64)")
+        if not _SENSOR_KEY_RE.fullmatch(sensor):
+            raise TopicError(
+                f"sensor key {sensor!r} is not valid (lower-case letters, digits, _; at most 64)"
+            )
+        node = device_id.replace(".", "_")
+        return f"{discovery_prefix}/sensor/edgefleet_{node}/{sensor}/config"
+
     def parse_device_topic(self, topic: str) -> DeviceTopic:
         """Split ``{prefix}/devices/{id}/{channel}``; TopicError for anything else."""
         head = f"{self.prefix}/devices/"
@@ -85,3 +104,10 @@ class Topics:
             return DeviceTopic(device_id, DeviceChannel(channel))
         except ValueError as exc:
             raise TopicError(f"topic {topic!r} names an unknown channel {channel!r}") from exc
+
+
+def _check_prefix(prefix: str, what: str) -> None:
+    if not prefix or prefix.startswith("/") or prefix.endswith("/"):
+        raise TopicError(f"{what} {prefix!r} must be non-empty without a leading or trailing /")
+    if any(c in prefix for c in "#+\0"):
+        raise TopicError(f"{what} {prefix!r} must not contain wildcards")

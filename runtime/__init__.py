@@ -1,7 +1,8 @@
 """The TFLite runtimes (tflite-runtime, LiteRT) behind one interface, shared by every part.
 
 The converter's validation, ``edgefleet bundle``, the agent's smoke test and its serving path
-all load models and run samples here, so a bundle is checked exactly as a device will run it.
+all load models, preprocess raw values and run samples here, so a bundle is checked exactly as
+a device will run it.
 Imports only numpy and ``protocol``: never TensorFlow, never the agent or the converter.
 """
 
@@ -22,11 +23,13 @@ from runtime.loader import (
     load_model,
     resolve_runtime,
 )
+from runtime.preprocess import InputTransform, preprocess
 from runtime.samples import compare_outputs, prepare_input, run_samples
 
 __all__ = [
     "AUTO_PREFERENCE",
     "InputMismatchError",
+    "InputTransform",
     "InvokeError",
     "LoadedModel",
     "ModelLoadError",
@@ -42,6 +45,7 @@ __all__ = [
     "load_model",
     "model_specs",
     "prepare_input",
+    "preprocess",
     "resolve_runtime",
     "run_samples",
     "tensor_spec",

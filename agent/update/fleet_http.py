@@ -38,7 +38,7 @@ class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
     def __init__(self, fleet_url: str) -> None:
         self.fleet_url = fleet_url
 
-    def redirect_request(  # noqa: PLR0917 (the standard library's signature)
+    def redirect_request(
         self,
         req: urllib.request.Request,
         fp: IO[bytes],

@@ -66,7 +66,7 @@ class StepRunner(Protocol):
 class InProcessRunner:
     """Runs the steps here, with an injected ``requests.Session`` (tests mount what they like)."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the step inputs shared with the worker runner, keyword-only
         self,
         *,
         session: requests.Session,
@@ -147,7 +147,7 @@ class WorkerRunner:
     the outcome comes back as one JSON line. The worker dies with the agent (PR_SET_PDEATHSIG)
     and is killed when the agent stops (``Interrupted``)."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - what the worker process needs on its stdin, keyword-only
         self,
         *,
         fleet_url: str,

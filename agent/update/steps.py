@@ -145,7 +145,7 @@ def _accept_response(response: requests.Response, url: str, have: int, part: Pat
     return resumed
 
 
-def download_with_retries(
+def download_with_retries(  # noqa: PLR0913 - the retry policy's numbers beside the transfer's inputs, keyword-only
     session: requests.Session,
     fleet_url: str,
     target: DesiredModel,

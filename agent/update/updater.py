@@ -45,7 +45,7 @@ __all__ = ["EventSink", "Interrupted", "Updater", "build_updater"]
 
 
 class Updater:
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the engine's collaborators, injected so the fault table can swap each
         self,
         device_id: str,
         runner: StepRunner,
@@ -257,7 +257,7 @@ class Updater:
             return None
 
 
-def build_updater(
+def build_updater(  # noqa: PLR0913 - the one place that wires config to the engine
     config: AgentConfig,
     store: ModelStore,
     holder: ModelHolder,
@@ -287,5 +287,5 @@ def build_updater(
         emit=emit,
         stopping=stopping,
         faults=faults,
-        guard=DowngradeGuard(config.device_id, config.trusted_keys),
+        guard=DowngradeGuard(config.device_id, config.trusted_keys, store.versions),
     )

@@ -50,7 +50,8 @@ class ContractError(Exception):
 
 
 REASONS: dict[int, str] = {
-    400: "refused: a check failed (the detail names it), or the body could not be parsed",
+    400: "refused: a check failed (the detail names it), the body could not be parsed, or a "
+    "parameter or body field holds a control character (NUL included; the detail names the field)",
     401: "no valid credentials: send an operator token (or a device's HTTP Basic pair where accepted)",
     403: "valid credentials without the role (or a device asking for what is not its own)",
     404: "no such record",
@@ -236,7 +237,7 @@ def _rewrite(document: dict[str, Any], declared: dict[str, tuple[int, ...]]) -> 
             responses = operation.setdefault("responses", {})
             statuses = set(declared.get(key, ()))
             if "422" in responses:
-                statuses.add(422)
+                statuses |= {400, 422}  # a control character in a parameter or field is a 400
             if "requestBody" in operation:
                 statuses.add(400)  # a body that is not UTF-8 JSON: FastAPI's own 400, same body
             for status in sorted(statuses):

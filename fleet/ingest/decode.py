@@ -18,6 +18,7 @@ from fleet.storage.records import DeadLetter, DeadReason, Decoded
 from protocol.errors import MessageError, TopicError
 from protocol.messages import DeviceStatus, TelemetryWindow, UpdateEvent, parse_message
 from protocol.schema import SCHEMA_VERSION
+from protocol.telemetry_wire import encode_full, is_compact_payload
 from protocol.topics import DeviceChannel, Topics
 
 __all__ = ["DeadLetter", "DeadReason", "Decoded", "Received", "dead_letter", "decode"]
@@ -150,7 +151,12 @@ def _decode(item: Received, topics: Topics, max_payload_bytes: int) -> Decoded |
     problem = unfit(message)
     if problem is not None:
         return dead_letter(item, DeadReason.OUT_OF_RANGE, problem)
-    return Decoded(message=message, received_at=item.received_at, raw=item.payload)
+    raw = item.payload
+    if isinstance(message, TelemetryWindow) and is_compact_payload(raw):
+        # Stored in the full form, as windows always were: readers of the stored payload (the
+        # telemetry API) see one form whichever the device sent.
+        raw = encode_full(message)
+    return Decoded(message=message, received_at=item.received_at, raw=raw)
 
 
 def _classify(item: Received, exc: MessageError) -> DeadLetter:

@@ -30,6 +30,7 @@ from fleet.config import MqttSettings
 from fleet.ingest.answers import PublishAnswers
 from fleet.ingest.decode import DeadLetter, DeadReason, Decoded, Received, dead_letter, decode
 from fleet.storage import repository
+from fleet.storage.ingest import DEAD_LETTER_CAP
 from fleet.tls import mqtt_client_context
 from fleet.views import IngestStats
 from protocol.topics import DeviceChannel, Topics
@@ -57,9 +58,12 @@ class Ingester:
         settings: MqttSettings,
         engine: Engine,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        dead_letter_cap: int = DEAD_LETTER_CAP,
     ) -> None:
         self.settings = settings
         self.engine = engine
+        self.dead_letter_cap = dead_letter_cap
         self.topics = Topics(settings.topic_prefix)
         self._clock = clock
         self._queue: queue.Queue[Received] = queue.Queue()
@@ -156,7 +160,9 @@ class Ingester:
             log.warning("broker refused the connection: %s", reason)
             return
         self._generation += 1
-        options = SubscribeOptions(qos=1)
+        # Retain as published: a retained message keeps its flag even when delivered live, so its
+        # dead letter is remembered as retained from the first sighting (and recorded once).
+        options = SubscribeOptions(qos=1, retainAsPublished=True)
         client.subscribe([(self.subscription(channel), options) for channel in INGESTED_CHANNELS])
         self._connected.set()
         log.info(
@@ -257,7 +263,7 @@ class Ingester:
                 try:
                     with self.engine.begin() as conn:
                         items = _refuse_revoked(conn, batch, items)
-                        return repository.store_batch(conn, items)
+                        return repository.store_batch(conn, items, self.dead_letter_cap)
                 except OperationalError:
                     raise
                 except Exception as exc:
@@ -289,7 +295,9 @@ class Ingester:
         for received, item in zip(batch, items, strict=True):
             try:
                 with self.engine.begin() as conn:
-                    got_stored, got_duplicates, got_letters = repository.store_batch(conn, [item])
+                    got_stored, got_duplicates, got_letters = repository.store_batch(
+                        conn, [item], self.dead_letter_cap
+                    )
             except OperationalError:
                 raise
             except Exception as exc:
@@ -309,7 +317,7 @@ class Ingester:
         a message the database can never take must not block the ones behind it)."""
         try:
             with self.engine.begin() as conn:
-                return repository.store_batch(conn, [letter])[2]
+                return repository.store_batch(conn, [letter], self.dead_letter_cap)[2]
         except OperationalError:
             raise
         except Exception:

@@ -13,21 +13,32 @@ from sqlalchemy.exc import IntegrityError
 from fleet.storage.engine import RawJson
 from fleet.storage.metrics import metric_values
 from fleet.storage.records import DeadLetter, Decoded
-from fleet.storage.schema import dead_letters, devices, events, telemetry
+from fleet.storage.schema import dead_letter_digests, dead_letters, devices, events, telemetry
 from fleet.storage.times import utc
 from fleet.views import DeadLetterRow
 from protocol.messages import DeviceStatus, TelemetryWindow, UpdateEvent
 from protocol.update_state import UpdateState
 
+DEAD_LETTER_DAYS = 30.0
+DEAD_LETTER_CAP = 10_000
+"""Dead letters kept at most, enforced as each batch is stored: a device flooding poison cannot fill
+the disk between two retention runs."""
+SEEN_DIGESTS_CAP = 100_000
+"""Digests of retained or resent poison remembered at most (a broker retains one message per topic,
+so a fleet holds far fewer), the least recently seen forgotten first."""
+
 
 def store_dead_letter(conn: Connection, letter: DeadLetter) -> bool:
-    """Record a dead letter; False when it is a redelivery of one already recorded."""
-    if letter.redelivered:
-        seen = conn.execute(
-            select(dead_letters.c.id).where(dead_letters.c.digest == letter.digest).limit(1)
-        ).first()
-        if seen is not None:
-            return False
+    """Record a dead letter; False when it is a redelivery of one already recorded.
+
+    A retained or resent message's digest is also remembered in ``dead_letter_digests``, which
+    outlives the dead letter: the broker hands a retained message over at every subscribe, long after
+    its dead letter has expired, and it is not recorded again.
+    """
+    remember = letter.redelivered and bool(letter.digest)
+    received_at = utc(letter.received_at)
+    if remember and _seen_before(conn, letter.digest, received_at):
+        return False
     conn.execute(
         insert(dead_letters).values(
             topic=letter.topic,
@@ -35,22 +46,59 @@ def store_dead_letter(conn: Connection, letter: DeadLetter) -> bool:
             detail=letter.detail,
             payload_prefix=letter.payload_prefix,
             payload_size=letter.payload_size,
-            received_at=utc(letter.received_at),
+            received_at=received_at,
             digest=letter.digest or None,
         )
     )
+    if remember:
+        seen = {"digest": letter.digest, "seen_at": received_at}
+        _insert_ignoring_duplicate(conn, dead_letter_digests, seen, ("digest",))
     return True
 
 
-def expire_dead_letters(conn: Connection, older_than: datetime, keep_at_most: int) -> int:
-    """Delete dead letters received before ``older_than``, then the oldest beyond ``keep_at_most``."""
-    expired = conn.execute(delete(dead_letters).where(dead_letters.c.received_at < older_than)).rowcount
+def _seen_before(conn: Connection, digest: str, at: datetime) -> bool:
+    """Whether a message with this digest was dead-lettered before; refreshes when it was last seen
+    (so the digests of retained messages still handed over are the last to be forgotten)."""
+    refreshed = conn.execute(
+        update(dead_letter_digests).where(dead_letter_digests.c.digest == digest).values(seen_at=at)
+    ).rowcount
+    if refreshed:
+        return True
+    # Its first delivery was live (not flagged retained or resent): its dead letter has the digest.
+    found = conn.execute(select(dead_letters.c.id).where(dead_letters.c.digest == digest).limit(1)).first()
+    return found is not None
+
+
+def cap_dead_letters(conn: Connection, keep_at_most: int) -> int:
+    """Delete the oldest dead letters beyond the newest ``keep_at_most``; how many went.
+
+    One backward walk of the primary key index to the cap's edge, then a range delete: cheap enough
+    to run after every batch that recorded a dead letter.
+    """
     newest_dropped = conn.execute(
         select(dead_letters.c.id).order_by(dead_letters.c.id.desc()).offset(keep_at_most).limit(1)
     ).scalar()
-    if newest_dropped is not None:
-        expired += conn.execute(delete(dead_letters).where(dead_letters.c.id <= newest_dropped)).rowcount
-    return max(expired, 0)
+    if newest_dropped is None:
+        return 0
+    return max(conn.execute(delete(dead_letters).where(dead_letters.c.id <= newest_dropped)).rowcount, 0)
+
+
+def cap_seen_digests(conn: Connection, keep_at_most: int = SEEN_DIGESTS_CAP) -> int:
+    """Forget the least recently seen digests beyond ``keep_at_most``."""
+    column = dead_letter_digests.c.seen_at
+    edge = conn.execute(select(column).order_by(column.desc()).offset(keep_at_most).limit(1)).scalar()
+    if edge is None:
+        return 0
+    return max(conn.execute(delete(dead_letter_digests).where(column <= edge)).rowcount, 0)
+
+
+def expire_dead_letters(conn: Connection, older_than: datetime, keep_at_most: int) -> int:
+    """Delete dead letters received before ``older_than``, then the oldest beyond ``keep_at_most``
+    (and forget the oldest digests beyond their own bound; they do not expire with age, as a
+    retained message does not)."""
+    expired = conn.execute(delete(dead_letters).where(dead_letters.c.received_at < older_than)).rowcount
+    cap_seen_digests(conn)
+    return max(expired, 0) + cap_dead_letters(conn, keep_at_most)
 
 
 def store_decoded(conn: Connection, item: Decoded) -> bool:
@@ -65,12 +113,15 @@ def store_decoded(conn: Connection, item: Decoded) -> bool:
     return _store_event(conn, message, received_at)
 
 
-def store_batch(conn: Connection, items: Iterable[Decoded | DeadLetter]) -> tuple[int, int, list[DeadLetter]]:
+def store_batch(
+    conn: Connection, items: Iterable[Decoded | DeadLetter], dead_letter_cap: int = DEAD_LETTER_CAP
+) -> tuple[int, int, list[DeadLetter]]:
     """Store a batch in the caller's transaction; returns (stored, duplicates, dead letters recorded).
 
     Telemetry windows, the bulk of the stream, go in with one multi-row INSERT per batch (statement
     building, not the database, is what costs per message); status and events keep their order.
-    A redelivered dead letter already recorded is not recorded again, nor returned.
+    A redelivered dead letter already recorded is not recorded again, nor returned. When the batch
+    recorded dead letters, the oldest beyond ``dead_letter_cap`` are deleted in the same transaction.
     """
     stored = duplicates = 0
     letters: list[DeadLetter] = []
@@ -89,6 +140,10 @@ def store_batch(conn: Connection, items: Iterable[Decoded | DeadLetter]) -> tupl
         inserted = _store_telemetry_many(conn, windows)
         stored += inserted
         duplicates += len(windows) - inserted
+    if letters:
+        cap_dead_letters(conn, dead_letter_cap)
+        if any(letter.redelivered for letter in letters):
+            cap_seen_digests(conn)
     return stored, duplicates, letters
 
 

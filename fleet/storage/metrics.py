@@ -72,6 +72,10 @@ def _low_confidence(window: TelemetryWindow) -> float | None:
     return window.prediction.low_confidence_share if window.prediction else None
 
 
+def _out_of_range(window: TelemetryWindow) -> float | None:
+    return window.prediction.out_of_range_share if window.prediction else None
+
+
 METRICS: tuple[Metric, ...] = (
     # Counters: summed per hour; their series (throughput, error rate) are derived in storage.series.
     Metric("requests", True, False, lambda w: w.requests, (Rollup.SUM,)),
@@ -164,6 +168,16 @@ METRICS: tuple[Metric, ...] = (
         _low_confidence,
         (Rollup.AVG,),
         series="low_confidence_share",
+        series_rollup=Rollup.AVG,
+        health=True,
+    ),
+    Metric(
+        "out_of_range_share",
+        False,
+        True,
+        _out_of_range,
+        (Rollup.AVG,),
+        series="out_of_range_share",
         series_rollup=Rollup.AVG,
         health=True,
     ),

@@ -15,15 +15,13 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 
-from fleet.storage.ingest import expire_dead_letters
+from fleet.storage.ingest import DEAD_LETTER_CAP, DEAD_LETTER_DAYS, expire_dead_letters
 from fleet.storage.metrics import HOURLY_COLUMNS, Rollup
 from fleet.storage.schema import telemetry, telemetry_hourly
 from fleet.storage.times import utc
 
 CHUNK = 5000
-DEAD_LETTER_DAYS = 30.0
-DEAD_LETTER_CAP = 10_000
-"""Dead letters kept at most: a device flooding poison cannot fill the disk."""
+__all__ = ["DEAD_LETTER_CAP", "DEAD_LETTER_DAYS", "RetentionResult", "apply_retention"]
 UNKNOWN = "-"
 """Model name and version of windows that reported no model (unique keys cannot hold NULL portably)."""
 

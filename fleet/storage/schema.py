@@ -146,6 +146,17 @@ dead_letters = Table(
     Index("ix_dead_letters_received", "received_at"),
 )
 
+dead_letter_digests = Table(
+    "dead_letter_digests",
+    metadata,
+    # Digests of retained or resent messages already dead-lettered, kept apart from the dead letters
+    # (which expire and are capped): a retained message is recorded once, even after its dead letter
+    # is gone and the broker hands it over again. Bounded by ``ingest.SEEN_DIGESTS_CAP``.
+    Column("digest", String(64), primary_key=True),
+    Column("seen_at", DateTime(timezone=True), nullable=False),
+    Index("ix_dead_letter_digests_seen", "seen_at"),
+)
+
 device_meta = Table(
     "device_meta",
     metadata,

@@ -6,11 +6,12 @@ import json
 import threading
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from protocol.telemetry_wire import expand
 from tests.support.wait import wait_until
 
 
@@ -30,7 +31,9 @@ class Watcher:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         with self._lock:
-            self.messages.append((message.topic, json.loads(message.payload), bool(message.retain)))
+            # Telemetry windows travel in the compact form: tests read them by their schema's names.
+            document = cast("dict[str, Any]", expand(json.loads(message.payload)))
+            self.messages.append((message.topic, document, bool(message.retain)))
 
     def wait_for(
         self, predicate: Callable[[dict[str, Any]], bool], timeout_s: float = 15.0

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.__main__ import main
-from agent.config import reference_markdown
+from agent.config_reference import reference_markdown
 from agent.systemd import Notifier
 from tests.support.toml import config_toml
 from tests.support.wait import wait_until
@@ -83,7 +83,8 @@ def test_environment_overrides_the_file(tmp_path: Path, trusted_dir: Path) -> No
 
 def test_docs_carry_the_generated_config_reference() -> None:
     docs = (ROOT / "docs" / "agent.md").read_text()
-    assert reference_markdown() in docs, "regenerate: python -c 'from agent.config import reference_markdown'"
+    regenerate = "python -c 'from agent.config_reference import reference_markdown'"
+    assert reference_markdown() in docs, f"regenerate: {regenerate}"
 
 
 def test_notifier_abstract_socket_and_unset() -> None:
@@ -182,3 +183,59 @@ def test_interval_jobs_run_trigger_and_replan() -> None:
     time.sleep(0.05)
     failing.stop()
     assert failing.runs >= 2
+
+
+def test_password_file_reads_a_systemd_credential(tmp_path: Path, trusted_dir: Path) -> None:
+    from agent.config import fleet_credentials, load_config
+
+    credentials = tmp_path / "credentials"  # what systemd's LoadCredential= hands the service
+    credentials.mkdir()
+    (credentials / "mqtt-password").write_text("broker-secret\n")
+    absolute = tmp_path / "fleet-secret"
+    absolute.write_text("fleet-secret")
+    settings = {"mqtt": {"username": "dev-1", "password_file": "mqtt-password"}}
+    path = tmp_path / "agent.toml"
+    path.write_text(config_toml(tmp_path / "state", trusted_dir, "http://f", settings=settings))
+    config = load_config(path, {"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert config.mqtt.password == "broker-secret"  # the trailing newline of the file is not part of it
+    assert fleet_credentials(config) == ("dev-1", "broker-secret")
+    settings["fleet"] = {"password_file": str(absolute)}  # an absolute path needs no credentials folder
+    path.write_text(config_toml(tmp_path / "state", trusted_dir, "http://f", settings=settings))
+    config = load_config(path, {"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert fleet_credentials(config) == ("dev-1", "fleet-secret")
+    assert config.mqtt.password == "broker-secret"
+
+
+@pytest.mark.parametrize(
+    ("section", "environ", "error"),
+    [
+        ({"password_file": "mqtt-password"}, {}, "$CREDENTIALS_DIRECTORY is not set"),
+        ({"password_file": "other"}, None, "cannot read {creds}/other: No such file or directory (is "),
+        ({"password_file": "mqtt-password", "password": "p"}, None, "mutually exclusive"),
+        ({"password_file": "empty"}, None, "must hold one non-empty line"),
+    ],
+)
+def test_password_file_problems_are_named(
+    tmp_path: Path,
+    trusted_dir: Path,
+    *,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    section: dict[str, str],
+    environ: dict[str, str] | None,
+    error: str,
+) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "mqtt-password").write_text("s")
+    (credentials / "empty").write_text("\n")
+    if environ is None:
+        monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    else:
+        monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    for name in ("mqtt", "fleet"):
+        path = tmp_path / "agent.toml"
+        path.write_text(config_toml(tmp_path / "state", trusted_dir, "http://f", settings={name: section}))
+        assert main(["check-config", "--config", str(path)]) == 2
+        assert f"{name}: Value error, " in (err := capsys.readouterr().err)
+        assert error.format(creds=credentials) in err

@@ -20,8 +20,8 @@ from protocol.messages import UpdateEvent, parse_message
 from protocol.topics import Topics
 from protocol.update_state import UpdateState
 from tests.agent.peer import FleetPeer
-from tests.agent.test_update_faults import NEW, FaultCase, check_reported, fault_cases
 from tests.support.agent import DEVICE, Bundles, stage_directly
+from tests.support.fault_table import NEW, FaultCase, check_reported, fault_cases
 from tests.support.processes import agent_process
 
 pytestmark = pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -27,6 +28,8 @@ from tests.support.wait import WaitTimeoutError, wait_until
 pytestmark = pytest.mark.slow
 
 TOPICS = Topics()
+RUNTIME = f"tflite-runtime {importlib.metadata.version('tflite-runtime')}"
+"""The runtime the tests' agents run (``TEST_SETTINGS``) and its installed version, as a status names it."""
 
 
 @pytest.fixture
@@ -70,7 +73,7 @@ def _agent(
     )
 
 
-def test_agent_process_end_to_end(  # noqa: PLR0917 - pytest fixtures
+def test_agent_process_end_to_end(
     tmp_path: Path,
     broker: MosquittoBroker,
     fleet_peer: FleetPeer,
@@ -90,7 +93,8 @@ def test_agent_process_end_to_end(  # noqa: PLR0917 - pytest fixtures
         assert any(line.startswith("STATUS=agent dev-1 serving on http://127.0.0.1:") for line in lines)
         # READY comes once the API listens; v1 arrives from the first check.
         agent.wait_for_version("1.0.0", timeout_s=20)
-        status.wait_for(lambda m: m["presence"] == "online")
+        online = status.wait_for(lambda m: m["presence"] == "online")
+        assert online["runtime"] == RUNTIME, online  # what the fleet checks a deploy against
         events.wait_for(lambda m: m["state"] == "commit" and m["target"]["version"] == "1.0.0")
 
         # The fleet deploys v2 and says so on the command topic: the agent checks at once
@@ -124,7 +128,8 @@ def test_agent_process_end_to_end(  # noqa: PLR0917 - pytest fixtures
         events.close()
     late = Watcher(broker.host, broker.port, TOPICS.status(DEVICE))  # retained: a newcomer sees it
     try:
-        assert late.wait_for(lambda m: True)["presence"] == "offline"
+        retained = late.wait_for(lambda m: True)
+        assert (retained["presence"], retained["runtime"]) == ("offline", RUNTIME), retained
     finally:
         late.close()
 

@@ -16,6 +16,7 @@ from agent.config import load_config
 from agent.telemetry import LatencyHistogram, RequestMetrics, Telemetry, sample_temperature
 from edgefleet.mosquitto import MosquittoBroker
 from protocol.messages import ResourceUsage, TelemetryWindow
+from protocol.schema import ModelRef
 from protocol.topics import Topics
 from tests.agent.mqtt_watch import Watcher
 from tests.agent.peer import FleetPeer
@@ -128,7 +129,7 @@ def test_window_on_the_real_broker_after_requests(
     assert window["device_id"] == DEVICE and window["requests"] == 6
     assert window["errors"] == {"bad_request": 1}
     assert window["latency_ms"]["p50"] > 0 and window["latency_ms"]["max"] >= window["latency_ms"]["p99"]
-    assert window["model"]["version"] == "1.0.0"
+    assert window["model"] == {"name": "digits", "version": "1.0.0"}  # the sha is in the status
     assert window["prediction"]["predictions"] == 5 and sum(window["prediction"]["class_counts"]) == 5
     resources = window["resources"]
     assert resources["process_rss_bytes"] > 0 and resources["disk_free_bytes"] > 0
@@ -202,3 +203,163 @@ def test_the_compact_wire_form_still_names_its_schema() -> None:
     payload = encode_window(window)
     assert payload.startswith(b'{"schema_version":1,"kind":"telemetry",')
     assert parse_message(TelemetryWindow, payload) == window
+
+
+# -- the wire size of a busy window ------------------------------------------------------------
+
+DAILY_BUDGET_BYTES = 800_000
+"""Telemetry on the wire per device per day at 60 s windows, MQTT framing included."""
+
+BUSY_DEVICE = "pi-warehouse-0042"
+"""Longer than most ids: the topic is in every PUBLISH."""
+
+
+def _mqtt_bytes_per_day(topic: str, payload: int, interval_s: float = 60, keepalive_s: float = 30) -> int:
+    """What one window costs on MQTT 3.1.1 at QoS 1, per day: PUBLISH (fixed header with its
+    remaining-length varint, topic length + topic, packet id, payload) and the broker's 4-byte
+    PUBACK per window, plus a PINGREQ/PINGRESP pair (2 + 2 bytes) per keepalive; TCP/IP not counted."""
+    remaining = 2 + len(topic.encode()) + 2 + payload
+    varint = 1 if remaining < 128 else 2 if remaining < 16_384 else 3
+    publish = 1 + varint + remaining
+    return int(86_400 / interval_s * (publish + 4) + 86_400 / keepalive_s * 4)
+
+
+def _busy_window(tmp_path: Path) -> tuple[Telemetry, ListSink, ModelRef]:
+    """The real agent telemetry after a busy minute: a 10-class classifier with every
+    prediction-health field set, several error kinds, dropped messages, a temperature sensor."""
+    from agent.resources import sample_resources
+    from protocol.manifest import BaselineStats, FeatureRange
+
+    rng = np.random.default_rng(7)
+    metrics = RequestMetrics()
+    model = ModelRef(name="warehouse-classifier", version="12.3.0", sha256="0123456789abcdef" * 4)
+    for n in range(6_000):
+        metrics.record_success(
+            float(rng.lognormal(1.5, 0.6)),
+            model.sha256,
+            classes=rng.integers(0, 10, size=1),
+            confidences=rng.uniform(0.2, 1.0, size=1).astype(np.float32),
+            instances=1,
+            out_of_range=int(n % 41 == 0),
+        )
+    for n in range(23):
+        metrics.record_error("bad_request", nonfinite=n < 5)
+    metrics.record_error("too_large")
+    metrics.record_error("inference", model_sha=model.sha256)
+    baseline = BaselineStats(
+        samples=1000,
+        class_frequencies=[0.1] * 10,
+        input_ranges=[FeatureRange(min=0.0, max=1.0, mean=0.5)],
+    )
+
+    def resources(state_dir: Path) -> ResourceUsage:
+        real = sample_resources(state_dir)  # a board has a sensor; this machine may not
+        return real.model_copy(update={"temperature_c": 61.4, "cpu_percent": 187.5})
+
+    now, wall = [1_000.0], [datetime(2030, 6, 1, 12, 0, tzinfo=UTC)]
+    sink = ListSink()
+    telemetry = Telemetry(
+        BUSY_DEVICE,
+        Topics(),
+        sink,
+        metrics=metrics,
+        state_dir=tmp_path,
+        model_ref=lambda: model,
+        dropped=lambda: 17,
+        baseline=lambda: baseline,
+        monotonic=lambda: now[0],
+        wall=lambda: wall[0],
+        resources=resources,
+    )
+    now[0] += 40 * 86_400  # up 40 days, and this window a minute long
+    wall[0] += timedelta(seconds=60)
+    return telemetry, sink, model
+
+
+def test_a_busy_window_fits_the_daily_budget_and_keeps_every_field(tmp_path: Path) -> None:
+    from protocol.messages import parse_message
+    from protocol.telemetry_wire import encode_full
+
+    telemetry, sink, model = _busy_window(tmp_path)
+    window = telemetry.publish_window()
+    prediction = window.prediction
+    assert (
+        prediction is not None and prediction.class_counts is not None and len(prediction.class_counts) == 10
+    )
+    filled = prediction.model_dump(exclude_none=True).keys() - {"output_histogram_counts"}
+    assert filled == set(prediction.model_fields) - {"output_histogram_counts"}, "a busy window sets them all"
+    assert window.resources.temperature_c is not None and window.dropped_messages == 17
+    topic, payload, _, _ = sink.sent[0]
+
+    per_day = _mqtt_bytes_per_day(topic, len(payload))
+    assert per_day < DAILY_BUDGET_BYTES, f"{len(payload)}-byte busy window: {per_day} bytes/day"
+    assert len(payload) * 1440 < DAILY_BUDGET_BYTES
+    # What the full form would have cost, with the model's sha256 as agents used to send it.
+    with_sha = window.model_copy(update={"model": model})
+    assert _mqtt_bytes_per_day(topic, len(encode_full(with_sha))) > DAILY_BUDGET_BYTES
+
+    # Nothing the fleet uses is lost: the payload parses back to the very window built.
+    assert parse_message(TelemetryWindow, payload) == window
+    assert window.model == ModelRef(name=model.name, version=model.version)  # the sha is in the status
+    assert payload.startswith(b'{"schema_version":1,"kind":"telemetry",')
+    assert b"sha256" not in payload and b"window_start" not in payload
+
+
+def test_the_fleet_stores_a_compact_window_as_it_stored_the_full_form(tmp_path: Path) -> None:
+    from fleet.ingest.decode import Decoded, Received, decode
+    from fleet.storage.ingest import telemetry_row
+    from protocol.telemetry_wire import encode_full
+
+    telemetry, sink, model = _busy_window(tmp_path)
+    window = telemetry.publish_window()
+    topic, compact, _, _ = sink.sent[0]
+    old_form = encode_full(window.model_copy(update={"model": model}))  # what older agents send
+    received_at = datetime(2030, 6, 1, 12, 1, 5, tzinfo=UTC)
+
+    rows = []
+    for payload in (compact, old_form):
+        decoded = decode(Received(topic, payload, received_at), Topics(), max_payload_bytes=256 * 1024)
+        assert isinstance(decoded, Decoded), decoded
+        rows.append(telemetry_row(decoded.message, received_at, decoded.raw))
+    new_row, old_row = rows
+    new_payload, old_payload = json.loads(new_row.pop("payload")), json.loads(old_row.pop("payload"))
+    assert new_row == old_row  # every column: device, seq, times, model name and version, metrics
+    assert new_row["model_name"] == model.name and new_row["model_version"] == model.version
+    assert new_row["requests"] == window.requests and new_row["latency_p50"] is not None
+    # The stored payload is the full form either way; only the sha is no longer in it.
+    assert old_payload["model"].pop("sha256") == model.sha256
+    assert new_payload == old_payload
+
+
+@pytest.mark.parametrize(
+    ("document", "problem"),
+    [
+        ({"t0": 0, "requests": 1}, "'requests' is not a compact member name"),
+        ({"t0": 0, "x": {"cpu_percent": 1}}, "x.cpu_percent is not a compact member name of resources"),
+        ({"t0": 0, "zz": 1}, "'zz' is not a compact member name"),
+        ({"t0": "2030-06-01T12:00:00Z", "dt": 60}, "dt .* needs t0 in Unix seconds"),
+        ({"t0": 0, "dt": 60, "l": [1, 2, 3]}, r"l must be \[p50, p95, p99, max\], got 3 values"),
+    ],
+)
+def test_a_half_compact_window_is_refused_by_name(document: dict[str, object], problem: str) -> None:
+    from protocol.errors import MessageError
+    from protocol.messages import parse_message
+
+    payload = json.dumps({"schema_version": 1, "kind": "telemetry", "d": DEVICE, **document}).encode()
+    with pytest.raises(MessageError, match=problem):
+        parse_message(TelemetryWindow, payload)
+
+
+def test_every_window_member_has_one_compact_name() -> None:
+    """A member added to the schema without a compact name would fail to encode: caught here."""
+    from protocol.messages import LatencySummary, PredictionHealth
+    from protocol.telemetry_wire import COMPACT_NAMES, MEMBER_NAMES
+
+    assert set(COMPACT_NAMES) == set(TelemetryWindow.model_fields) - {"schema_version", "kind"}
+    nested = {"model": ModelRef, "latency_ms": LatencySummary, "resources": ResourceUsage,
+              "prediction": PredictionHealth}  # fmt: skip
+    for member, model_type in nested.items():
+        assert set(MEMBER_NAMES[member]) == set(model_type.model_fields), member
+        assert len(set(MEMBER_NAMES[member].values())) == len(MEMBER_NAMES[member]), member
+    short = set(COMPACT_NAMES.values())
+    assert len(short) == len(COMPACT_NAMES) and not short & set(TelemetryWindow.model_fields)

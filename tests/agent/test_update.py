@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +14,7 @@ from agent.store import ActivePointer, ModelStore
 from agent.update import RESUME, TRANSITIONS, Event, State
 from agent.update.machine import route
 from agent.update.record import RecordFile, UpdateRecord
+from agent.update.runner import StepRunner
 from protocol.messages import DesiredModel, UpdateEvent
 from tests.agent.peer import FleetPeer
 from tests.support.agent import DEVICE, Bundles, stage_directly
@@ -60,6 +63,39 @@ def test_v1_then_v2_installs_and_keeps_the_previous(
     assert not events
 
 
+class CountingRunner:
+    """The updater's own step runner, with every call counted by step name."""
+
+    def __init__(self, inner: StepRunner) -> None:
+        self.inner = inner
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        step = getattr(self.inner, name)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return step(*args, **kwargs)
+
+        return counted
+
+
+def test_one_update_verifies_once_and_smoke_tests_once(
+    tmp_path: Path, trusted_dir: Path, fleet_peer: FleetPeer, bundles: Bundles
+) -> None:
+    """Each heavy step runs once per update: activation and probation trust what verify and
+    smoke established for this target instead of running them again."""
+    events: list[UpdateEvent] = []
+    updater = build_updater(tmp_path / "state", trusted_dir, fleet_peer.url, events)
+    runner = CountingRunner(updater.runner)
+    updater.runner = runner
+    fleet_peer.deploy(DEVICE, bundles.v1, "digits", "1.0.0")
+    updater.check()
+    assert serving(updater) == "1.0.0"
+    assert [e.state for e in events] == INSTALL_CHAIN and all(e.ok for e in events)
+    assert runner.calls == Counter(fetch_desired=1, download=1, verify=1, stage=1, smoke=1)
+
+
 @pytest.mark.parametrize(
     ("case", "reason"),
     [
@@ -68,7 +104,7 @@ def test_v1_then_v2_installs_and_keeps_the_previous(
         ("smoke-mismatch", "smoke test failed"),
     ],
 )
-def test_bad_bundles_are_refused_and_the_old_model_keeps_serving(  # noqa: PLR0917 - pytest fixtures
+def test_bad_bundles_are_refused_and_the_old_model_keeps_serving(
     tmp_path: Path, trusted_dir: Path, fleet_peer: FleetPeer, bundles: Bundles, case: str, reason: str
 ) -> None:
     state = tmp_path / "state"

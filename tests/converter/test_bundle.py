@@ -61,7 +61,7 @@ def test_bundle_without_evaluation_data(
     assert run.code == 0, run.stderr
     manifest = read_bundle(out).verify(TrustedKeys.from_paths([signing_keys[1]]))
     assert manifest.validation is None and manifest.baseline is None and manifest.smoke.samples == 8
-    assert "note: no --evaluation: the 8 smoke samples are random inputs" in run.stdout
+    assert "note: no --evaluation: the 8 smoke samples recorded are random model inputs" in run.stdout
 
 
 def test_bundle_refuses_what_is_not_tflite(

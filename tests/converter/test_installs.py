@@ -173,9 +173,11 @@ def test_samples_stay_small_for_big_tensors(
     run = cli_capture(argv)
     assert run.code == 0, run.stderr
     figures = json.loads(report.read_text())
-    # max(256 KiB, 10 % of the model): one 192 KiB sample fits, two would not.
-    assert figures["smoke"]["samples"] == 1 and figures["samples_size"] <= 256 * 1024
-    assert "1 smoke samples instead of 8: the tensors are large" in run.stdout
+    # max(256 KiB, 10 % of the model): one 192 KiB sample of uniform float32 noise would barely
+    # fit; the random inputs are made to compress, so every asked sample fits.
+    kept = figures["smoke"]["samples"]
+    assert kept == 8 and figures["samples_size"] <= 256 * 1024
+    assert f"no --evaluation: the {kept} smoke samples recorded are random model inputs" in run.stdout
     assert f"samples.npz {figures['samples_size']:,}" in run.stdout
     assert install_on_agent(out, signing_keys[1], tmp_path / "agent")
 

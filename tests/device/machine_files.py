@@ -24,36 +24,35 @@ from pathlib import Path
 
 import numpy as np
 
+from edgefleet.agent_toml import agent_settings, merged, render_agent_toml
 from protocol.bundle import parse_manifest, read_bundle
 from protocol.messages import DesiredModel, DesiredState
 
 DEVICE_ID = "dev-1"
 FLEET_URL = "http://127.0.0.1:8080"
 
-AGENT_TOML = f"""\
-device_id = "{DEVICE_ID}"
-state_dir = "/var/lib/edgefleet"
-trusted_keys = ["/etc/edgefleet/trusted"]
-[fleet]
-url = "{FLEET_URL}"
-poll_interval_s = 30
-[mqtt]
-host = "127.0.0.1"
-port = 1
-[api]
-host = "127.0.0.1"
-port = 8500
-unix_socket = "/run/edgefleet/agent.sock"
-[telemetry]
-interval_s = 10
-[update]
-probation_s = 2
-"""
+AGENT_SETTINGS = merged(
+    agent_settings(
+        DEVICE_ID,
+        Path("/var/lib/edgefleet"),
+        [Path("/etc/edgefleet/trusted")],
+        FLEET_URL,
+        mqtt_port=1,
+        api_port=8500,
+    ),
+    {
+        "fleet": {"poll_interval_s": 30},
+        "api": {"unix_socket": "/run/edgefleet/agent.sock"},
+        "telemetry": {"interval_s": 10},
+        "update": {"probation_s": 2},
+    },
+)
+"""Paths inside the booted machine: the installed layout (install.sh), not this host's."""
 
 
 def write_machine_files(bundles: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "agent.toml").write_text(AGENT_TOML)
+    (out / "agent.toml").write_text(render_agent_toml(AGENT_SETTINGS))
     shutil.copy2(bundles / "operator.pub", out / "operator.pub")
     bundle = (bundles / "v1.bundle").read_bytes()
     manifest = parse_manifest(read_bundle(bundles / "v1.bundle").manifest_bytes)

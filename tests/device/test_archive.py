@@ -17,14 +17,16 @@ import socket
 import subprocess
 import sys
 import tarfile
-import time
+import tomllib
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from edgefleet.agent_toml import agent_settings, write_agent_toml
 from edgefleet.device_archive import ArchiveError, Target, build_archive, wheel_glibc
+from tests.support.wait import wait_until
 
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="install.sh creates a user and chowns: run as root")
@@ -121,11 +123,15 @@ def installed(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     files = tmp_path_factory.mktemp("files")
     port = _free_port()
     config = files / "dev-1-agent.toml"
-    config.write_text(
-        f'device_id = "dev-1"\nstate_dir = "{root}/var/lib/edgefleet"\n'
-        f'trusted_keys = ["{root}/etc/edgefleet/trusted"]\n'
-        f'[fleet]\nurl = "http://127.0.0.1:9"\n[mqtt]\nport = 1\n[api]\nport = {port}\n'
+    settings = agent_settings(
+        "dev-1",
+        root / "var/lib/edgefleet",
+        [root / "etc/edgefleet/trusted"],
+        "http://127.0.0.1:9",
+        mqtt_port=1,
+        api_port=port,
     )
+    write_agent_toml(config, settings)
     config.chmod(0o600)  # as edgefleet device add --out writes it
     (files / "operator.pub").write_text("not checked by install.sh\n")
     done = _install(archive_dir, root, "--config", str(config), "--trusted-key", str(files / "operator.pub"))
@@ -162,24 +168,26 @@ def test_the_installed_agent_runs_without_the_server_or_converter(installed: tup
         probe = subprocess.run([str(python), "-c", f"import {module}"], capture_output=True, check=False)
         assert probe.returncode != 0, f"{module} is installed on the device"
     config = root / "etc/edgefleet/agent.toml"
-    port = int(config.read_text().split("port = ")[-1].split()[0])
+    port = tomllib.loads(config.read_text())["api"]["port"]
     agent = subprocess.Popen(
         [str(root / "opt/edgefleet/bin/edgefleet"), "agent", "run", "--config", str(config)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+    def health() -> dict[str, object] | None:
+        if agent.poll() is not None:
+            raise AssertionError(f"the installed agent exited with {agent.returncode} before answering")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health", timeout=2) as answer:
+                body: dict[str, object] = json.loads(answer.read())
+                return body
+        except OSError:
+            return None
+
     try:
-        health = None
-        deadline = time.monotonic() + 60
-        while health is None and time.monotonic() < deadline and agent.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health", timeout=2) as answer:
-                    health = json.loads(answer.read())
-            except OSError:
-                time.sleep(0.2)
-        assert health is not None, f"no /v1/health answer; agent exit {agent.poll()}"
-        assert health["status"] == "no-model"
+        assert wait_until(health, "the installed agent's /v1/health", 60, 0.2)["status"] == "no-model"
     finally:
         agent.send_signal(signal.SIGTERM)
         _, err = agent.communicate(timeout=30)
@@ -231,3 +239,166 @@ def test_a_damaged_archive_is_refused(archive_dir: Path, tmp_path: Path) -> None
     wheel.write_bytes(bytes(data))
     done = _install(damaged, tmp_path / "root")
     assert done.returncode != 0 and "checksums do not match" in done.stderr
+
+
+# -- The runtime per target (tflite-runtime where it has a wheel, LiteRT elsewhere) --------------
+
+
+def test_the_agent_extra_is_evaluated_for_the_target_not_the_host() -> None:
+    from packaging.requirements import Requirement
+
+    from edgefleet.device_archive import Project, source_root
+
+    project = Project.read(source_root())
+    litert_on_312 = next(r for r in project.extras["agent"] if r.startswith("ai-edge-litert"))
+    host_marker = Requirement(litert_on_312).marker
+    assert host_marker is not None and not host_marker.evaluate({"extra": "agent", "python_version": "3.11"})
+    on_312 = project.agent_requirements(Target("aarch64", "3.12"), ("litert",))
+    assert "ai-edge-litert>=2.0" in on_312 and not any(r.startswith("tflite-runtime") for r in on_312)
+    on_311 = project.agent_requirements(Target("aarch64", "3.11"), ("tflite-runtime",))
+    assert "tflite-runtime==2.14.0" in on_311 and not any(r.startswith("ai-edge-litert") for r in on_311)
+    assert all(";" not in r for r in on_311 + on_312), "the device gets no markers to evaluate"
+
+
+def test_a_forced_runtime_replaces_the_markers_choice() -> None:
+    from edgefleet.device_archive import plan_archive
+
+    plan = plan_archive(Target("x86_64", "3.11"), runtime="litert")  # asks no registry
+    assert plan.runtimes == ("litert",) and plan.extras == ["agent", "litert"]
+    assert not any(r.startswith("tflite-runtime") for r in plan.requirements)
+
+
+@pytest.mark.parametrize(
+    ("target", "error"),
+    [
+        (Target("armv7l", "3.11"), "numpy, psutil, cffi publish no armv7l wheels"),
+        (Target("x86_64", "3.13"), "requires-python"),
+        (Target("x86_64", "3.10"), "requires-python"),
+    ],
+)
+def test_targets_the_agent_cannot_resolve_are_refused_before_any_download(
+    target: Target, error: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ArchiveError, match=error):
+        build_archive(target, tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_tflite_runtime_forced_where_it_has_no_wheel_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ArchiveError, match=r"no wheel for aarch64, Python 3\.12.*--runtime litert"):
+        build_archive(Target("aarch64", "3.12"), tmp_path, runtime="tflite-runtime")
+
+
+def test_an_aarch64_python_312_archive_takes_litert_and_lists_its_wheels(tmp_path: Path) -> None:
+    archive = build_archive(Target("aarch64", "3.12"), tmp_path)
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path, filter="data")
+    top = tmp_path / archive.name.removesuffix(".tar.gz")
+    info = json.loads((top / "archive.json").read_text())
+    assert (info["arch"], info["python"], info["runtimes"]) == ("aarch64", "3.12", ["litert"])
+    assert "tflite-runtime==2.14.0 publishes no wheel" in info["runtime_reason"]
+    wheels = {w.name for w in (top / "wheels").glob("*.whl")}
+    names = {w.split("-")[0].lower() for w in wheels}
+    assert {"edgefleet", "ai_edge_litert", "numpy", "paho_mqtt", "pydantic", "psutil"} <= names
+    assert "tflite_runtime" not in names
+    for name in ("ai_edge_litert", "numpy", "pydantic_core"):
+        wheel = next(w for w in wheels if w.lower().startswith(name + "-"))
+        assert "-cp312-" in wheel and wheel.endswith("aarch64.whl"), wheel
+    requirements = (top / "requirements.txt").read_text().splitlines()
+    assert "ai-edge-litert>=2.0" in requirements and "edgefleet==" + info["edgefleet"] in requirements
+    assert not any("tflite" in line or ";" in line for line in requirements)
+
+
+def _python_312() -> Path | None:
+    """A Python 3.12 that runs (a pyenv shim on PATH may name one that is not installed)."""
+    candidates = sorted(Path.home().glob(".pyenv/versions/3.12.*/bin/python3.12"), reverse=True)
+    on_path = shutil.which("python3.12")
+    for python in [*candidates, *([Path(on_path)] if on_path else [])]:
+        probe = subprocess.run(
+            [str(python), "-c", "import sys, venv; print(sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if probe.stdout.strip() == "(3, 12)":
+            return python
+    return None
+
+
+@needs_root
+def test_a_python_312_archive_installs_and_the_agent_runs_on_litert_alone(tmp_path: Path) -> None:
+    python = _python_312()
+    if python is None or platform.machine() != "x86_64":
+        pytest.skip("needs an x86_64 machine with a Python 3.12 (python3.12 on PATH or in pyenv)")
+    archive = build_archive(Target("x86_64", "3.12"), tmp_path / "dist")
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "dist", filter="data")
+    root = tmp_path / "root"
+    port = _free_port()
+    config = write_agent_toml(
+        tmp_path / "agent.toml",
+        agent_settings(
+            "dev-1",
+            root / "var/lib/edgefleet",
+            [root / "etc/edgefleet/trusted"],
+            "http://127.0.0.1:9",
+            mqtt_port=1,
+            api_port=port,
+        ),
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    top = tmp_path / "dist" / archive.name.removesuffix(".tar.gz")
+    done = subprocess.run(
+        [
+            str(top / "install.sh"),
+            "--root",
+            str(root),
+            "--python",
+            str(python),
+            "--no-compile",
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    venv_python = root / "opt/edgefleet/current/bin/python"
+    probe = subprocess.run(
+        [
+            str(venv_python),
+            "-c",
+            "import sys; from runtime import installed_runtimes as i, resolve_runtime as r; "
+            "print(sys.version_info[:2], [x.name for x in i()], r('auto').name)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert probe.stdout.strip() == "(3, 12) ['litert'] litert"
+    agent = subprocess.Popen(
+        [str(root / "opt/edgefleet/bin/edgefleet"), "agent", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def health() -> dict[str, object] | None:
+        if agent.poll() is not None:
+            raise AssertionError(f"the Python 3.12 agent exited with {agent.returncode} before answering")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health", timeout=2) as answer:
+                body: dict[str, object] = json.loads(answer.read())
+                return body
+        except OSError:
+            return None
+
+    try:
+        assert wait_until(health, "the Python 3.12 agent's /v1/health", 90, 0.2)["status"] == "no-model"
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=30)
+    assert agent.returncode == 0, err[-2000:]

@@ -19,6 +19,7 @@ from protocol.schema import ModelRef
 from protocol.topics import Topics
 from tests.fleet.mqtt_helpers import TestClient, status, update_event, wait_for
 from tests.fleet.mqtt_helpers import telemetry as telemetry_payload
+from tests.fleet.test_poison import recent_window
 from tests.support.fleet import RunningFleet
 
 TOPICS = Topics()
@@ -115,6 +116,28 @@ def test_alerts_open_resolve_publish_and_post(
     assert {posted.get(timeout=5)["state"] for _ in range(3)} == {"resolved"}
     wait_for(lambda: retained(broker, alerts_topic(TOPICS))["open"] == 1)
     assert len(fleet.json("/api/v1/alerts")) == 4
+
+
+def test_out_of_range_share_is_stored_charted_and_alerted(fleet: RunningFleet, device: TestClient) -> None:
+    """The agent's share of inputs outside the baseline's range: a column, a series, an alert rule."""
+    device.publish(TOPICS.status("cam-3"), status("cam-3"), retain=True)
+    for seq, share in enumerate((0.05, 0.4)):
+        document = json.loads(recent_window("cam-3", seq))  # within the series' reach
+        document["prediction"] = {"predictions": 100, "out_of_range_share": share}
+        device.publish(TOPICS.telemetry("cam-3"), json.dumps(document))
+    wait_for(lambda: fleet.json("/api/v1/stats")["stored"] == 3)
+    latest = fleet.json("/api/v1/devices/cam-3")["telemetry"]
+    assert latest["out_of_range_share"] == 0.4
+    series = fleet.json("/api/v1/devices/cam-3/series?hours=3&points=10")["series"]
+    charted = [round(v, 3) for v in series["out_of_range_share"] if v is not None]
+    assert charted in ([0.225], [0.05, 0.4])  # one bucket (averaged) or two
+    engine = fleet.server.alerts
+    engine.rules = AlertRules(offline_minutes=None, drift_psi=None, error_rate=None, out_of_range_share=0.3)
+    engine.clock = lambda: datetime.now(UTC)
+    opened, _ = engine.evaluate()
+    assert [(a.rule, a.device_id, a.value) for a in opened] == [("out_of_range_share", "cam-3", 0.4)]
+    engine.rules = AlertRules(offline_minutes=None, drift_psi=None, error_rate=None, out_of_range_share=0.5)
+    assert [a.rule for a in engine.evaluate()[1]] == ["out_of_range_share"]  # resolved under a higher bar
 
 
 def test_summary_topics_homeassistant_and_metrics(

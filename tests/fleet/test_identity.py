@@ -24,21 +24,18 @@ from protocol.messages import Presence
 from protocol.topics import Topics
 from tests.fleet.mqtt_helpers import status, wait_for
 from tests.fleet.mqtt_helpers import telemetry as telemetry_payload
-from tests.support.fleet import RunningFleet, fleet_config, running_fleet
+from tests.support.fleet import (
+    SHIPPED_BROKER,
+    RunningFleet,
+    fleet_config,
+    running_fleet,
+    shipped_listener_settings,
+)
 
 TOPICS = Topics()
 FLEET_PASSWORD = "fleet-password-0123456789"
 SECRETS = {"dev-a": "secret-of-a-0123456789", "dev-b": "secret-of-b-0123456789"}
-REPO = Path(__file__).resolve().parents[2]
-SHIPPED_CONF = REPO / "systemd" / "mosquitto" / "edgefleet.conf"
-SHIPPED_ACL = REPO / "systemd" / "mosquitto" / "edgefleet.acl"
-
-
-def shipped_listener_settings() -> str:
-    """The identity settings of the shipped broker configuration (the paths are the test's own)."""
-    wanted = ("use_username_as_clientid", "allow_anonymous")
-    lines = [line.strip() for line in SHIPPED_CONF.read_text().splitlines()]
-    return "".join(f"{line}\n" for line in lines if line.startswith(wanted))
+SHIPPED_ACL = SHIPPED_BROKER / "edgefleet.acl"
 
 
 def test_the_shipped_acl_is_the_one_the_fleet_prints() -> None:

@@ -161,10 +161,10 @@ def test_database_outage_is_retried(fleet: RunningFleet, device: TestClient, mon
     real = repository.store_batch
     failures = iter([True, True])
 
-    def flaky(conn: Any, items: Any) -> Any:
+    def flaky(conn: Any, items: Any, *args: Any) -> Any:
         if next(failures, False):
             raise OperationalError("INSERT", {}, Exception("database is locked"))
-        return real(conn, items)
+        return real(conn, items, *args)
 
     monkeypatch.setattr(repository, "store_batch", flaky)
     device.publish(TOPICS.telemetry("pi-6"), telemetry_payload("pi-6", seq=0))

@@ -4,8 +4,10 @@ they report, revoke, rotate-secret and delete take effect at once on HTTP and on
 
 from __future__ import annotations
 
+import shutil
 import threading
 import tomllib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from fleet.auth import hash_secret
 from fleet.broker_files import BrokerFilesError, PasswordFile
 from fleet.config import FleetConfig, MqttSettings
 from fleet.ingest.decode import Decoded, Received, decode
-from fleet.provision import FLEET_BROKER_USER, acl_text
+from fleet.provision import FLEET_BROKER_USER
 from fleet.rollout_spec import Target
 from fleet.storage import repository
 from fleet.storage.rollouts import resolve_target
@@ -31,8 +33,16 @@ from protocol.topics import Topics
 from tests.fleet.mqtt_helpers import TestClient as MqttTestClient
 from tests.fleet.mqtt_helpers import status, wait_for
 from tests.fleet.mqtt_helpers import telemetry as telemetry_payload
-from tests.fleet.test_identity import shipped_listener_settings
-from tests.support.fleet import InProcessFleet, RunningFleet, fleet_config, running_fleet
+from tests.fleet.test_poison import recent_window
+from tests.fleet.test_poison import window as poison_window
+from tests.support.fleet import (
+    SHIPPED_BROKER,
+    InProcessFleet,
+    RunningFleet,
+    fleet_config,
+    running_fleet,
+    shipped_listener_settings,
+)
 
 TOPICS = Topics()
 FLEET_PASSWORD = "fleet-password-0123456789"
@@ -110,7 +120,7 @@ def lifecycle(tmp_path: Path, signing_keys: tuple[Path, Path], db_url: str) -> I
     passwd, acl, pid = folder / "passwd", folder / "acl", folder / "mosquitto.pid"
     passwd.write_text(f"{FLEET_BROKER_USER}:{hash_secret(FLEET_PASSWORD)}\n")
     passwd.chmod(0o600)
-    acl.write_text(acl_text(TOPICS.prefix))
+    shutil.copyfile(SHIPPED_BROKER / "edgefleet.acl", acl)  # the ACL as shipped, not a test's own
     tokens = tmp_path / "tokens"
     tokens.write_text(f"admin ada {ADMIN}\n")
     extra = f"password_file {passwd}\nacl_file {acl}\npid_file {pid}\n{shipped_listener_settings()}"
@@ -167,6 +177,97 @@ def test_provisioned_then_active_then_revoked(lifecycle: Lifecycle) -> None:
         assert rotate.status_code == 409 and "revoked" in rotate.json()["detail"]
     finally:
         device.close()
+
+
+def test_device_revoke_on_the_cli_refuses_http_and_the_broker(
+    lifecycle: Lifecycle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = lifecycle.add("dev-r")
+    wait_for(lambda: logs_in(lifecycle.broker, "dev-r", secret))
+    assert lifecycle.as_device("dev-r", secret) == 200
+    assert "dev-r:" in lifecycle.passwd.read_text()
+
+    code = fleet_main(["device", "revoke", "dev-r", "--fleet", lifecycle.fleet.url, "--token", ADMIN])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "device dev-r revoked" in out and "# broker: dev-r" in out
+    # HTTP Basic: the secret opens nothing now, neither the desired state nor a bundle.
+    assert lifecycle.as_device("dev-r", secret) == 403
+    assert lifecycle.as_device("dev-r", secret, "/api/v1/models/digits/1.0.0/bundle") == 403
+    # The broker: its line is gone from the password file and Mosquitto (reloaded) refuses the login.
+    assert "dev-r:" not in lifecycle.passwd.read_text()
+    assert FLEET_BROKER_USER in lifecycle.passwd.read_text()
+    wait_for(lambda: not logs_in(lifecycle.broker, "dev-r", secret))
+    assert lifecycle.devices()["dev-r"]["state"] == "revoked"
+
+
+POISON_DEVICES, POISON_WINDOWS = ("dev-p1", "dev-p2", "dev-p3", "dev-p4"), 25
+
+
+def _own_poison(device_id: str) -> list[tuple[str, str, bytes]]:
+    """(reason, topic, payload): bad messages a device may send on its own topics under the ACL."""
+    own = TOPICS.telemetry(device_id)
+    return [
+        ("too-deep", own, b"[" * 200_000),
+        ("out-of-range", own, poison_window(device_id, requests=2**63)),
+        ("malformed-json", own, b"\xff\xfe\x00not json"),
+        ("malformed-json", TOPICS.events(device_id), b""),
+        ("schema", own, b"[1, 2, 3]"),
+        ("schema-version", own, poison_window(device_id, schema_version=2)),
+        ("device-id-mismatch", own, telemetry_payload("someone-else")),
+        ("oversize", own, b"{" + b" " * 300_000 + b"}"),
+    ]
+
+
+def test_poison_from_devices_with_their_own_credentials_loses_nothing(lifecycle: Lifecycle) -> None:
+    """The fleet-written password file and the shipped ACL: several devices, each logged in as
+    itself, send their windows with poison among them; every window is stored exactly once, every
+    poison message is dead-lettered with its reason, and what the ACL denies never arrives."""
+    logins: dict[str, Login] = {}
+    try:
+        for device_id in POISON_DEVICES:
+            secret = lifecycle.add(device_id)
+            wait_for(lambda device_id=device_id, secret=secret: logs_in(lifecycle.broker, device_id, secret))
+            logins[device_id] = Login(lifecycle.broker, device_id, secret)
+            assert logins[device_id].refused is False
+        poison = {device_id: _own_poison(device_id) for device_id in POISON_DEVICES}
+        expected: Counter[str] = Counter()
+        sent = 0
+        for seq in range(POISON_WINDOWS):
+            for device_id, login in logins.items():
+                login.publish(TOPICS.telemetry(device_id), recent_window(device_id, seq))
+                sent += 1
+                if seq % 3 == 1 and poison[device_id]:
+                    reason, topic, payload = poison[device_id].pop()
+                    login.publish(topic, payload)
+                    expected[reason] += 1
+                    sent += 1
+        assert not any(poison.values()), "the stream is too short for every kind of poison"
+        # What the ACL denies (another device's topic, the fleet's commands) never reaches the fleet.
+        spoofer = logins[POISON_DEVICES[0]]
+        spoofer.client.publish(
+            TOPICS.telemetry(POISON_DEVICES[1]), recent_window(POISON_DEVICES[1], 999), qos=1
+        )
+        spoofer.client.publish(TOPICS.status(POISON_DEVICES[1]), status(POISON_DEVICES[1]), qos=1)
+
+        def acked() -> int:
+            return int(lifecycle.call("GET", "/api/v1/stats").json()["acked"])
+
+        wait_for(lambda: acked() >= sent, 60, interval_s=0.2)
+        stats = lifecycle.call("GET", "/api/v1/stats").json()
+        assert (stats["stored"], stats["duplicates"]) == (len(POISON_DEVICES) * POISON_WINDOWS, 0)
+        assert Counter(stats["dead_lettered"]) == expected
+        assert stats["acked"] == sent
+        letters = lifecycle.call("GET", "/api/v1/dead-letters?limit=1000").json()
+        assert Counter(letter["reason"] for letter in letters) == expected
+        assert all(letter["detail"] for letter in letters)
+        for device_id in POISON_DEVICES:
+            windows = lifecycle.call("GET", f"/api/v1/devices/{device_id}/telemetry?limit=1000").json()
+            assert sorted(window["seq"] for window in windows) == list(range(POISON_WINDOWS)), device_id
+        assert lifecycle.devices()[POISON_DEVICES[1]]["presence"] == "unknown"  # the spoofed status
+    finally:
+        for login in logins.values():
+            login.close()
 
 
 def test_rotate_secret_then_delete(lifecycle: Lifecycle, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,27 +5,25 @@ dead-lettered once with its reason, and everything is acknowledged."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import sys
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from subprocess import Popen
 from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from edgefleet.mosquitto import MosquittoBroker, free_port
+from edgefleet.mosquitto import MosquittoBroker
 from fleet.storage import repository
+from fleet.storage.retention import apply_retention
 from fleet.storage.schema import dead_letters, telemetry
 from protocol.topics import Topics
 from tests.fleet.mqtt_helpers import TestClient, status, wait_for
 from tests.fleet.mqtt_helpers import telemetry as window_payload
 from tests.support.fleet import RunningFleet, fleet_config, running_fleet
+from tests.support.processes import FleetProcess
 
 TOPICS = Topics()
 DEVICES, WINDOWS_EACH = 40, 30
@@ -37,7 +35,7 @@ RECENT = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 """Windows of the last hour: older ones would be folded into hourly rollups by retention mid-test."""
 
 
-def _recent(device_id: str, seq: int) -> bytes:
+def recent_window(device_id: str, seq: int) -> bytes:
     document = json.loads(window_payload(device_id, seq=seq))
     start = RECENT + timedelta(seconds=10 * seq)
     document["window_start"] = start.isoformat()
@@ -45,7 +43,7 @@ def _recent(device_id: str, seq: int) -> bytes:
     return json.dumps(document).encode()
 
 
-def _window(device_id: str, **changes: object) -> bytes:
+def window(device_id: str, **changes: object) -> bytes:
     document = json.loads(window_payload(device_id, seq=1))
     for dotted, value in changes.items():
         target = document
@@ -69,11 +67,11 @@ POISON: list[Poison] = [
         "too-deep",
         lambda i: (TOPICS.telemetry(f"p{i}"), b'{"device_id": "x", "extra": ' + b"[" * 40 + b"]" * 40 + b"}"),
     ),
-    ("out-of-range", lambda i: (TOPICS.telemetry(f"p{i}"), _window(f"p{i}", requests=2**63))),
-    ("out-of-range", lambda i: (TOPICS.telemetry(f"p{i}"), _window(f"p{i}", seq=2**64))),
+    ("out-of-range", lambda i: (TOPICS.telemetry(f"p{i}"), window(f"p{i}", requests=2**63))),
+    ("out-of-range", lambda i: (TOPICS.telemetry(f"p{i}"), window(f"p{i}", seq=2**64))),
     (
         "out-of-range",
-        lambda i: (TOPICS.telemetry(f"p{i}"), _window(f"p{i}", errors={"a": 2**62, "b": 2**62})),
+        lambda i: (TOPICS.telemetry(f"p{i}"), window(f"p{i}", errors={"a": 2**62, "b": 2**62})),
     ),
     (
         "out-of-range",
@@ -92,7 +90,7 @@ POISON: list[Poison] = [
     ("malformed-json", lambda i: (TOPICS.events(f"p{i}"), b"")),
     ("schema", lambda i: (TOPICS.events(f"p{i}"), window_payload(f"p{i}"))),
     ("schema", lambda i: (TOPICS.telemetry(f"p{i}"), b"[1, 2, 3]")),
-    ("schema-version", lambda i: (TOPICS.telemetry(f"p{i}"), _window(f"p{i}", schema_version=2))),
+    ("schema-version", lambda i: (TOPICS.telemetry(f"p{i}"), window(f"p{i}", schema_version=2))),
     ("device-id-mismatch", lambda i: (TOPICS.telemetry(f"p{i}"), window_payload("someone-else"))),
     ("bad-topic", lambda i: (f"{TOPICS.prefix}/devices/bad id {i}!/telemetry", window_payload("x"))),
     ("oversize", lambda i: (TOPICS.telemetry(f"p{i}"), b"{" + b" " * 300_000 + b"}")),
@@ -131,7 +129,7 @@ def _refuse_jammed_rows(db_url: str) -> None:
 def _stream() -> tuple[list[tuple[str, bytes]], Counter[str]]:
     """1,200 valid windows from 40 devices with 50 poison messages spread through them."""
     valid = [
-        (TOPICS.telemetry(f"d{n:02d}"), _recent(f"d{n:02d}", seq))
+        (TOPICS.telemetry(f"d{n:02d}"), recent_window(f"d{n:02d}", seq))
         for seq in range(WINDOWS_EACH)
         for n in range(DEVICES)
     ]
@@ -195,12 +193,13 @@ def _acked(fleet: RunningFleet) -> int:
 def test_a_retained_poison_message_is_dead_lettered_once(
     tmp_path: Path, broker: MosquittoBroker, signing_keys: tuple[Path, Path], db_url: str
 ) -> None:
-    """The broker hands a retained message over at every subscribe: it is recorded the first time only."""
+    """The broker hands a retained message over at every subscribe: it is recorded the first time
+    only, even once its dead letter has expired (its digest is remembered apart)."""
     device = TestClient(broker.host, broker.port)
     device.publish(TOPICS.status("pi-r"), b'{"broken": ', retain=True)
     device.close()
     config = fleet_config(tmp_path, broker, signing_keys, db_url)
-    for start in range(2):
+    for start in range(3):
         # A new client id each time: a fresh subscription, so the broker sends the retained message again.
         config = config.model_copy(
             update={"mqtt": config.mqtt.model_copy(update={"client_id": f"{config.mqtt.client_id}-{start}"})}
@@ -208,37 +207,54 @@ def test_a_retained_poison_message_is_dead_lettered_once(
         with running_fleet(config) as fleet:
             wait_for(lambda fleet=fleet: _acked(fleet) == 1, 15)
             letters = fleet.json("/api/v1/dead-letters")
-            assert [letter["reason"] for letter in letters] == ["malformed-json"]
+            assert [letter["reason"] for letter in letters] == (["malformed-json"] if start < 2 else [])
             assert fleet.json("/api/v1/stats")["dead_lettered"] == (
                 {"malformed-json": 1} if start == 0 else {}
             )
+            if start == 1:  # the dead letter expires; the retained message stays on the broker
+                later = datetime.now(UTC) + timedelta(days=config.dead_letter_days + 1)
+                result = apply_retention(fleet.server.engine, later, 14, 400, dead_letter_days=30)
+                assert result.dead_letters_expired == 1
+
+
+def test_a_flood_beyond_the_cap_keeps_exactly_the_newest(
+    tmp_path: Path, broker: MosquittoBroker, signing_keys: tuple[Path, Path], db_url: str
+) -> None:
+    """The cap holds as the flood arrives, not at the next retention run (an hour away here)."""
+    cap, flood = 25, 140
+    config = fleet_config(tmp_path, broker, signing_keys, db_url).model_copy(
+        update={"dead_letter_cap": cap, "retention_interval_s": 3600}
+    )
+    with running_fleet(config) as fleet:
+        publisher = TestClient(broker.host, broker.port)
+        try:
+            for index in range(flood):  # one device, in order: ids follow the order of arrival
+                publisher.client.publish(TOPICS.telemetry("pi-f"), f'{{"flood": {index}'.encode(), qos=1)
+            wait_for(lambda: _acked(fleet) == flood, 30, interval_s=0.1)
+        finally:
+            publisher.close()
+        assert fleet.json("/api/v1/stats")["dead_lettered"] == {"malformed-json": flood}
+        with fleet.server.engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(dead_letters)).scalar_one() == cap
+            kept = repository.list_dead_letters(conn, 1000)
+        assert [letter.payload_prefix for letter in kept] == [
+            f'{{"flood": {index}' for index in range(flood - 1, flood - cap - 1, -1)
+        ]
 
 
 def _serve(
     tmp_path: Path, broker: MosquittoBroker, signing_keys: tuple[Path, Path], db_url: str
-) -> Popen[bytes]:
-    log = open(tmp_path / "fleet.log", "ab")  # noqa: SIM115 - handed to the child
-    argv = [
-        sys.executable,
-        "-m",
-        "fleet",
-        "fleet",
-        "serve",
-        "--db",
-        db_url,
-        "--listen",
-        f"127.0.0.1:{free_port()}",
-    ]
-    argv += [
-        "--mqtt-host",
-        broker.host,
-        "--mqtt-port",
-        str(broker.port),
-        "--mqtt-client-id",
-        "fleet-poison-kill",
-    ]
-    argv += ["--trusted-keys", str(signing_keys[1]), "--artifacts", str(tmp_path / "artifacts")]
-    return Popen(argv, stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+) -> FleetProcess:
+    """``fleet serve`` as a real process, started through the shared command line builder."""
+    return FleetProcess(
+        tmp_path,
+        broker.port,
+        signing_keys[1],
+        mqtt_host=broker.host,
+        db_url=db_url,
+        client_id="fleet-poison-kill",
+        module="fleet",
+    )
 
 
 @pytest.mark.slow
@@ -257,21 +273,21 @@ def test_poison_and_a_sigkill_mid_stream_lose_nothing(
         except SQLAlchemyError:
             return 0  # not migrated yet
 
-    process = _serve(tmp_path, broker, signing_keys, db_url)
+    fleet = _serve(tmp_path, broker, signing_keys, db_url)
     publisher = TestClient(broker.host, broker.port)
     try:
-        wait_for(lambda: "ingester connected" in (tmp_path / "fleet.log").read_text(), 30)
+        fleet.start()
+        fleet.wait_ingesting()
         _refuse_jammed_rows(db_url)
         killed = False
         for index, (topic, payload) in enumerate(stream):
             publisher.client.publish(topic, payload, qos=1)
             if not killed and index >= len(stream) // 3 and count(telemetry) > 0:
-                process.send_signal(signal.SIGKILL)
-                process.wait(10)
+                fleet.kill()  # SIGKILL: no goodbye, nothing flushed or acknowledged on the way out
                 killed = True
         assert killed, "the fleet stored nothing before the kill"
         wait_for(lambda: publisher.client.want_write() is False, 10)
-        process = _serve(tmp_path, broker, signing_keys, db_url)
+        fleet.start()
         wait_for(lambda: count(telemetry) == DEVICES * WINDOWS_EACH, 90, interval_s=0.2)
         wait_for(lambda: count(dead_letters) >= len(stream) - DEVICES * WINDOWS_EACH, 30, interval_s=0.2)
         with engine.connect() as conn:
@@ -279,8 +295,7 @@ def test_poison_and_a_sigkill_mid_stream_lose_nothing(
         assert reasons == expected
     finally:
         publisher.close()
-        process.send_signal(signal.SIGTERM)
-        process.wait(15)
+        fleet.stop()
         engine.dispose()
 
 
@@ -288,7 +303,6 @@ def test_dead_letters_expire_and_are_capped(db_url: str) -> None:
     """A device flooding poison cannot fill the disk: old dead letters expire, the rest are capped."""
     from fleet.storage import create_engine_for_url
     from fleet.storage.records import DeadLetter, DeadReason
-    from fleet.storage.retention import apply_retention
 
     engine = create_engine_for_url(db_url)
     now = datetime.now(UTC)

@@ -4,39 +4,14 @@ from __future__ import annotations
 
 import io
 import tarfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from protocol.bundle import Bundle, bundle_bytes, file_entries, read_bundle
 from protocol.errors import BundleError, SignatureError
-from protocol.manifest import Manifest, QuantizationMode, SmokeTest, TaskKind, TensorSpec, ToolVersions
 from protocol.signing import TrustedKeys, generate_private_key, sign
-
-FILES = {"model.tflite": b"\x00TFL3 pretend flatbuffer", "samples.npz": b"pretend samples"}
-
-
-def _manifest_bytes(files: dict[str, bytes]) -> bytes:
-    manifest = Manifest(
-        name="digits",
-        version="1.0.0",
-        task=TaskKind.CLASSIFICATION,
-        created_at=datetime(2026, 1, 1, tzinfo=UTC),
-        files=file_entries(files),
-        inputs=[TensorSpec(name="x", shape=[1, 4], dtype="float32")],
-        outputs=[TensorSpec(name="y", shape=[1, 2], dtype="float32")],
-        quantization=QuantizationMode.NONE,
-        tools=ToolVersions(edgefleet="test"),
-        smoke=SmokeTest(samples=1, atol=0.0),
-    )
-    return manifest.model_dump_json().encode()
-
-
-def _signed_bundle(files: dict[str, bytes] = FILES) -> tuple[bytes, TrustedKeys]:
-    key = generate_private_key()
-    manifest = _manifest_bytes(files)
-    return bundle_bytes(manifest, sign(key, manifest), files), TrustedKeys([key.public_key()])
+from tests.support.bundle_files import FILES, manifest_bytes, signed_bundle
 
 
 def _read(data: bytes) -> Bundle:
@@ -44,7 +19,7 @@ def _read(data: bytes) -> Bundle:
 
 
 def test_a_signed_bundle_verifies_and_round_trips(tmp_path: Path) -> None:
-    data, trusted = _signed_bundle()
+    data, trusted = signed_bundle()
     path = tmp_path / "digits.bundle"
     path.write_bytes(data)
     manifest = read_bundle(path).verify(trusted)
@@ -55,7 +30,7 @@ def test_a_signed_bundle_verifies_and_round_trips(tmp_path: Path) -> None:
 
 def test_a_flipped_byte_in_the_model_is_named() -> None:
     key = generate_private_key()
-    manifest = _manifest_bytes(FILES)
+    manifest = manifest_bytes(FILES)
     tampered = dict(FILES, **{"model.tflite": b"\x01" + FILES["model.tflite"][1:]})
     data = bundle_bytes(manifest, sign(key, manifest), tampered)
     with pytest.raises(BundleError, match=r"model\.tflite does not match its sha256"):
@@ -64,7 +39,7 @@ def test_a_flipped_byte_in_the_model_is_named() -> None:
 
 def test_an_altered_manifest_fails_the_signature() -> None:
     key = generate_private_key()
-    manifest = _manifest_bytes(FILES)
+    manifest = manifest_bytes(FILES)
     signature = sign(key, manifest)
     altered = manifest.replace(b'"1.0.0"', b'"9.0.0"')
     data = bundle_bytes(altered, signature, FILES)
@@ -73,7 +48,7 @@ def test_an_altered_manifest_fails_the_signature() -> None:
 
 
 def test_an_unknown_key_is_named() -> None:
-    data, _ = _signed_bundle()
+    data, _ = signed_bundle()
     other = TrustedKeys([generate_private_key().public_key()])
     with pytest.raises(SignatureError, match="not trusted here"):
         _read(data).verify(other)
@@ -114,7 +89,7 @@ def test_links_are_refused() -> None:
 
 
 def test_size_limit_is_enforced() -> None:
-    data, _ = _signed_bundle()
+    data, _ = signed_bundle()
     with pytest.raises(BundleError, match="byte limit"):
         read_bundle(io.BytesIO(data), max_bytes=10)
 
@@ -122,7 +97,7 @@ def test_size_limit_is_enforced() -> None:
 def test_not_a_tar_and_truncated_archives_are_named() -> None:
     with pytest.raises(BundleError, match="not a bundle"):
         _read(b"this is not an archive at all" * 40)
-    data, trusted = _signed_bundle()
+    data, trusted = signed_bundle()
     # Cut inside the second member's data: tar pads to 10 KiB, so halving would only trim padding.
     with pytest.raises(BundleError, match=r"is truncated|not a bundle|never signed"):
         _read(data[:1100]).verify(trusted)
@@ -131,7 +106,7 @@ def test_not_a_tar_and_truncated_archives_are_named() -> None:
 def test_an_unsigned_bundle_is_named() -> None:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:") as archive:
-        manifest = _manifest_bytes(FILES)
+        manifest = manifest_bytes(FILES)
         info = tarfile.TarInfo("manifest.json")
         info.size = len(manifest)
         archive.addfile(info, io.BytesIO(manifest))
@@ -141,7 +116,7 @@ def test_an_unsigned_bundle_is_named() -> None:
 
 def test_an_unlisted_extra_file_is_refused() -> None:
     key = generate_private_key()
-    manifest = _manifest_bytes(FILES)
+    manifest = manifest_bytes(FILES)
     data = bundle_bytes(manifest, sign(key, manifest), dict(FILES, **{"labels.txt": b"a\nb\n"}))
     with pytest.raises(BundleError, match=r"does not list: labels\.txt"):
         _read(data).verify(TrustedKeys([key.public_key()]))

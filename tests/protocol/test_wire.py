@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import numpy as np
@@ -11,7 +12,7 @@ from protocol.errors import MessageError, TopicError
 from protocol.manifest import Quantization, TensorSpec
 from protocol.messages import DeviceStatus, Presence, TelemetryWindow, parse_message
 from protocol.tensors import dequantize, quantize
-from protocol.topics import DeviceChannel, Topics
+from protocol.topics import HOMEASSISTANT_PREFIX, DeviceChannel, Topics
 
 
 def test_topics_round_trip_and_reject_foreign_topics() -> None:
@@ -32,6 +33,26 @@ def test_topics_round_trip_and_reject_foreign_topics() -> None:
         topics.cmd("../x")
     with pytest.raises(TopicError, match="wildcards"):
         Topics("a/#")
+
+
+def test_homeassistant_discovery_topics_live_under_home_assistants_prefix() -> None:
+    topics = Topics("acme/edge")  # our prefix does not move Home Assistant's
+    assert HOMEASSISTANT_PREFIX == "homeassistant"
+    assert topics.homeassistant_config("cam-1", "temperature_c") == (
+        "homeassistant/sensor/edgefleet_cam-1/temperature_c/config"
+    )
+    # Home Assistant's node id takes no dots; its discovery prefix is its own setting.
+    assert topics.homeassistant_config("pi.kitchen", "latency_p95", "ha/disc") == (
+        "ha/disc/sensor/edgefleet_pi_kitchen/latency_p95/config"
+    )
+    for device, sensor, prefix, fragment in [
+        ("../x", "presence", "homeassistant", "device id '../x' is not valid"),
+        ("cam-1", "temp/+", "homeassistant", "sensor key 'temp/+' is not valid"),
+        ("cam-1", "presence", "home/#", "discovery prefix 'home/#' must not contain wildcards"),
+        ("cam-1", "presence", "/homeassistant", "without a leading or trailing /"),
+    ]:
+        with pytest.raises(TopicError, match=re.escape(fragment)):
+            topics.homeassistant_config(device, sensor, prefix)
 
 
 def test_messages_carry_a_schema_version_and_parse_back() -> None:

@@ -1,5 +1,5 @@
 """The fleet tests' helpers: an in-process app with its recorded commands, a ``FleetServer`` in a
-thread on a free port, and private PostgreSQL schemas.
+thread on a free port, private PostgreSQL schemas, and the shipped broker settings.
 
 The fixtures that build these live in ``tests/fleet/conftest.py``.
 """
@@ -29,6 +29,16 @@ with warnings.catch_warnings():
     # starlette 1.x prefers httpx2 for its TestClient and warns about httpx, which is what is installed.
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
+
+SHIPPED_BROKER = Path(__file__).resolve().parents[2] / "systemd" / "mosquitto"
+"""The broker configuration and ACL the repository ships for the fleet's Mosquitto."""
+
+
+def shipped_listener_settings() -> str:
+    """The identity settings of the shipped broker configuration (the paths are the test's own)."""
+    wanted = ("use_username_as_clientid", "allow_anonymous")
+    lines = [line.strip() for line in (SHIPPED_BROKER / "edgefleet.conf").read_text().splitlines()]
+    return "".join(f"{line}\n" for line in lines if line.startswith(wanted))
 
 
 @dataclass

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 """The repository: children import this tree's parts whatever their working directory."""
 
 
-def agent_process(
+def agent_process(  # noqa: PLR0913 - one keyword-only parameter per agent setting tests vary
     workdir: Path,
     fleet_url: str,
     trusted: Path,

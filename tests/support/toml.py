@@ -20,7 +20,7 @@ TEST_SETTINGS: Settings = {
 and a short keepalive (a dead broker is noticed within seconds)."""
 
 
-def config_toml(
+def config_toml(  # noqa: PLR0913 - one keyword-only parameter per agent.toml field tests vary
     state_dir: Path,
     trusted: Path,
     fleet_url: str,

@@ -4,9 +4,6 @@ downloads its bundle over it, verifying the fleet against ``[fleet] ca_file``.""
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,18 +18,18 @@ from agent.outbox import Outbox
 from agent.store import ModelStore
 from agent.tls import TlsFileError, mqtt_context
 from agent.update.runner import WorkerRunner
-from edgefleet.mosquitto import BrokerTls, MosquittoBroker, free_port, wait_for_port
+from edgefleet.mosquitto import BrokerTls, MosquittoBroker, wait_for_port
 from fleet.config import FleetConfig
 from fleet.tls import TlsSetupError, check_server_files, mqtt_client_context
 from protocol.topics import Topics
 from tests.fleet.bundles import build_bundle
 from tests.support.certs import TestCA
 from tests.support.fleet import fleet_config, running_fleet
+from tests.support.processes import FleetProcess
 from tests.support.updater import worker_runner
 from tests.support.wait import wait_until
 
 DEVICE = "dev-https"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -48,21 +45,19 @@ def https_fleet(
 ) -> Iterator[HttpsFleet]:
     ca = TestCA(tmp_path / "pki")
     server = ca.server(hosts=("127.0.0.1", "localhost"))
-    port = free_port()
-    log = tmp_path / "fleet.log"
-    argv = [sys.executable, "-m", "fleet", "fleet", "serve", "--listen", f"127.0.0.1:{port}"]
-    argv += ["--db", f"sqlite:///{tmp_path / 'fleet.db'}", "--artifacts", str(tmp_path / "artifacts")]
-    argv += ["--trusted-keys", str(signing_keys[1]), "--mqtt-port", str(broker.port)]
-    argv += ["--tls-cert", str(server.cert), "--tls-key", str(server.key)]
-    with open(log, "ab") as out:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-        process = subprocess.Popen(argv, stdout=out, stderr=out, env=env, cwd=tmp_path)
+    fleet = FleetProcess(
+        tmp_path,
+        broker.port,
+        signing_keys[1],
+        extra=["--tls-cert", str(server.cert), "--tls-key", str(server.key)],
+        module="fleet",
+    )
+    fleet.start()
     try:
-        assert wait_for_port("127.0.0.1", port, 30), log.read_text()
-        yield HttpsFleet(f"https://127.0.0.1:{port}", ca, log)
+        assert wait_for_port("127.0.0.1", fleet.port, 30), fleet.tail()
+        yield HttpsFleet(f"https://127.0.0.1:{fleet.port}", ca, fleet.log_path)
     finally:
-        process.terminate()
-        process.wait(15)
+        fleet.stop()
 
 
 def _runner(tmp_path: Path, fleet_url: str, ca_file: Path) -> WorkerRunner:

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from agent.store import VersionMarks
 from agent.update.downgrade import DowngradeGuard
 from converter.keys import generate_key_pair
 from edgefleet.cli import main
 from edgefleet.mosquitto import MosquittoBroker
 from protocol.messages import DesiredModel, DesiredState
-from protocol.rollback import RollbackGrant, SignedRollbackGrant, is_older, sign_grant
+from protocol.rollback import RollbackGrant, SignedRollbackGrant, is_older, parse_duration_s, sign_grant
 from protocol.schema import ModelRef
 from protocol.signing import load_private_key
 from tests.fleet.bundles import build_bundle
@@ -44,8 +45,8 @@ def _grant(key: Path, **changes: object) -> SignedRollbackGrant:
 
 
 @pytest.fixture
-def guard(signing_keys: tuple[Path, Path]) -> DowngradeGuard:
-    return DowngradeGuard(DEVICE, [signing_keys[1]])
+def guard(signing_keys: tuple[Path, Path], tmp_path: Path) -> DowngradeGuard:
+    return DowngradeGuard(DEVICE, [signing_keys[1]], VersionMarks(tmp_path / "versions.json"))
 
 
 def _refusal(guard: DowngradeGuard, target: DesiredModel, grant: SignedRollbackGrant | None) -> str | None:
@@ -67,13 +68,16 @@ def test_versions_are_ordered_as_semantic_versions(a: str, b: str, older: bool) 
     assert is_older(a, b) is older
 
 
-def test_moves_that_need_no_grant(guard: DowngradeGuard) -> None:
+def test_moves_that_need_no_grant(
+    guard: DowngradeGuard, signing_keys: tuple[Path, Path], tmp_path: Path
+) -> None:
     assert _refusal(guard, _target("3.0.0"), None) is None, "an upgrade"
     assert _refusal(guard, _target("1.0.0", name="other"), None) is None, "another model"
     assert _refusal(guard, _target("1.0.0", sha=PREVIOUS), None) is None, (
         "one step back to the previous model"
     )
-    first = guard.refusal(_target("1.0.0"), None, running=None, previous_sha256=None, now=NOW)
+    fresh = DowngradeGuard(DEVICE, [signing_keys[1]], VersionMarks(tmp_path / "fresh.json"))
+    first = fresh.refusal(_target("1.0.0"), None, running=None, previous_sha256=None, now=NOW)
     assert first is None, "a device with no model yet"
 
 
@@ -109,6 +113,79 @@ def test_a_grant_that_does_not_cover_the_move_is_refused(
     for expected, grant in cases.items():
         reason = _refusal(guard, _target("1.0.0"), grant)
         assert reason is not None and expected in reason, (expected, reason)
+
+
+def _at(guard: DowngradeGuard, target: DesiredModel, running: ModelRef, previous: str | None) -> str | None:
+    return guard.refusal(target, None, running=running, previous_sha256=previous, now=NOW)
+
+
+def test_a_replay_after_a_detour_through_another_model_is_refused(
+    guard: DowngradeGuard, signing_keys: tuple[Path, Path]
+) -> None:
+    """digits 2.0.0 -> other 1.0.0 (allowed) -> digits 1.0.0: below the digits mark, needs a grant."""
+    other = ModelRef(name="other", version="1.0.0", sha256="e" * 64)
+    assert _at(guard, _target("1.0.0", name="other", sha=other.sha256 or ""), RUNNING, PREVIOUS) is None
+    reason = _at(guard, _target("1.0.0"), other, RUNNING.sha256)
+    assert reason is not None and "this device has committed digits 2.0.0" in reason
+    assert _at(guard, _target("2.0.0", sha=RUNNING.sha256 or ""), other, RUNNING.sha256) is None, (
+        "back to the newest digits is no downgrade"
+    )
+    granted = guard.refusal(
+        _target("1.0.0"), _grant(signing_keys[0]), running=other, previous_sha256=None, now=NOW
+    )
+    assert granted is None
+
+
+def test_the_step_back_is_spent_once_the_device_ran_below_its_mark(
+    guard: DowngradeGuard, signing_keys: tuple[Path, Path]
+) -> None:
+    """The toggle: 2.0.0 -> 1.0.0 (the free step back) -> 2.0.0 -> 1.0.0 needs a grant."""
+    v1 = ModelRef(name="digits", version="1.0.0", sha256=PREVIOUS)
+    assert _at(guard, _target("1.0.0", sha=PREVIOUS), RUNNING, PREVIOUS) is None
+    # Running 1.0.0 now (seen at the next check), then forward to 2.0.0 again: allowed.
+    assert _at(guard, _target("2.0.0", sha=RUNNING.sha256 or ""), v1, RUNNING.sha256) is None
+    reason = _at(guard, _target("1.0.0", sha=PREVIOUS), RUNNING, PREVIOUS)
+    assert reason is not None and "was taken already" in reason
+    granted = guard.refusal(
+        _target("1.0.0", sha=PREVIOUS),
+        _grant(signing_keys[0]),
+        running=RUNNING,
+        previous_sha256=PREVIOUS,
+        now=NOW,
+    )
+    assert granted is None
+    # Only from the mark itself: two steps down, the previous bundle is no free step either.
+    v0 = ModelRef(name="digits", version="0.9.0", sha256="f" * 64)
+    assert _at(guard, _target("1.0.0", sha=PREVIOUS), v0, PREVIOUS) is not None
+
+
+def test_the_marks_survive_a_restart_and_a_damaged_file_falls_back_to_the_running_model(
+    guard: DowngradeGuard, signing_keys: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert _at(guard, _target("3.0.0", sha="d" * 64), RUNNING, PREVIOUS) is None  # records digits 2.0.0
+    again = DowngradeGuard(DEVICE, [signing_keys[1]], VersionMarks(tmp_path / "versions.json"))
+    other = ModelRef(name="other", version="1.0.0", sha256="e" * 64)
+    assert _at(again, _target("1.0.0"), other, None) is not None, "the mark is on disk"
+
+    (tmp_path / "versions.json").write_text("{not json")
+    assert _at(again, _target("1.0.0"), RUNNING, None) is not None, "the running model still guards"
+    assert "versions.json is unreadable or corrupt" in caplog.text
+    assert _at(again, _target("1.0.0"), other, None) is not None, "and the file is written again"
+
+
+@pytest.mark.parametrize("key_id", ["0123456789abcdef\n", "0123456789abcdef0", "0123456789ABCDEF"])
+def test_a_key_id_must_be_exactly_16_hex_digits(key_id: str, signing_keys: tuple[Path, Path]) -> None:
+    signed = _grant(signing_keys[0]).model_dump()
+    signed["signature"]["key_id"] = key_id
+    with pytest.raises(ValueError, match="16 hex digits"):
+        SignedRollbackGrant.model_validate(signed)
+
+
+def test_a_duration_must_be_a_number_and_a_unit() -> None:
+    assert parse_duration_s("24h") == 86_400
+    for bad in ("24h\n1d", "0h", "h", "24 h"):
+        with pytest.raises(ValueError, match="is not a duration"):
+            parse_duration_s(bad)
 
 
 @pytest.fixture
