@@ -306,6 +306,8 @@ def test_a_busy_window_fits_the_daily_budget_and_keeps_every_field(tmp_path: Pat
 
 
 def test_the_fleet_stores_a_compact_window_as_it_stored_the_full_form(tmp_path: Path) -> None:
+    # Runs where the fleet is installed (not in the device install of the aarch64 stage).
+    pytest.importorskip("sqlalchemy", reason="the fleet's storage layer is not installed here")
     from fleet.ingest.decode import Decoded, Received, decode
     from fleet.storage.ingest import telemetry_row
     from protocol.telemetry_wire import encode_full
