@@ -22,8 +22,9 @@ def _log_edges(low_ms: float = 0.01, high_ms: float = 120_000.0, per_decade: int
 LATENCY_EDGES_MS = _log_edges()
 """Bucket upper edges, 0.01 ms .. 120 s, 20 per decade (each ~12% wider than the last)."""
 
-INVOKE_EDGES_MS = _log_edges(low_ms=0.0001)
-"""Invoke-time buckets start at 0.1 us: a small model's invoke takes a few microseconds."""
+INVOKE_EDGES_MS = _log_edges(low_ms=0.0001, per_decade=40)
+"""Invoke-time buckets: from 0.1 us (a small model's invoke takes microseconds), 40 per decade
+(each ~6% wider than the last): probation reads the median's bounds from bucket edges."""
 
 
 class LatencyHistogram:

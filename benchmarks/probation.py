@@ -1,6 +1,6 @@
 """Probation's false-rollback and detection rates, on a real TFLite model in the real runtime.
 
-    python -m benchmarks.probation [--trials 20] [--requests 800] [--load 2] [--bundle B --trusted PUB]
+    python -m benchmarks.probation [--trials 20] [--requests 600] [--load 0.3] [--bundle B --trusted PUB]
 
 The digits example is converted to a signed int8 bundle with the real CLI (TensorFlow runs in
 child processes only), staged in a real model store and loaded twice as ``ActiveModel``s (two
@@ -16,7 +16,7 @@ probation is judged. Two scenarios, ``--trials`` each:
   any rollback is a false one.
 * ``3x slower in invoke``: the new model's ``LoadedModel.invoke`` is wrapped with a deterministic
   busy-wait (spinning on ``time.perf_counter``, so it costs CPU like a bigger model) of twice the
-  old model's median invoke time measured once at the start: its invoke time is ~3x. Served at the
+  old model's median invoke time, measured once at the start at load L: its invoke time is ~3x. Served at the
   same load L before and during (only the model changes), plus a run at 2L in the table as well.
 
 Beside the new rule (``agent.update.probation.judge``: median invoke time, 95% bounds, at least
@@ -31,6 +31,8 @@ import argparse
 import hashlib
 import io
 import json
+import queue
+import random
 import statistics
 import subprocess
 import sys
@@ -53,6 +55,9 @@ from edgefleet.stack import convert_digits, run_edgefleet
 from protocol.bundle import read_bundle, read_samples
 from protocol.signing import TrustedKeys
 from protocol.tensors import dequantize
+
+WORKERS = 4
+"""Serving threads, like the HTTP server's threads taking requests in parallel."""
 
 OLD_RULE_FACTOR = 3.0
 """The old rule's default: roll back when the request p50 exceeded 3x the previous model's."""
@@ -102,28 +107,49 @@ def slowed(model: ActiveModel, extra_s: float) -> ActiveModel:
     return model
 
 
-class Clients:
-    """Closed-loop client threads on the serving path, each recording as the HTTP handler does."""
+class Load:
+    """Requests arriving at ``rate`` per second (Poisson, seeded), served by ``workers`` threads
+    through the serving path and recorded as the HTTP handler does. A request's latency runs from
+    its arrival, so the wait for a busy interpreter is in it, as on a device; ``rate`` changes
+    take effect at once (the load doubling when probation starts)."""
 
-    def __init__(self, holder: ModelHolder, metrics: RequestMetrics, x: npt.NDArray[Any]) -> None:
+    def __init__(
+        self,
+        holder: ModelHolder,
+        metrics: RequestMetrics,
+        x: npt.NDArray[Any],
+        rate: float,
+        workers: int,
+        seed: int,
+    ) -> None:
         self.holder, self.metrics, self.x = holder, metrics, x
+        self.rate = rate
+        self.rng = random.Random(seed)
+        self.queue: queue.SimpleQueue[float | None] = queue.SimpleQueue()
+        self.invokes: list[float] = []
+        """Every invoke time, as measured (for the calibration)."""
         self.stop = threading.Event()
-        self.threads: list[threading.Thread] = []
-
-    def add(self, count: int) -> None:
-        for _ in range(count):
-            thread = threading.Thread(target=self._loop, daemon=True)
+        self.threads = [threading.Thread(target=self._serve, daemon=True) for _ in range(workers)]
+        self.threads.append(threading.Thread(target=self._arrivals, daemon=True))
+        for thread in self.threads:
             thread.start()
-            self.threads.append(thread)
 
-    def _loop(self) -> None:
+    def _arrivals(self) -> None:
+        due = time.perf_counter()
         while not self.stop.is_set():
-            started = time.perf_counter()
+            due += self.rng.expovariate(self.rate)
+            wait = due - time.perf_counter()
+            if wait > 0.0005:  # the sleep is coarse: arrivals due meanwhile are queued together
+                time.sleep(wait)
+            self.queue.put(due)
+
+    def _serve(self) -> None:
+        while (arrived := self.queue.get()) is not None:
             model = self.holder.current
             assert model is not None
             result = model.predict(self.x)
             self.metrics.record_success(
-                (time.perf_counter() - started) * 1000,
+                (time.perf_counter() - arrived) * 1000,
                 model.sha256,
                 classes=result.classes,
                 confidences=result.confidences,
@@ -131,10 +157,14 @@ class Clients:
                 invoke_ms=result.invoke_ms,
                 cpu_ms=result.cpu_ms,
             )
+            self.invokes.append(result.invoke_ms or 0.0)
 
     def close(self) -> None:
         self.stop.set()
-        for thread in self.threads:
+        self.threads[-1].join()
+        for _ in self.threads[:-1]:
+            self.queue.put(None)
+        for thread in self.threads[:-1]:
             thread.join()
 
 
@@ -158,27 +188,27 @@ def trial(
     old: ActiveModel,
     new: ActiveModel,
     x: npt.NDArray[Any],
-    load: int,
-    during: int,
+    rates: tuple[float, float],
     requests: int,
     policy: ProbationPolicy,
+    seed: int,
 ) -> Trial:
+    """``rates``: requests per second before and during probation."""
     holder, metrics = ModelHolder(), RequestMetrics()
     holder.swap(old)
-    clients = Clients(holder, metrics, x)
+    load = Load(holder, metrics, x, rates[0], WORKERS, seed)
     try:
-        clients.add(load)
         wait_for(metrics, old.sha256, requests)
         before = metrics.usage(old.sha256)
         previous = summarize(before.recent_invoke.merged(), before.cpu_per_instance_ms)
         previous_p50 = before.recent_p50()
         mark = metrics.usage(new.sha256)
         holder.swap(new)
-        clients.add(during - load)
+        load.rate = rates[1]
         wait_for(metrics, new.sha256, requests, mark.requests)
         served = metrics.usage(new.sha256).minus(mark)
     finally:
-        clients.close()
+        load.close()
     verdict = judge(policy, served, previous, elapsed_s=policy.duration_s)
     p50 = served.latency.percentile(50)
     current = summarize(served.invoke)
@@ -191,20 +221,48 @@ def trial(
     )
 
 
+def served_back_to_back(model: ActiveModel, x: npt.NDArray[Any], count: int = 2000) -> float:
+    """Requests per second one thread serves (predict and record), one after the other."""
+    metrics = RequestMetrics()
+    began = time.perf_counter()
+    for _ in range(count):
+        result = model.predict(x)
+        metrics.record_success(0.1, model.sha256, invoke_ms=result.invoke_ms, cpu_ms=result.cpu_ms)
+    return count / (time.perf_counter() - began)
+
+
+def calibrate(model: ActiveModel, x: npt.NDArray[Any], rate: float, requests: int) -> float:
+    """The model's median invoke time (ms) at ``rate``, over ``2 * requests`` requests."""
+    holder, metrics = ModelHolder(), RequestMetrics()
+    holder.swap(model)
+    load = Load(holder, metrics, x, rate, WORKERS, seed=1000)
+    try:
+        wait_for(metrics, model.sha256, 2 * requests)
+    finally:
+        load.close()
+    return statistics.median(load.invokes)
+
+
 def with_sha(model: ActiveModel, sha: str) -> ActiveModel:
     """The model under another digest: its requests are counted apart (old, same, slow)."""
     return replace(model, sha256=sha)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear run of measurements
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--requests", type=int, default=800, help="requests per model per trial")
-    parser.add_argument("--load", type=int, default=2, help="client threads before probation (L)")
+    parser.add_argument("--requests", type=int, default=600, help="requests per model per trial")
+    parser.add_argument(
+        "--load",
+        type=float,
+        default=0.3,
+        help="L: requests per second before probation, as a share of what one thread serves back to back",
+    )
     parser.add_argument("--bundle", type=Path, help="a signed digits bundle (skips the conversion)")
     parser.add_argument("--trusted", type=Path, help="the public key of --bundle")
+    parser.add_argument("--keep", type=Path, help="copy the converted bundle and its key here")
     args = parser.parse_args(argv)
     policy = ProbationPolicy(duration_s=1.0, min_invokes=200)  # the agent's default rule
     with tempfile.TemporaryDirectory(prefix="edgefleet-probation-") as tmp:
@@ -214,32 +272,40 @@ def main(argv: list[str] | None = None) -> int:
             bundle, trusted = args.bundle, args.trusted
         else:
             bundle, trusted = build_bundle(work)
+            if args.keep is not None:  # for another run with --bundle/--trusted
+                args.keep.mkdir(parents=True, exist_ok=True)
+                (args.keep / "digits.bundle").write_bytes(bundle.read_bytes())
+                (args.keep / "operator.pub").write_bytes(trusted.read_bytes())
         built_s = time.monotonic() - started
         load, x = load_twice(bundle, trusted, work / "state")
         old = with_sha(load(), "a" * 64)
         same = with_sha(load(), "b" * 64)
         # Calibrate once: the old model's median invoke time per request, alone.
-        calibration = [old.predict(x).invoke_ms or 0.0 for _ in range(2000)]
-        base_ms = statistics.median(calibration)
+        capacity = served_back_to_back(old, x)
+        rate = args.load * capacity
+        # The slower model's busy-wait: twice the old model's median invoke time at load L,
+        # measured once here (the serving threads' contention included, as in the trials).
+        base_ms = calibrate(old, x, rate, args.requests)
         slow = with_sha(slowed(load(), 2 * base_ms / 1000), "c" * 64)
         scenarios = {
-            "same model, 2x load": (same, args.load, 2 * args.load),
-            "3x slower in invoke, same load": (slow, args.load, args.load),
-            "3x slower in invoke, 2x load": (slow, args.load, 2 * args.load),
+            "same model, 2x load": (same, (rate, 2 * rate)),
+            "3x slower in invoke, same load": (slow, (rate, rate)),
+            "3x slower in invoke, 2x load": (slow, (rate, 2 * rate)),
         }
         results: dict[str, list[Trial]] = {}
-        for name, (new, before, during) in scenarios.items():
+        for name, (new, rates) in scenarios.items():
             results[name] = [
-                trial(old, new, x, before, during, args.requests, policy) for _ in range(args.trials)
+                trial(old, new, x, rates, args.requests, policy, seed) for seed in range(args.trials)
             ]
         total_s = time.monotonic() - started
 
     print(
-        f"old model median invoke time alone: {base_ms * 1000:.1f} us; "
-        f"busy-wait added: {2 * base_ms * 1000:.1f} us"
+        f"old model median invoke time at load L: {base_ms * 1000:.1f} us; "
+        f"busy-wait added to the slower one: {2 * base_ms * 1000:.1f} us"
     )
     print(
-        f"{args.trials} trials each, {args.requests} requests per model per trial, L = {args.load} threads\n"
+        f"{args.trials} trials each, {args.requests} requests per model per trial, {WORKERS} serving "
+        f"threads, L = {rate:.0f} requests/s ({args.load:g} x {capacity:.0f}/s served back to back)\n"
     )
     header = (
         f"{'scenario':<34}{'new rule: rollbacks':>20}{'old rule: rollbacks':>21}"
@@ -250,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, Any] = {
         "trials": args.trials,
         "requests_per_model": args.requests,
-        "load_threads": args.load,
+        "load_requests_per_s": round(rate),
     }
     keys = {
         "same model, 2x load": "same_model_2x_load",

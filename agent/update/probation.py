@@ -13,7 +13,7 @@ requests of the new and the previous model (each at least ``min_invokes``):
 
 ``low``/``high`` are distribution-free 95% bounds of each median (order statistics: the median
 lies between the values of rank ``n/2 -+ 1.96 sqrt(n)/2``; with histograms, the lower edge of the
-lower rank's bucket and the upper edge of the upper rank's). The model is rolled back only when
+lower rank's bucket and the upper edge of the upper rank's, ~6% apart). The model is rolled back only when
 even the reading most favourable to it is slower by more than the factor: noise, a few cold
 invokes or a busier CPU do not fail a good model, and a model clearly slower still fails.
 """

@@ -318,6 +318,10 @@ def test_the_worker_process_reports_failures_in_words(
     runner.verify(good)
     runner.stage(good, Bundles.sha(bundles.v1))
     runner.smoke(Bundles.sha(bundles.v1))  # smoke-tested over there: raises unless it passed
+    runner.verify_stored(Bundles.sha(bundles.v1))  # a kept model, verified from disk over there
+    (tmp_path / "state" / "models" / Bundles.sha(bundles.v1) / "manifest.sig").write_bytes(b"{}")
+    with pytest.raises(VerifyError, match="signature check of stored model"):
+        runner.verify_stored(Bundles.sha(bundles.v1))
     assert ModelStore(tmp_path / "state").has(Bundles.sha(bundles.v1))
 
 
