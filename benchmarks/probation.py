@@ -4,20 +4,22 @@
 
 The digits example is converted to a signed int8 bundle with the real CLI (TensorFlow runs in
 child processes only), staged in a real model store and loaded twice as ``ActiveModel``s (two
-interpreters: "old" and "new"). Client threads issue requests through the serving path as the
-HTTP handler does (``ModelHolder.current`` -> ``ActiveModel.predict`` -> ``RequestMetrics``),
-in a closed loop: load L is L threads, each sending its next request when the last one answered.
+interpreters: "old" and "new"). Requests arrive at a rate (Poisson, seeded) and 4 serving
+threads take them through the serving path as the HTTP handler does (``ModelHolder.current`` ->
+``ActiveModel.predict`` -> ``RequestMetrics``); a request's latency runs from its arrival, so the
+wait for the interpreter is in it. Load L is ``--load`` x the requests per second one thread
+serves back to back (measured at the start); 2L doubles the arrival rate.
 
-Each trial: L threads on the old model until it served ``--requests`` requests; the new model is
-swapped in and L more threads start (2L); when the new model served ``--requests`` requests,
-probation is judged. Two scenarios, ``--trials`` each:
+Each trial: L on the old model until it served ``--requests`` requests; the new model is swapped
+in and the rate becomes 2L (or stays L); when the new model served ``--requests`` requests,
+probation is judged. Scenarios, ``--trials`` each:
 
 * ``same model, 2x load``: the new model is the old one (a second interpreter of the same bundle);
   any rollback is a false one.
 * ``3x slower in invoke``: the new model's ``LoadedModel.invoke`` is wrapped with a deterministic
   busy-wait (spinning on ``time.perf_counter``, so it costs CPU like a bigger model) of twice the
-  old model's median invoke time, measured once at the start at load L: its invoke time is ~3x. Served at the
-  same load L before and during (only the model changes), plus a run at 2L in the table as well.
+  old model's median invoke time, measured once at the start at load L: its invoke time is ~3x.
+  Served at L before and during (only the model changes); the table adds a run at 2L during.
 
 Beside the new rule (``agent.update.probation.judge``: median invoke time, 95% bounds, at least
 ``probation_min_invokes`` per side), the old rule is evaluated on the same figures: the new
