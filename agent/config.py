@@ -235,7 +235,14 @@ class UpdateConfig(_Section):
     probation_min_requests: int = Field(
         default=20,
         ge=1,
-        description="Requests the new model must have served before its error rate or latency is judged.",
+        description="Requests the new model must have served before its error rate is judged.",
+    )
+    probation_min_invokes: int = Field(
+        default=200,
+        ge=1,
+        description="Timed requests needed from both the new model (on probation) and the previous one "
+        "(recently) before invoke time is judged; with fewer the model is not failed on speed and the "
+        "log says so.",
     )
     max_error_rate: float = Field(
         default=0.05,
@@ -244,9 +251,11 @@ class UpdateConfig(_Section):
         description="Roll back when more than this share of the new model's requests fail in inference.",
     )
     max_latency_factor: float = Field(
-        default=3.0,
+        default=2.0,
         gt=0,
-        description="Roll back when the new model's p50 latency exceeds the previous model's by this factor.",
+        description="Roll back when the new model's median invoke time per instance (the time inside "
+        "the runtime, without queueing) exceeds the previous model's by more than this factor, beyond "
+        "the 95% bounds of both medians. Request latency is not judged: it follows the load.",
     )
     health_check_interval_s: float = Field(
         default=5,
@@ -263,6 +272,13 @@ class UpdateConfig(_Section):
         default=1.0,
         ge=0,
         description="First retry delay in seconds; doubled per retry (capped at 60 s), with random jitter.",
+    )
+    keep_previous: int = Field(
+        default=1,
+        ge=0,
+        description="Previous models kept in the state directory after a commit (newest first; older "
+        "ones are removed). A desired model still kept is installed without a download: verified "
+        "from disk, smoke-tested, and switched to.",
     )
 
 

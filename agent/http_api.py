@@ -233,6 +233,8 @@ class _Handler(FastHandler):
             output_counts=model.output_counts(result),
             instances=len(arrays[0]),
             out_of_range=len(result.out_of_range),
+            invoke_ms=result.invoke_ms,
+            cpu_ms=result.cpu_ms,
         )
         self._respond(form, model, result, top_k)
 

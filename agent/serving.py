@@ -9,8 +9,9 @@ started with. Requests are parsed in ``agent.predict_io``.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -65,6 +66,13 @@ class PredictResult:
     labels: list[str] | None = None
     out_of_range: list[int] = field(default_factory=list)
     """Instances with an input feature far outside the baseline's recorded range."""
+    invoke_ms: float | None = None
+    """The model's own time for this request, per instance: wall time inside the runtime
+    (``run_samples``: input quantization, every invoke, dequantization) once the request's turn
+    at the interpreter came, divided by the instances (see ``ActiveModel.predict``)."""
+    cpu_ms: float | None = None
+    """The serving thread's CPU time over the same span, per instance (``time.thread_time``; an
+    interpreter with several threads also works in threads not counted here)."""
 
     @property
     def outputs(self) -> npt.NDArray[np.float32]:
@@ -111,6 +119,10 @@ class ActiveModel:
         default=None, repr=False
     )
     """The first input's per-feature bounds (baseline range plus margin), flattened features."""
+    turn: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    """One request at a time at the interpreter. Requests wait here, outside the invoke timer,
+    so the invoke time is the model's and not the queue's (the runtime's own lock, taken inside
+    ``run_samples``, is then never contended)."""
 
     @property
     def ref(self) -> ModelRef:
@@ -184,10 +196,21 @@ class ActiveModel:
         out_of_range = self.out_of_range_instances(arrays[0]) if arrays else []
         ready = [self._preprocessed(i, a) for i, a in enumerate(arrays)]
         try:
-            tensors = run_samples(self.loaded, ready, dynamic_batch=self.dynamic_batch, max_chunk=MAX_CHUNK)
+            with self.turn:
+                wall, cpu = time.perf_counter(), time.thread_time()
+                tensors = run_samples(
+                    self.loaded, ready, dynamic_batch=self.dynamic_batch, max_chunk=MAX_CHUNK
+                )
+                wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
         except InputMismatchError as exc:
             raise BadInputError(str(exc)) from exc
-        return self._result(tensors, out_of_range)
+        # Per instance: a request of 8 instances is not "8x slower" than one of 1.
+        instances = max(1, len(ready[0]) if ready else 1)
+        return replace(
+            self._result(tensors, out_of_range),
+            invoke_ms=wall * 1000 / instances,
+            cpu_ms=cpu * 1000 / instances,
+        )
 
     def check_samples(self, samples: SmokeSamples, atol: float, limit: int | None = None) -> str | None:
         """None when the model reproduces the recorded outputs (the first ``limit`` samples);
@@ -196,7 +219,8 @@ class ActiveModel:
         inputs = [a[:count] for a in samples.inputs]
         if samples.legacy:  # raw values: preprocessed like a request
             inputs = [self._preprocessed(i, a) for i, a in enumerate(inputs)]
-        actual = run_samples(self.loaded, inputs, dynamic_batch=self.dynamic_batch, max_chunk=MAX_CHUNK)
+        with self.turn:
+            actual = run_samples(self.loaded, inputs, dynamic_batch=self.dynamic_batch, max_chunk=MAX_CHUNK)
         if samples.legacy:  # one output was recorded: the first
             actual = actual[:1]
         return compare_outputs(actual, [o[:count] for o in samples.outputs], atol)

@@ -5,7 +5,7 @@ Layout::
     state_dir/
       models/<bundle-sha256>/   manifest.json, manifest.sig, model.tflite, samples.npz, labels.txt
       downloads/                bundles being fetched (<sha256>.bundle.part, then <sha256>.bundle)
-      active.json               {"active": sha|null, "previous": sha|null}
+      active.json               {"active": sha|null, "previous": sha|null, "older": [sha, ...]}
       update.json               the update state machine's record (agent.update.record)
       versions.json             per model name, the newest version committed here (agent.update.downgrade)
 
@@ -44,12 +44,36 @@ _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ActivePointer(BaseModel):
-    """``active.json``: the bundle digest being served and the one before it."""
+    """``active.json``: the bundle digest being served, the one before it, and older ones kept."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     active: str | None = None
     previous: str | None = None
+    older: tuple[str, ...] = ()
+    """Models served before ``previous``, newest first, kept for a rollback ([update] keep_previous)."""
+
+    def history(self) -> list[str]:
+        """The models served before the active one, newest first, each once."""
+        seen: list[str] = []
+        for sha in (self.previous, *self.older):
+            if sha is not None and sha != self.active and sha not in seen:
+                seen.append(sha)
+        return seen
+
+    def models(self) -> set[str]:
+        """Every model this pointer names."""
+        return {sha for sha in (self.active, *self.history()) if sha is not None}
+
+    def switched_to(self, sha256: str) -> ActivePointer:
+        """The pointer after activating ``sha256``: the active model becomes the previous one."""
+        chain = [sha for sha in (self.active, *self.history()) if sha is not None and sha != sha256]
+        return ActivePointer(active=sha256, previous=chain[0] if chain else None, older=tuple(chain[1:]))
+
+    def keeping(self, previous: int) -> ActivePointer:
+        """The pointer with at most ``previous`` models before the active one."""
+        kept = self.history()[:previous]
+        return ActivePointer(active=self.active, previous=kept[0] if kept else None, older=tuple(kept[1:]))
 
 
 class VersionMark(BaseModel):

@@ -6,10 +6,8 @@ Time comes from injected clocks: monotonic for durations, the wall clock only fo
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -25,16 +23,19 @@ import psutil
 from agent.drift import confidence_p05, psi
 from agent.resources import guarded, sample_resources, sample_temperature
 from agent.store import write_json
+from agent.usage import INVOKE_EDGES_MS, LATENCY_EDGES_MS, LatencyHistogram, ModelUsage, RecentHistogram
 from protocol.manifest import BaselineStats
-from protocol.messages import LatencySummary, PredictionHealth, ResourceUsage, TelemetryWindow
+from protocol.messages import PredictionHealth, ResourceUsage, TelemetryWindow
 from protocol.schema import ModelRef
 from protocol.telemetry_wire import encode_compact
 from protocol.topics import Topics
 
 __all__ = [
+    "INVOKE_EDGES_MS",
     "LATENCY_EDGES_MS",
     "LatencyHistogram",
     "ModelUsage",
+    "RecentHistogram",
     "RequestMetrics",
     "Sink",
     "Telemetry",
@@ -56,115 +57,8 @@ class Sink(Protocol):
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None: ...
 
 
-def _log_edges(low_ms: float = 0.01, high_ms: float = 120_000.0, per_decade: int = 20) -> list[float]:
-    decades = math.log10(high_ms / low_ms)
-    count = math.ceil(decades * per_decade)
-    return [low_ms * 10 ** (i / per_decade) for i in range(count + 1)]
-
-
-LATENCY_EDGES_MS = _log_edges()
-"""Bucket upper edges, 0.01 ms .. 120 s, 20 per decade (each ~12% wider than the last)."""
-
-
-class LatencyHistogram:
-    """Counts per fixed log-spaced bucket; percentiles are a bucket's upper edge (<=12% high)."""
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_EDGES_MS) + 1)
-        self.total = 0
-        self.max_ms = 0.0
-
-    def record(self, ms: float) -> None:
-        self.counts[bisect.bisect_left(LATENCY_EDGES_MS, ms)] += 1
-        self.total += 1
-        self.max_ms = max(self.max_ms, ms)
-
-    def percentile(self, q: float) -> float:
-        if self.total == 0:
-            return 0.0
-        rank = max(1, math.ceil(q / 100 * self.total))
-        seen = 0
-        for index, count in enumerate(self.counts):
-            seen += count
-            if seen >= rank:
-                upper = LATENCY_EDGES_MS[index] if index < len(LATENCY_EDGES_MS) else self.max_ms
-                return min(upper, self.max_ms)
-        return self.max_ms
-
-    def summary(self) -> LatencySummary | None:
-        if self.total == 0:
-            return None
-        return LatencySummary(
-            p50=_sig(self.percentile(50)),
-            p95=_sig(self.percentile(95)),
-            p99=_sig(self.percentile(99)),
-            max=_sig(self.max_ms),
-        )
-
-
-def _sig(value: float, digits: int = 3) -> float:
-    """Round to ``digits`` significant digits: the histogram (buckets ~12% wide) is not more
-    precise, and the wire is shorter."""
-    return float(f"{value:.{digits}g}")
-
-
 CONFIDENCE_BINS = 100
 """Top-confidence histogram resolution: p05 is exact to 0.01."""
-
-
-RECENT_REQUESTS = 1000
-
-
-def _copy_histogram(source: LatencyHistogram) -> LatencyHistogram:
-    copy = LatencyHistogram()
-    copy.counts = list(source.counts)
-    copy.total, copy.max_ms = source.total, source.max_ms
-    return copy
-
-
-@dataclass
-class ModelUsage:
-    """What one model served (cumulative in this process); probation diffs two snapshots."""
-
-    requests: int = 0
-    errors: int = 0
-    """Inference failures (not bad input: that is the client's fault, not the model's)."""
-    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
-    recent: LatencyHistogram = field(default_factory=LatencyHistogram)
-    """The latest up to ``RECENT_REQUESTS`` latencies; ``older`` the block before them."""
-    older: LatencyHistogram = field(default_factory=LatencyHistogram)
-
-    def record(self, latency_ms: float) -> None:
-        self.requests += 1
-        self.latency.record(latency_ms)
-        if self.recent.total >= RECENT_REQUESTS:
-            self.older, self.recent = self.recent, LatencyHistogram()
-        self.recent.record(latency_ms)
-
-    def recent_p50(self) -> float | None:
-        """p50 of the last RECENT_REQUESTS..2*RECENT_REQUESTS requests: under the load of late,
-        not the whole life (probation compares a new model with the old one under like load)."""
-        merged = _copy_histogram(self.older)
-        merged.counts = [a + b for a, b in zip(merged.counts, self.recent.counts, strict=True)]
-        merged.total += self.recent.total
-        merged.max_ms = max(merged.max_ms, self.recent.max_ms)
-        return merged.percentile(50) if merged.total else None
-
-    def copy(self) -> ModelUsage:
-        return ModelUsage(
-            self.requests,
-            self.errors,
-            _copy_histogram(self.latency),
-            _copy_histogram(self.recent),
-            _copy_histogram(self.older),
-        )
-
-    def minus(self, earlier: ModelUsage) -> ModelUsage:
-        latency = LatencyHistogram()
-        latency.counts = [a - b for a, b in zip(self.latency.counts, earlier.latency.counts, strict=True)]
-        latency.total = self.latency.total - earlier.latency.total
-        latency.max_ms = self.latency.max_ms
-        return ModelUsage(self.requests - earlier.requests, self.errors - earlier.errors, latency)
 
 
 @dataclass
@@ -191,7 +85,7 @@ class RequestMetrics:
         self._window = _Window()
         self._usage: dict[str, ModelUsage] = {}
 
-    def record_success(
+    def record_success(  # noqa: PLR0913 - one request's figures, keyword-only after the model
         self,
         latency_ms: float,
         model_sha: str | None = None,
@@ -201,7 +95,10 @@ class RequestMetrics:
         output_counts: npt.NDArray[np.int64] | None = None,
         instances: int = 0,
         out_of_range: int = 0,
+        invoke_ms: float | None = None,
+        cpu_ms: float | None = None,
     ) -> None:
+        """``invoke_ms`` and ``cpu_ms``: the model's own time per instance (``PredictResult``)."""
         with self._lock:
             w = self._window
             w.requests += 1
@@ -227,7 +124,7 @@ class RequestMetrics:
                 else:
                     w.output_counts += output_counts
             if model_sha is not None:
-                self._usage.setdefault(model_sha, ModelUsage()).record(latency_ms)
+                self._usage.setdefault(model_sha, ModelUsage()).record(latency_ms, invoke_ms, cpu_ms)
 
     def record_error(self, kind: str, nonfinite: bool = False, model_sha: str | None = None) -> None:
         with self._lock:

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from agent.errors import ActivateError, HealthCheckError, StoreError, UpdateError
 from agent.serving import ActiveModel, ModelHolder
 from agent.store import ActivePointer, ModelStore
-from agent.telemetry import ModelUsage
 from agent.update.machine import Handler, State
 from agent.update.policy import DownloadPolicy, UpdatePolicy
-from agent.update.probation import ProbationPolicy, judge
+from agent.update.probation import ProbationPolicy, judge, summarize
 from agent.update.record import UpdateRecord
 from agent.update.runner import StepRunner
+from agent.usage import ModelUsage
 from protocol.bundle import SAMPLES
 from protocol.errors import BundleError, EdgefleetError
 from protocol.messages import DesiredModel
@@ -74,6 +74,12 @@ class ActivationMark:
     usage: ModelUsage = field(default_factory=ModelUsage)
 
 
+def kept(store: ModelStore, sha256: str) -> bool:
+    """The target is already a complete model in the store (a kept previous one) and no bundle of
+    it is being downloaded: the update verifies it from disk instead of downloading it."""
+    return store.has(sha256) and not store.download_path(sha256).exists()
+
+
 @dataclass(frozen=True)
 class Download:
     runner: StepRunner
@@ -82,6 +88,15 @@ class Download:
 
     def __call__(self, record: UpdateRecord) -> None:
         target = target_of(record)
+        if kept(self.store, target.sha256):
+            try:
+                self.store.read(target.sha256)  # every file against its manifest
+            except StoreError as exc:
+                log.warning("the kept copy is damaged, downloading it again: %s", exc)
+                self.store.remove(target.sha256)
+            else:
+                log.info("%s %s is still in the store: no download", target.name, target.version)
+                return
         dest = self.store.download_path(target.sha256)
         self.runner.download(target, dest, self.policy.attempts, self.policy.retry_base_s)
 
@@ -92,7 +107,11 @@ class Verify:
     store: ModelStore
 
     def __call__(self, record: UpdateRecord) -> None:
-        self.runner.verify(self.store.download_path(target_of(record).sha256))
+        sha256 = target_of(record).sha256
+        if kept(self.store, sha256):
+            self.runner.verify_stored(sha256)
+        else:
+            self.runner.verify(self.store.download_path(sha256))
 
 
 @dataclass(frozen=True)
@@ -102,6 +121,8 @@ class Stage:
 
     def __call__(self, record: UpdateRecord) -> None:
         target = target_of(record)
+        if kept(self.store, target.sha256):
+            return  # already extracted, and verified from disk
         self.runner.stage(self.store.download_path(target.sha256), target.sha256)
 
 
@@ -134,9 +155,14 @@ class Activate:
         # Probation judges what the new model serves from the moment it is swapped in.
         self.mark.sha256, self.mark.usage = target.sha256, self.usage(target.sha256)
         if prior.active is not None:
-            record.previous_p50_ms = self.usage(prior.active).recent_p50()
+            before = self.usage(prior.active)
+            record.previous_p50_ms = before.recent_p50()
+            # Its recent invoke times (the last 1,000-2,000 timed requests), not its whole life.
+            recent = before.recent_invoke.merged()
+            cpu = before.cpu_per_instance_ms
+            record.previous_invoke = summarize(recent, cpu)
         try:
-            self.store.write_pointer(ActivePointer(active=target.sha256, previous=prior.active))
+            self.store.write_pointer(prior.switched_to(target.sha256))
         except OSError as exc:
             raise ActivateError(f"cannot write {self.store.pointer_path}: {exc}") from exc
         self.holder.swap(model)
@@ -171,10 +197,16 @@ class Probation:
         while True:
             elapsed = self.monotonic() - started
             served = self.usage(target.sha256).minus(start)
-            verdict = judge(policy, served, record.previous_p50_ms, elapsed)
+            verdict = judge(policy, served, record.previous_invoke, elapsed)
             if verdict.failure is not None:
                 raise HealthCheckError(verdict.failure)
             if verdict.done:
+                log.info(
+                    "probation passed: %s (request p50 %s ms, the previous model's %s ms: not judged)",
+                    verdict.note,
+                    f"{served.latency.percentile(50):.3g}" if served.latency.total else "-",
+                    f"{record.previous_p50_ms:.3g}" if record.previous_p50_ms is not None else "-",
+                )
                 return
             self.wait(min(policy.check_interval_s, max(0.01, policy.duration_s - elapsed)))
             self._health_check(target.sha256, samples)
@@ -203,11 +235,17 @@ class Probation:
 
 @dataclass(frozen=True)
 class Commit:
+    """Keep the active model and the ``keep_previous`` newest before it; remove the rest."""
+
     store: ModelStore
+    keep_previous: int
 
     def __call__(self, record: UpdateRecord) -> None:
         pointer = self.store.read_pointer()
-        removed = self.store.prune({sha for sha in (pointer.active, pointer.previous) if sha})
+        trimmed = pointer.keeping(self.keep_previous)
+        if trimmed != pointer:
+            self.store.write_pointer(trimmed)  # before removing: never a pointer to a removed model
+        removed = self.store.prune(trimmed.models())
         self.store.clear_downloads()
         if removed:
             log.info("removed old models %s", ", ".join(sha[:12] for sha in removed))
@@ -233,7 +271,7 @@ class Rollback:
         elif current is None or current.sha256 != prior.active:
             self.holder.swap(self.loader.load_pointer(prior))
         target = record.target
-        if target is not None and target.sha256 not in (prior.active, prior.previous):
+        if target is not None and target.sha256 not in prior.models():
             self.store.remove(target.sha256)
         self.store.clear_downloads()
         serving = self.holder.current
@@ -273,7 +311,7 @@ def handlers(runner: StepRunner, serving: ServingSide, policy: UpdatePolicy) -> 
         State.PROBATION: Probation(
             store, holder, serving.usage, policy.probation, mark, serving.monotonic, serving.wait
         ),
-        State.COMMIT: Commit(store),
+        State.COMMIT: Commit(store, policy.keep_previous),
         State.ROLLBACK: Rollback(store, holder, serving.loader),
         State.FAILED: failed,
     }

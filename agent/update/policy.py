@@ -30,10 +30,15 @@ class UpdatePolicy:
     """Saves of one state in a row (the process kept dying there) before it fails without acting."""
     download: DownloadPolicy = field(default_factory=DownloadPolicy)
     probation: ProbationPolicy = field(default_factory=ProbationPolicy)
+    keep_previous: int = 1
+    """Previous models kept in the store at commit: a fleet-directed rollback to one of them is a
+    pointer switch, not a download."""
 
     def __post_init__(self) -> None:
         if self.max_state_restarts < 1:
             raise ValueError(f"max_state_restarts must be at least 1, not {self.max_state_restarts}")
+        if self.keep_previous < 0:
+            raise ValueError(f"keep_previous must be 0 or more, not {self.keep_previous}")
 
     @classmethod
     def from_config(cls, update: UpdateConfig) -> UpdatePolicy:
@@ -46,6 +51,8 @@ class UpdatePolicy:
                 min_requests=update.probation_min_requests,
                 max_error_rate=update.max_error_rate,
                 max_latency_factor=update.max_latency_factor,
+                min_invokes=update.probation_min_invokes,
                 check_interval_s=update.health_check_interval_s,
             ),
+            keep_previous=update.keep_previous,
         )

@@ -15,6 +15,22 @@ from protocol.update_state import UpdateState
 log = logging.getLogger(__name__)
 
 
+class InvokeSummary(BaseModel):
+    """A model's invoke time per instance over a sample of requests (``agent.update.probation``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    count: int
+    """Timed requests in the sample."""
+    median_ms: float
+    low_ms: float
+    """A lower bound of the median at the sample's confidence (distribution-free, order statistics)."""
+    high_ms: float
+    """An upper bound of the median, likewise."""
+    cpu_ms: float | None = None
+    """Mean CPU time per instance of the serving thread, when measured."""
+
+
 class UpdateRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -28,7 +44,11 @@ class UpdateRecord(BaseModel):
     """The active pointer when the update began: what a rollback restores."""
     previous_ref: ModelRef | None = None
     previous_p50_ms: float | None = None
-    """The previous model's p50 latency in this process when the new one was activated."""
+    """The previous model's recent p50 request latency in this process when the new one was
+    activated: logged beside the verdict, not judged (it includes queueing)."""
+    previous_invoke: InvokeSummary | None = None
+    """The previous model's recent invoke time when the new one was activated: probation judges
+    the new model's against it."""
     reason: str | None = None
     """Why the update is rolling back or failed."""
     failed_sha256: str | None = None

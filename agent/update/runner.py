@@ -56,6 +56,10 @@ class StepRunner(Protocol):
 
     def verify(self, path: Path) -> None: ...
 
+    def verify_stored(self, sha256: str) -> None:
+        """``verify`` for a model already in the store: no bundle file, the same checks."""
+        ...
+
     def stage(self, path: Path, sha256: str) -> None: ...
 
     def smoke(self, sha256: str) -> None:
@@ -112,6 +116,11 @@ class InProcessRunner:
         from agent.update.steps import verify
 
         verify(path, self.trusted, self.runtime, self.threads)
+
+    def verify_stored(self, sha256: str) -> None:
+        from agent.update.steps import verify_stored
+
+        verify_stored(self.store, sha256, self.trusted, self.runtime, self.threads)
 
     def stage(self, path: Path, sha256: str) -> None:
         from agent.update.steps import stage
@@ -201,6 +210,9 @@ class WorkerRunner:
 
     def verify(self, path: Path) -> None:
         self._run(State.VERIFY, path=str(path))
+
+    def verify_stored(self, sha256: str) -> None:
+        self._run(State.VERIFY, sha256=sha256)
 
     def stage(self, path: Path, sha256: str) -> None:
         self._run(State.STAGE, path=str(path), sha256=sha256)

@@ -18,7 +18,7 @@ from urllib.parse import urljoin
 
 import requests
 
-from agent.errors import DownloadError, StageError, VerifyError
+from agent.errors import DownloadError, StageError, StoreError, VerifyError
 from agent.serving import check_compatible
 from agent.store import ModelStore, fsync_dir
 from protocol.bundle import MANIFEST, MODEL, SIGNATURE, write_atomically
@@ -26,7 +26,7 @@ from protocol.bundle_stream import BundleFile, bundle_file
 from protocol.errors import BundleError, MessageError, SignatureError
 from protocol.manifest import Manifest
 from protocol.messages import DesiredModel, DesiredState, parse_message
-from protocol.signing import TrustedKeys
+from protocol.signing import TrustedKeys, parse_signature
 from runtime import ModelLoadError, RuntimeChoice, RuntimeError_, load_model
 
 CHUNK = 64 * 1024
@@ -198,6 +198,29 @@ def verify(path: Path, trusted: TrustedKeys, runtime: RuntimeChoice, threads: in
         raise VerifyError(f"runtime check failed: {exc}") from exc
     check_compatible(bundle.manifest, loaded)
     return bundle.manifest
+
+
+def verify_stored(
+    store: ModelStore, sha256: str, trusted: TrustedKeys, runtime: RuntimeChoice, threads: int
+) -> Manifest:
+    """``verify`` for a model already in the store (a rollback to a kept model): the stored
+    manifest's signature, every file against the manifest, and the runtime loads the model."""
+    folder = store.model_dir(sha256)
+    try:
+        manifest_bytes = (folder / MANIFEST).read_bytes()
+        signature = parse_signature((folder / SIGNATURE).read_bytes())
+        trusted.verify(manifest_bytes, signature)
+        stored = store.read(sha256)
+    except SignatureError as exc:
+        raise VerifyError(f"signature check of stored model {sha256[:12]} failed: {exc}") from exc
+    except (StoreError, BundleError, OSError) as exc:
+        raise VerifyError(f"stored model {sha256[:12]} cannot be verified: {exc}") from exc
+    try:
+        loaded = load_model(stored.model, runtime=runtime, threads=threads)
+    except (ModelLoadError, RuntimeError_) as exc:
+        raise VerifyError(f"runtime check failed: {exc}") from exc
+    check_compatible(stored.manifest, loaded)
+    return stored.manifest
 
 
 def stage(store: ModelStore, path: Path, sha256: str) -> None:

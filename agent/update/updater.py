@@ -21,7 +21,6 @@ from agent.config import AgentConfig
 from agent.errors import StoreError, UpdateError
 from agent.serving import ActiveModel, ModelHolder
 from agent.store import ActivePointer, ModelStore
-from agent.telemetry import ModelUsage
 from agent.update.downgrade import DowngradeGuard
 from agent.update.faults import NO_FAULTS, Faults
 from agent.update.handlers import ServingLoader, ServingSide, Usage, handlers
@@ -29,6 +28,7 @@ from agent.update.machine import Interrupted, Machine, State
 from agent.update.policy import UpdatePolicy
 from agent.update.record import RecordFile, UpdateRecord
 from agent.update.runner import StepRunner, interruptible_wait, make_runner
+from agent.usage import ModelUsage
 from protocol.messages import DesiredModel, UpdateEvent
 from protocol.rollback import SignedRollbackGrant
 from protocol.schema import ModelRef

@@ -40,13 +40,21 @@ def _download(runner: InProcessRunner, request: dict[str, Any]) -> None:
     runner.download(target, Path(request["dest"]), int(request["attempts"]), float(request["base_delay_s"]))
 
 
+def _verify(runner: InProcessRunner, request: dict[str, Any]) -> None:
+    """A bundle file (``path``), or a model already in the store (``sha256``: a rollback)."""
+    if "path" in request:
+        runner.verify(Path(request["path"]))
+    else:
+        runner.verify_stored(str(request["sha256"]))
+
+
 def _unknown(runner: InProcessRunner, request: dict[str, Any]) -> None:
     raise UpdateError(f"unknown update step {request['step']!r}")
 
 
 _STEPS: dict[str, Callable[[InProcessRunner, dict[str, Any]], None]] = {
     UpdateState.DOWNLOAD: _download,
-    UpdateState.VERIFY: lambda runner, request: runner.verify(Path(request["path"])),
+    UpdateState.VERIFY: _verify,
     UpdateState.STAGE: lambda runner, request: runner.stage(Path(request["path"]), request["sha256"]),
     UpdateState.SMOKE: lambda runner, request: runner.smoke(request["sha256"]),
 }
