@@ -30,6 +30,36 @@ class RolloutState(StrEnum):
 ACTIVE_STATES = (RolloutState.RUNNING, RolloutState.PAUSED)
 
 
+class DeviceRolloutState(StrEnum):
+    """Where one targeted device is in a rollout (stored per rollout and device)."""
+
+    PENDING = "pending"
+    """Its wave has not started, or it was offline when it did (it gets the model when it returns)."""
+    INSTALLING = "installing"
+    """Online and told to install; it does not serve the model yet."""
+    PROBATION = "probation"
+    """It serves the model; its agent has not committed it yet."""
+    DONE = "done"
+    """Its agent committed the model."""
+    FAILED = "failed"
+    """Its agent rolled back or refused the install, or it did not install within the timeout."""
+    SKIPPED_OFFLINE = "skipped-offline"
+    """Still offline at the rollout's deadline: the rollout finished without it."""
+    SKIPPED_INCOMPATIBLE = "skipped-incompatible"
+    """Its reported runtime cannot load the model: never assigned."""
+
+
+SETTLED_DEVICE_STATES = frozenset(
+    {
+        DeviceRolloutState.DONE,
+        DeviceRolloutState.FAILED,
+        DeviceRolloutState.SKIPPED_OFFLINE,
+        DeviceRolloutState.SKIPPED_INCOMPATIBLE,
+    }
+)
+"""A rollout completes when every device is in one of these."""
+
+
 class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -61,9 +91,30 @@ class Gates(Spec):
     max_drift_psi: float = Field(0.25, ge=0, description="mean drift PSI against the manifest baseline")
     max_low_confidence_share: float = Field(0.3, ge=0, le=1, description="mean low-confidence share")
     max_offline_share: float = Field(0.2, ge=0, le=1, description="share of the wave's devices offline")
-    max_rollbacks: int = Field(0, ge=0, description="agent rollbacks or failed installs tolerated")
+    max_rollbacks: int = Field(
+        0, ge=0, description="failed devices tolerated (agent rollbacks, refused or timed-out installs)"
+    )
     install_timeout_s: float = Field(
-        1800, gt=0, description="a wave whose devices do not all run the model by then fails"
+        1800,
+        gt=0,
+        description="a device online and told to install that does not serve the model by then fails",
+    )
+    min_windows_per_device: int = Field(
+        3, ge=1, description="telemetry windows on the new model before a device's figures count"
+    )
+    min_requests_per_device: int = Field(
+        50, ge=0, description="requests on the new model before a device's figures count"
+    )
+    min_windows_per_wave: int = Field(
+        3, ge=1, description="windows of the counted devices together before the gates judge"
+    )
+    min_requests_per_wave: int = Field(
+        100, ge=0, description="requests of the counted devices together before the gates judge"
+    )
+    max_sample_wait_s: float = Field(
+        3600,
+        gt=0,
+        description="after the soak, how long a wave waits for the minimum sample before it halts",
     )
     on_failure: Literal["rollback", "halt"] = Field(
         "rollback", description="roll the devices back to what they ran, or only stop"
@@ -76,6 +127,11 @@ class RolloutRequest(Spec):
     target: Target
     waves: list[str] = Field(default_factory=lambda: list(DEFAULT_WAVES))
     gates: Gates = Field(default_factory=Gates)
+    deadline_s: float = Field(
+        86400,
+        gt=0,
+        description="devices still offline this long after the start are skipped; then it may complete",
+    )
 
     @field_validator("waves")
     @classmethod
@@ -135,6 +191,18 @@ class RolloutView(Spec):
     skipped: list[RuntimeNote] = Field(
         default_factory=list, description="targeted devices left out: their runtime cannot load the model"
     )
+    deadline_at: datetime | None = Field(None, description="offline devices are skipped from then on")
+    device_states: dict[DeviceRolloutState, int] = Field(
+        default_factory=dict, description="how many targeted devices are in each state"
+    )
+
+
+class RolloutDeviceView(Spec):
+    device_id: str
+    wave: int | None = Field(description="0-based wave; null for a device skipped as incompatible")
+    state: DeviceRolloutState
+    since: datetime | None = Field(description="when it entered this state")
+    detail: str | None = Field(description="why (e.g. offline, the agent's rollback reason)")
 
 
 class RolloutAction(Spec):

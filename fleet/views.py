@@ -94,7 +94,12 @@ class DeviceView(View):
     first_seen: datetime | None
     agent_version: str | None
     runtime: str | None
-    model: ModelVersionRef | None
+    model: ModelVersionRef | None = Field(
+        description="what it serves now (its status, or its newest telemetry window after an activation)"
+    )
+    committed: ModelVersionRef | None = Field(
+        None, description="what its agent committed; differs from model while a new one is on probation"
+    )
     desired: ModelVersionRef | None
     update_state: UpdateState | None
     telemetry: TelemetrySummary | None

@@ -91,6 +91,7 @@ ERRORS: dict[str, tuple[int, ...]] = {
     "POST /api/v1/rollouts": (400, 404, 409),
     "GET /api/v1/rollouts": (),
     "GET /api/v1/rollouts/{rollout_id}": (404,),
+    "GET /api/v1/rollouts/{rollout_id}/devices": (404,),
     "POST /api/v1/rollouts/{rollout_id}/pause": (404, 409),
     "POST /api/v1/rollouts/{rollout_id}/resume": (404, 409),
     "POST /api/v1/rollouts/{rollout_id}/abort": (404, 409),

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from fleet.api.context import FleetContext, get_context
 from fleet.api.security import Operator, Viewer
 from fleet.names import DB_INT_MAX
-from fleet.rollout_spec import RolloutAction, RolloutRequest, RolloutView
+from fleet.rollout_spec import RolloutAction, RolloutDeviceView, RolloutRequest, RolloutView
 
 router = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"])
 Context = Annotated[FleetContext, Depends(get_context)]
@@ -31,6 +31,13 @@ def list_rollouts(context: Context, _who: Viewer) -> list[RolloutView]:
 @router.get("/{rollout_id}", response_model=RolloutView)
 def get_rollout(rollout_id: RolloutId, context: Context, _who: Viewer) -> RolloutView:
     return context.controller().get(rollout_id)
+
+
+@router.get("/{rollout_id}/devices", response_model=list[RolloutDeviceView])
+def get_rollout_devices(rollout_id: RolloutId, context: Context, _who: Viewer) -> list[RolloutDeviceView]:
+    """Every targeted device's state: pending, installing, probation, done, failed, skipped-offline
+    or skipped-incompatible, since when and why."""
+    return context.controller().devices(rollout_id)
 
 
 def _action(name: str) -> None:

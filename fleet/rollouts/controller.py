@@ -12,27 +12,31 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
-from sqlalchemy import Connection, Engine, Row
+from sqlalchemy import Connection, Engine
 
 from fleet.compat import IncompatibleRuntimeError, RuntimeNote
 from fleet.deploy import Publisher
 from fleet.errors import ConflictError, FleetError, NotFoundError
 from fleet.rollout_spec import (
     ACTIVE_STATES,
-    GateResult,
     Gates,
+    RolloutDeviceView,
     RolloutRequest,
     RolloutState,
     RolloutView,
-    gate_dicts,
     wave_sizes,
 )
-from fleet.rollouts.gates import evaluate, ready_to_judge, rollback_gate
+from fleet.rollouts.gates import rollback_gate
+from fleet.rollouts.judge import Dev, fail, finish, judge, settle
 from fleet.storage import repository
 from fleet.storage import rollouts as store
 from fleet.storage.compat import record_skipped, screen
+from fleet.storage.rollout_devices import (
+    assign_through,
+    device_views,
+    restore_devices,
+)
 from protocol.messages import Command, CommandKind
 from protocol.topics import Topics
 
@@ -102,7 +106,7 @@ class RolloutController:
             record_skipped(conn, rollout_id, skipped)
             row = store.get_row(conn, rollout_id)
             assert row is not None
-            assigned = store.assign_through(conn, row, 0, now)
+            assigned = assign_through(conn, row, 0, now)
             store.set_fields(conn, rollout_id, now, wave_started_at=now)
             row = store.get_row(conn, rollout_id)
             assert row is not None
@@ -125,6 +129,13 @@ class RolloutController:
             if row is None:
                 raise NotFoundError(f"no rollout {rollout_id}")
             return store.view(conn, row)
+
+    def devices(self, rollout_id: int) -> list[RolloutDeviceView]:
+        """Every targeted device's state in the rollout."""
+        with self.engine.begin() as conn:
+            if store.get_row(conn, rollout_id) is None:
+                raise NotFoundError(f"no rollout {rollout_id}")
+            return device_views(conn, rollout_id)
 
     def all(self) -> list[RolloutView]:
         with self.engine.begin() as conn:
@@ -177,7 +188,7 @@ class RolloutController:
             if restart_soak:
                 values["wave_started_at"] = now
             if restore:
-                restored = store.restore(conn, rollout_id)
+                restored = restore_devices(conn, rollout_id)
             store.set_fields(conn, rollout_id, now, **values)
             row = store.get_row(conn, rollout_id)
             assert row is not None
@@ -206,84 +217,16 @@ class RolloutController:
             if row is None or row.state != RolloutState.RUNNING.value:
                 return
             gates = Gates.model_validate(row.gates)
-            health = store.wave_health(conn, row)
-            started = repository.utc(row.wave_started_at)
-            elapsed = (now - started).total_seconds()
-            early = rollback_gate(gates, health)
+            members, notify = settle(conn, row, gates, now)
+            failures = [f"{m.device_id}: {m.detail}" for m in members.values() if m.state is Dev.FAILED]
+            early = rollback_gate(gates, failures)
             if not early.ok:
-                notify = self._fail(conn, row, gates, [early], now)
-            elif elapsed < gates.soak_s:
-                store.set_fields(
-                    conn,
-                    rollout_id,
-                    now,
-                    reason=f"wave {row.wave + 1} soaking ({elapsed:.0f}/{gates.soak_s:.0f} s)",
-                )
-            elif (waiting := ready_to_judge(health)) is not None:
-                if elapsed >= gates.install_timeout_s:
-                    detail = f"after {elapsed:.0f} s only {waiting}"
-                    notify = self._fail(conn, row, gates, [], now, detail=detail)
-                else:
-                    store.set_fields(conn, rollout_id, now, reason=f"wave {row.wave + 1} waiting: {waiting}")
+                notify += fail(conn, row, gates, [early], now)
+            elif row.passed_at is not None:
+                finish(conn, row, members, now)
             else:
-                results = evaluate(gates, health)
-                if all(result.ok for result in results):
-                    notify = self._promote(conn, row, results, now)
-                else:
-                    notify = self._fail(conn, row, gates, results, now)
+                notify += judge(conn, row, gates, members, failures, now)
         self._notify(notify)
-
-    def _promote(
-        self, conn: Connection, row: Row[Any], results: list[GateResult], now: datetime
-    ) -> list[str]:
-        last = len(row.waves) - 1
-        if row.wave >= last:
-            store.set_fields(
-                conn,
-                row.id,
-                now,
-                state=RolloutState.COMPLETED.value,
-                reason=f"all {row.waves[-1]} devices passed the gates",
-                last_gates=gate_dicts(results),
-            )
-            log.info("rollout %d completed", row.id)
-            return []
-        wave = row.wave + 1
-        assigned = store.assign_through(conn, row, wave, now)
-        store.set_fields(
-            conn,
-            row.id,
-            now,
-            wave=wave,
-            wave_started_at=now,
-            reason=f"wave {row.wave + 1} passed; wave {wave + 1} started ({row.waves[wave]} devices)",
-            last_gates=gate_dicts(results),
-        )
-        log.info("rollout %d promoted to wave %d: %d more devices", row.id, wave + 1, len(assigned))
-        return assigned
-
-    def _fail(
-        self,
-        conn: Connection,
-        row: Row[Any],
-        gates: Gates,
-        results: list[GateResult],
-        now: datetime,
-        *,
-        detail: str = "",
-    ) -> list[str]:
-        failed = [r for r in results if not r.ok]
-        why = detail or "; ".join(f"{r.gate} {r.detail} (limit {r.limit})" for r in failed)
-        reason = f"wave {row.wave + 1} failed: {why}"
-        restored: list[str] = []
-        if gates.on_failure == "rollback":
-            restored = store.restore(conn, row.id)
-            state = RolloutState.ROLLED_BACK
-        else:
-            state = RolloutState.HALTED
-        store.set_fields(conn, row.id, now, state=state.value, reason=reason, last_gates=gate_dicts(results))
-        log.warning("rollout %d %s: %s", row.id, state.value, reason)
-        return restored
 
     def _notify(self, device_ids: list[str]) -> None:
         for device_id in device_ids:

@@ -73,6 +73,7 @@ def _device_view(row: Row[Any]) -> DeviceView:
         agent_version=row.agent_version,
         runtime=row.runtime,
         model=_ref(row.model_name, row.model_version, row.model_sha256),
+        committed=_ref(row.committed_name, row.committed_version, row.committed_sha256),
         desired=_ref(row.desired_name, row.desired_version),
         update_state=row.update_state,
         telemetry=summary,

@@ -14,10 +14,15 @@ from fleet.storage.engine import RawJson
 from fleet.storage.metrics import metric_values
 from fleet.storage.records import DeadLetter, Decoded
 from fleet.storage.schema import dead_letter_digests, dead_letters, devices, events, telemetry
+from fleet.storage.serving import (
+    event_model_columns,
+    record_models,
+    record_window_models,
+    status_model_columns,
+)
 from fleet.storage.times import utc
 from fleet.views import DeadLetterRow
 from protocol.messages import DeviceStatus, TelemetryWindow, UpdateEvent
-from protocol.update_state import UpdateState
 
 DEAD_LETTER_DAYS = 30.0
 DEAD_LETTER_CAP = 10_000
@@ -168,6 +173,7 @@ def _store_telemetry_many(
         if row["received_at"] > seen.get(row["device_id"], row["received_at"] - timedelta(1)):
             seen[row["device_id"]] = row["received_at"]
     touched = {row.device_id for row in inserted}
+    record_window_models(conn, (window for window, _, _ in windows if window.device_id in touched))
     if touched:
         conn.execute(
             update(devices)
@@ -186,13 +192,8 @@ def status_values(status: DeviceStatus, received_at: datetime) -> dict[str, Any]
         "last_seen": received_at,
         "agent_version": status.agent_version,
         "runtime": status.runtime,
+        **status_model_columns(status),
     }
-    if status.model is not None:
-        values |= {
-            "model_name": status.model.name,
-            "model_version": status.model.version,
-            "model_sha256": status.model.sha256,
-        }
     if status.update_state is not None:
         values["update_state"] = status.update_state
     return values
@@ -200,11 +201,15 @@ def status_values(status: DeviceStatus, received_at: datetime) -> dict[str, Any]
 
 def _store_status(conn: Connection, status: DeviceStatus, received_at: datetime) -> None:
     values = status_values(status, received_at)
+    models = status_model_columns(status)
+    plain = {key: value for key, value in values.items() if key not in models}
     changed = conn.execute(
-        update(devices).where(devices.c.device_id == status.device_id).values(**values)
+        update(devices).where(devices.c.device_id == status.device_id).values(**plain)
     ).rowcount
     if not changed:
         conn.execute(insert(devices).values(device_id=status.device_id, first_seen=received_at, **values))
+    else:
+        record_models(conn, status.device_id, models)
 
 
 def _touch(conn: Connection, device_id: str, received_at: datetime, **values: Any) -> None:
@@ -218,6 +223,7 @@ def _store_telemetry(conn: Connection, window: TelemetryWindow, received_at: dat
     if not _insert_ignoring_duplicate(conn, telemetry, row, ("device_id", "seq", "window_start")):
         return False
     _touch(conn, window.device_id, received_at)
+    record_window_models(conn, [window])
     return True
 
 
@@ -260,14 +266,8 @@ def _store_event(conn: Connection, event: UpdateEvent, received_at: datetime) ->
     row = event_row(event, received_at)
     if not _insert_ignoring_duplicate(conn, events, row, ("device_id", "update_id", "state", "ts")):
         return False
-    values: dict[str, Any] = {"update_state": event.state}
-    if event.state is UpdateState.COMMIT and event.ok:
-        values |= {
-            "model_name": event.target.name,
-            "model_version": event.target.version,
-            "model_sha256": event.target.sha256,
-        }
-    _touch(conn, event.device_id, received_at, **values)
+    _touch(conn, event.device_id, received_at, update_state=event.state)
+    record_models(conn, event.device_id, event_model_columns(event))
     return True
 
 

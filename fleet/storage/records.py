@@ -6,7 +6,7 @@ They live here, at the bottom of the fleet, so that storage never imports the la
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -79,23 +79,14 @@ class Assignment:
 
 
 @dataclass(frozen=True)
-class WaveHealth:
-    """What a rollout wave's devices reported since the rollout started, on the new model."""
+class WindowFigures:
+    """One telemetry window's figures, as a rollout's gates read them."""
 
-    devices: int
-    on_target: int
-    offline: int
-    rollbacks: list[str] = field(default_factory=list)
-    """One line per agent rollback or failed install of the target."""
-    windows: int = 0
-    devices_with_windows: int = 0
-    requests: int = 0
-    errors: int = 0
-    latency_p95: list[float] = field(default_factory=list)
-    baseline_p95: list[float] = field(default_factory=list)
-    """Window p95s of the same devices on the model they ran before the rollout."""
-    drift_psi: list[float] = field(default_factory=list)
-    low_confidence_share: list[float] = field(default_factory=list)
+    requests: int
+    errors: int
+    latency_p95: float | None
+    drift_psi: float | None
+    low_confidence_share: float | None
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,13 @@ from fleet.rollout_spec import (
     Target,
 )
 from fleet.storage.compat import skipped_devices
-from fleet.storage.desired import clear_desired, set_desired
-from fleet.storage.records import WaveHealth
-from fleet.storage.schema import desired, device_meta, devices, events, rollout_devices, rollouts, telemetry
+from fleet.storage.records import WindowFigures
+from fleet.storage.rollout_devices import state_counts
+from fleet.storage.schema import desired, device_meta, devices, rollout_devices, rollouts, telemetry
 from fleet.storage.times import utc
-from protocol.update_state import FAILED_INSTALL_STATES
 
 BASELINE_SPAN = timedelta(hours=2)
-"""How far before the rollout the previous model's latency is taken from."""
+"""How far before the rollout (by receive time) the previous model's latency is taken from."""
 
 
 def resolve_target(conn: Connection, target: Target) -> list[tuple[str, str]]:
@@ -87,6 +86,7 @@ def create_rollout(
             created_at=now,
             updated_at=now,
             created_by=created_by,
+            deadline_at=now + timedelta(seconds=request.deadline_s),
         )
         .returning(rollouts.c.id)
     ).scalar_one()
@@ -126,57 +126,19 @@ def set_fields(conn: Connection, rollout_id: int, now: datetime, **values: Any) 
     conn.execute(update(rollouts).where(rollouts.c.id == rollout_id).values(updated_at=now, **values))
 
 
-def assign_through(conn: Connection, row: Row[Any], wave: int, now: datetime) -> list[str]:
-    """Point every not yet assigned device of waves ``<= wave`` at the rollout's model."""
-    pending = (
-        conn.execute(
-            select(rollout_devices.c.device_id).where(
-                rollout_devices.c.rollout_id == row.id,
-                rollout_devices.c.wave <= wave,
-                rollout_devices.c.assigned_at.is_(None),
-            )
-        )
-        .scalars()
-        .all()
-    )
-    for device_id in pending:
-        set_desired(conn, device_id, row.model_name, row.model_version)
-    if pending:
-        conn.execute(
-            update(rollout_devices)
-            .where(rollout_devices.c.rollout_id == row.id, rollout_devices.c.device_id.in_(pending))
-            .values(assigned_at=now)
-        )
-    return list(pending)
+def wave_windows(
+    conn: Connection, row: Row[Any], device_ids: list[str]
+) -> tuple[dict[str, list[WindowFigures]], list[float]]:
+    """Windows on the rollout's model per device, and the same devices' previous-model p95s.
 
-
-def restore(conn: Connection, rollout_id: int) -> list[str]:
-    """Give every assigned device back the assignment it had before the rollout."""
-    rows = conn.execute(
-        select(rollout_devices).where(
-            rollout_devices.c.rollout_id == rollout_id, rollout_devices.c.assigned_at.is_not(None)
-        )
-    ).all()
-    for row in rows:
-        if row.had_own:
-            set_desired(conn, row.device_id, row.previous_name, row.previous_version)
-        else:
-            clear_desired(conn, row.device_id)
-    return [row.device_id for row in rows]
-
-
-def wave_health(conn: Connection, row: Row[Any]) -> WaveHealth:
-    """Health of every device assigned so far, on the rollout's model, since the rollout started."""
-    members = select(rollout_devices.c.device_id).where(
-        rollout_devices.c.rollout_id == row.id, rollout_devices.c.assigned_at.is_not(None)
-    )
-    device_rows = conn.execute(
-        select(devices.c.device_id, devices.c.presence, devices.c.model_name, devices.c.model_version).where(
-            devices.c.device_id.in_(members)
-        )
-    ).all()
+    Both are chosen by the fleet's receive time, not the device's window times: a board whose clock
+    is wrong is judged like any other (its windows arrive when they arrive).
+    """
     started = utc(row.created_at)
     on_model = and_(telemetry.c.model_name == row.model_name, telemetry.c.model_version == row.model_version)
+    per_device: dict[str, list[WindowFigures]] = {device_id: [] for device_id in device_ids}
+    if not device_ids:
+        return per_device, []
     windows = conn.execute(
         select(
             telemetry.c.device_id,
@@ -185,14 +147,24 @@ def wave_health(conn: Connection, row: Row[Any]) -> WaveHealth:
             telemetry.c.latency_p95,
             telemetry.c.drift_psi,
             telemetry.c.low_confidence_share,
-        ).where(telemetry.c.device_id.in_(members), on_model, telemetry.c.window_start >= started)
+        ).where(telemetry.c.device_id.in_(device_ids), on_model, telemetry.c.received_at >= started)
     ).all()
+    for w in windows:
+        per_device[w.device_id].append(
+            WindowFigures(
+                requests=int(w.requests),
+                errors=int(w.errors),
+                latency_p95=w.latency_p95,
+                drift_psi=w.drift_psi,
+                low_confidence_share=w.low_confidence_share,
+            )
+        )
     baseline = (
         conn.execute(
             select(telemetry.c.latency_p95).where(
-                telemetry.c.device_id.in_(members),
-                telemetry.c.window_end <= started,
-                telemetry.c.window_end > started - BASELINE_SPAN,
+                telemetry.c.device_id.in_(device_ids),
+                telemetry.c.received_at <= started,
+                telemetry.c.received_at > started - BASELINE_SPAN,
                 telemetry.c.latency_p95.is_not(None),
                 or_(
                     telemetry.c.model_name.is_(None),
@@ -204,32 +176,7 @@ def wave_health(conn: Connection, row: Row[Any]) -> WaveHealth:
         .scalars()
         .all()
     )
-    failures = conn.execute(
-        select(events.c.device_id, events.c.state, events.c.reason).where(
-            events.c.device_id.in_(members),
-            events.c.target_name == row.model_name,
-            events.c.target_version == row.model_version,
-            events.c.state.in_(sorted(FAILED_INSTALL_STATES)),
-            events.c.ok.is_(False),
-            events.c.received_at >= started,
-        )
-    ).all()
-    return WaveHealth(
-        devices=len(device_rows),
-        on_target=sum(
-            1 for d in device_rows if (d.model_name, d.model_version) == (row.model_name, row.model_version)
-        ),
-        offline=sum(1 for d in device_rows if d.presence != "online"),
-        rollbacks=[f"{f.device_id}: {f.state} ({f.reason or 'no reason given'})" for f in failures],
-        windows=len(windows),
-        devices_with_windows=len({w.device_id for w in windows}),
-        requests=sum(w.requests for w in windows),
-        errors=sum(w.errors for w in windows),
-        latency_p95=[w.latency_p95 for w in windows if w.latency_p95 is not None],
-        baseline_p95=[float(v) for v in baseline],
-        drift_psi=[w.drift_psi for w in windows if w.drift_psi is not None],
-        low_confidence_share=[w.low_confidence_share for w in windows if w.low_confidence_share is not None],
-    )
+    return per_device, [float(v) for v in baseline]
 
 
 def view(conn: Connection, row: Row[Any]) -> RolloutView:
@@ -269,6 +216,8 @@ def view(conn: Connection, row: Row[Any]) -> RolloutView:
         updated_at=utc(row.updated_at),
         created_by=row.created_by,
         skipped=skipped_devices(conn, row.id),
+        deadline_at=utc(row.deadline_at) if row.deadline_at is not None else None,
+        device_states=state_counts(conn, row.id),
     )
 
 

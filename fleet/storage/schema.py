@@ -78,6 +78,14 @@ devices = Table(
     Column("model_version", String(128), nullable=True),
     Column("model_sha256", String(64), nullable=True),
     Column("update_state", String(32), nullable=True),
+    # model_* is what the device serves now (its status, or a telemetry window after activation);
+    # committed_* what its agent committed. Each carries the device-clock time of the message that
+    # set it: an older message (outbox replay, retained status handed over again) changes nothing.
+    Column("serving_at", DateTime(timezone=True), nullable=True),
+    Column("committed_name", String(64), nullable=True),
+    Column("committed_version", String(128), nullable=True),
+    Column("committed_sha256", String(64), nullable=True),
+    Column("committed_at", DateTime(timezone=True), nullable=True),
 )
 
 desired = Table(
@@ -202,6 +210,10 @@ rollouts = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("created_by", String(64), nullable=True),
+    # Past it, devices still offline are skipped and the rollout may complete without them.
+    Column("deadline_at", DateTime(timezone=True), nullable=True),
+    # When the last wave passed its gates (the rollout then waits only for returning devices).
+    Column("passed_at", DateTime(timezone=True), nullable=True),
 )
 
 rollout_devices = Table(
@@ -215,6 +227,10 @@ rollout_devices = Table(
     Column("previous_name", String(64), nullable=True),
     Column("previous_version", String(128), nullable=True),
     Column("assigned_at", DateTime(timezone=True), nullable=True),
+    # ``fleet.rollout_spec.DeviceRolloutState``, since when, and why.
+    Column("state", String(24), nullable=False, server_default="pending"),
+    Column("state_at", DateTime(timezone=True), nullable=True),
+    Column("detail", Text, nullable=True),
     Index("ix_rollout_devices_device", "device_id"),
 )
 

@@ -86,17 +86,25 @@ function card(label, value, id) {
 
 // ------------------------------------------------------------------ overview
 
+function sameModel(a, b) {
+  return !!a && !!b && a.name === b.name && a.version === b.version;
+}
+
 function deviceRow(device) {
   const t = device.telemetry || {};
-  const behind = device.desired && (!device.model ||
-    device.model.name !== device.desired.name || device.model.version !== device.desired.version);
+  // "Behind" compares what the device committed (not what it serves on probation) with its desired
+  // model; a device serving something it has not committed yet is "on probation".
+  const committed = device.committed || null;
+  const behind = device.desired && !sameModel(committed, device.desired);
+  const probation = device.model && !sameModel(device.model, committed);
   const tr = el("tr", {},
     el("td", {}, link(`#/device/${encodeURIComponent(device.device_id)}`, device.device_id)),
     // A provisioned device that never reported, or a revoked one, shows its state instead.
     device.state && device.state !== "active"
       ? cell(device.state, `state ${device.state}`)
       : cell(device.presence, `presence ${device.presence}`),
-    cell(modelText(device.model), behind ? "behind" : ""),
+    cell(modelText(device.model) + (probation ? " (on probation)" : ""),
+      [behind ? "behind" : "", probation ? "probation" : ""].join(" ").trim()),
     cell(modelText(device.desired)),
     cell(device.update_state || "–"),
     cell(number(t.latency_p50, 1), "num"),
@@ -231,7 +239,9 @@ async function devicePage(id) {
     el("h2", { text: `Device ${device.device_id}` }),
     el("p", {},
       el("span", { class: `presence ${device.presence}`, text: device.presence }), " · ",
-      `runs ${modelText(device.model)} · desired ${modelText(device.desired)} · update ${device.update_state || "–"} · `,
+      `serves ${modelText(device.model)} · committed ${modelText(device.committed)}` +
+        `${device.model && !sameModel(device.model, device.committed) ? " (on probation)" : ""} · ` +
+        `desired ${modelText(device.desired)} · update ${device.update_state || "–"} · `,
       `group ${device.group || "–"} · tags ${device.tags.join(", ") || "–"} · last seen ${ago(device.last_seen)}`),
     el("div", { class: "charts", id: "charts" },
       chart("Latency", s.t, [{ name: "p50", values: s.latency_p50 }, { name: "p95", values: s.latency_p95 }, { name: "p99", values: s.latency_p99 }], "ms"),
@@ -259,6 +269,7 @@ async function rolloutPage(id) {
   const gates = (r.last_gates || []).map((g) => el("tr", {},
     cell(g.ok ? "ok" : "FAIL", g.ok ? "ok" : "fail"), cell(g.gate),
     cell(g.value === null ? "–" : Number(g.value).toPrecision(3), "num"), cell(String(g.limit), "num"), cell(g.detail)));
+  const states = Object.entries(r.device_states || {}).map(([state, n]) => `${n} ${state}`).join(", ");
   const skipped = (r.skipped || []).map((s) => el("tr", {},
     el("td", {}, link(`#/device/${encodeURIComponent(s.device_id)}`, s.device_id)), cell(s.runtime || "–"), cell(s.reason)));
   const bar = el("span", { style: `width:${share.toFixed(0)}%` });
@@ -267,6 +278,8 @@ async function rolloutPage(id) {
     el("p", { id: "rollout-state" }, el("strong", { text: r.state }), ` · wave ${r.wave + 1} of ${r.waves.length} · `,
       el("span", { class: "bar" }, bar), ` ${r.devices_on_target} of ${r.devices_total} devices on the new model`),
     el("p", { class: "muted", text: r.reason || "" }),
+    el("p", { id: "rollout-devices", text: `devices: ${states || "–"}` +
+      (r.deadline_at ? ` · offline devices skipped from ${new Date(r.deadline_at).toLocaleString()}` : "") }),
     el("h2", { text: "Waves (cumulative devices)" }),
     table("waves", ["Wave", "Devices ", "State"], waves, ""),
     el("h2", { text: "Last gate evaluation" }),

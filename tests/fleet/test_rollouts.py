@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 
 from fleet.errors import ConflictError, FleetError, NotFoundError
 from fleet.ingest.decode import Decoded, Received, decode
-from fleet.rollout_spec import Gates, RolloutRequest, RolloutState, Target, wave_sizes
+from fleet.rollout_spec import DeviceRolloutState, Gates, RolloutRequest, RolloutState, Target, wave_sizes
 from fleet.rollouts.controller import RolloutController
 from fleet.storage import create_engine_for_url, repository
 from protocol.messages import (
@@ -80,6 +80,20 @@ class World:
     def status(self, device_id: str, model: ModelRef = OLD, presence: Presence = Presence.ONLINE) -> None:
         message = DeviceStatus(
             device_id=device_id, presence=presence, ts=self.clock(), agent_version="0.1.0", model=model
+        )
+        self.store(TOPICS.status(device_id), message)
+
+    def status_in(
+        self, device_id: str, model: ModelRef, update_state: str, ts: datetime | None = None
+    ) -> None:
+        """A status published in the middle of an update (``ts``: its device-clock time)."""
+        message = DeviceStatus(
+            device_id=device_id,
+            presence=Presence.ONLINE,
+            ts=ts or self.clock(),
+            agent_version="0.1.0",
+            model=model,
+            update_state=update_state,  # type: ignore[arg-type]
         )
         self.store(TOPICS.status(device_id), message)
 
@@ -200,7 +214,8 @@ def healthy_wave(world: World, rollout_id: int, **window: float) -> list[str]:
     world.clock.advance(60)
     for device_id in assigned:
         world.install(device_id)
-        world.window(device_id, NEW, **window)  # type: ignore[arg-type]
+        for _ in range(view.gates.min_windows_per_device):
+            world.window(device_id, NEW, **window)  # type: ignore[arg-type]
     world.clock.advance(view.gates.soak_s)
     return assigned
 
@@ -245,6 +260,9 @@ def test_slow_model_is_rolled_back_at_the_first_wave(world: World) -> None:
     view = world.controller.get(rollout_id)
     assert view.state == RolloutState.ROLLED_BACK
     assert view.reason is not None and "latency_p95_ratio" in view.reason
+    # The verdict names the measured value, the limit and the sample it was measured on.
+    assert "p95 ratio 2.50 > 1.50" in view.reason, view.reason
+    assert "over 3 windows / 300 requests" in view.reason, view.reason
     failed = {g.gate for g in view.last_gates or [] if not g.ok}
     assert failed == {"latency_p95_ratio"}
     assert world.desired(canary) == "1.0.0"  # back on the fleet default
@@ -302,11 +320,13 @@ def test_a_wave_that_never_installs_times_out(world: World) -> None:
     world.clock.advance(120)
     world.controller.tick()
     view = world.controller.get(rollout_id)
-    assert view.state == RolloutState.RUNNING and "0 of 1 devices run" in (view.reason or "")
+    assert view.state == RolloutState.RUNNING and "1 installing" in (view.reason or "")
     world.clock.advance(600)
     world.controller.tick()
     view = world.controller.get(rollout_id)
-    assert view.state == RolloutState.HALTED and "only 0 of 1" in (view.reason or "")
+    assert view.state == RolloutState.HALTED, view.reason
+    assert "online and not serving digits 2.0.0 720 s after it was told" in (view.reason or "")
+    assert view.device_states == {DeviceRolloutState.FAILED: 1, DeviceRolloutState.PENDING: 19}
 
 
 def test_pause_resume_abort(world: World) -> None:
