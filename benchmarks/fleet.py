@@ -594,6 +594,7 @@ def generate(engine: Engine, devices_n: int, days: float) -> int:
                     "temperature_c": 50.0,
                     "drift_psi": 0.03,
                     "low_confidence_share": 0.04,
+                    "out_of_range_share": 0.0,
                     "payload": "{}",
                 }
                 if sqlite:  # the text format SQLAlchemy's SQLite DateTime stores
