@@ -43,7 +43,7 @@ import requests
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, func, insert, select, text
 
 from converter.keys import generate_key_pair
 from edgefleet.mosquitto import MosquittoBroker
@@ -52,6 +52,7 @@ from edgefleet.wait import wait_until
 from fleet.config import MqttSettings
 from fleet.ingest.ingester import Ingester
 from fleet.storage import create_engine_for_url
+from fleet.storage.metrics import METRIC_NAMES
 from fleet.storage.schema import devices, telemetry
 from protocol.messages import (
     DeviceStatus,
@@ -609,6 +610,15 @@ def generate(engine: Engine, devices_n: int, days: float) -> int:
                     for row in batch:
                         copy.write_row(row)
             rows += len(batch)
+    with engine.begin() as conn:  # each device's newest window, as the ingest keeps it
+        names = ", ".join(["window_end", *METRIC_NAMES])
+        conn.execute(
+            text(
+                f"INSERT INTO device_latest (device_id, telemetry_id, {names}) "
+                f"SELECT device_id, id, {names} FROM telemetry "
+                "WHERE id IN (SELECT MAX(id) FROM telemetry GROUP BY device_id)"
+            )
+        )
     return rows
 
 
