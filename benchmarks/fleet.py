@@ -16,7 +16,7 @@ compare the figures of one run with each other, not with another machine's).
 Prints a table and, last, one line of JSON: ``{"benchmark": "fleet", "figures": {...}}``.
 
     .venv/bin/python -m benchmarks.fleet [--messages 20000] [--agents 1000] [--api-devices 1000]
-        [--api-days 7] [--skip-postgres]
+        [--api-days 7] [--skip-postgres]   (--api-devices 10000: several minutes to generate)
 """
 
 from __future__ import annotations
