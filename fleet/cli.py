@@ -112,6 +112,12 @@ def _add_serve(commands: Any) -> None:
         "--rollout-tick", type=float, default=5.0, metavar="S", help="how often rollouts are judged (5)"
     )
     serve.add_argument(
+        "--leader-lease", type=float, default=15.0, metavar="S", help="leader lease of the workers (15)"
+    )
+    serve.add_argument(
+        "--leader-renew", type=float, default=5.0, metavar="S", help="how often it is renewed (5)"
+    )
+    serve.add_argument(
         "--raw-retention-days", type=float, default=14, metavar="D", help="raw telemetry kept (14 days)"
     )
     serve.add_argument(
@@ -356,6 +362,8 @@ def _serve(args: argparse.Namespace) -> int:
             mqtt=mqtt,
             tokens_file=args.tokens,
             rollout_tick_s=args.rollout_tick,
+            leader_lease_s=args.leader_lease,
+            leader_renew_s=args.leader_renew,
             raw_retention_days=args.raw_retention_days,
             hourly_retention_days=args.hourly_retention_days,
             homeassistant_discovery=args.homeassistant,

@@ -103,6 +103,16 @@ class FleetConfig(BaseModel):
     )
     alerts: AlertRules = Field(default_factory=AlertRules, description="alert rules")
     summary_interval_s: float = Field(10, gt=0, description="how often alerts and summary topics refresh")
+    leader_lease_s: float = Field(
+        15,
+        gt=0,
+        description="workers on one database elect a leader for rollouts, alerts, summary and retention: "
+        "its lease lasts this long, so a follower takes over at most this long (plus leader_renew_s) "
+        "after the leader's last renewal",
+    )
+    leader_renew_s: float = Field(
+        5, gt=0, description="how often the leader renews its lease (and followers try to take it)"
+    )
     homeassistant_discovery: bool = Field(False, description="publish Home Assistant MQTT discovery configs")
     tls_cert_file: Path | None = Field(
         None, description="serve HTTPS with this PEM certificate (chain); with tls_key_file"
@@ -119,6 +129,15 @@ class FleetConfig(BaseModel):
     broker_reload_command: str | None = Field(
         None, description="a command that reloads Mosquitto, e.g. 'sudo systemctl reload mosquitto'"
     )
+
+    @model_validator(mode="after")
+    def _lease_margin(self) -> FleetConfig:
+        if 2 * self.leader_renew_s >= self.leader_lease_s:
+            raise ValueError(
+                f"leader_lease_s ({self.leader_lease_s}) must be more than twice leader_renew_s "
+                f"({self.leader_renew_s}): the leader steps back one renew interval before its lease ends"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tls_pair(self) -> FleetConfig:

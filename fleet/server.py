@@ -22,6 +22,7 @@ from fleet.broker_files import PasswordFile
 from fleet.config import FleetConfig
 from fleet.errors import FleetError
 from fleet.ingest.ingester import Ingester
+from fleet.leader import LeaderElector
 from fleet.provision import unreachable
 from fleet.registry import Registry
 from fleet.rollouts.controller import RolloutController
@@ -105,9 +106,14 @@ class FleetServer:
             exposed=exposed(config),
             password_file=password_file(config),
         )
+        self.leader = LeaderElector(self.engine, lease_s=config.leader_lease_s, renew_s=config.leader_renew_s)
         self._maintenance_stop = threading.Event()
+        self._campaign = threading.Thread(
+            target=self.leader.run, args=(self._maintenance_stop,), name="fleet-leader", daemon=True
+        )
         self._maintenance = threading.Thread(target=self._maintain, name="fleet-maintenance", daemon=True)
         self.app = create_app(self.context)
+        self.app.state.leader = self.leader  # GET /api/v1/cluster names this worker
         self.listening = threading.Event()
         if config.tls_cert_file is not None and config.tls_key_file is not None:
             check_server_files(config.tls_cert_file, config.tls_key_file)  # names a bad file
@@ -147,10 +153,14 @@ class FleetServer:
             log.info("fleet listening on %s", self.url)
 
     def _maintain(self) -> None:
-        """Judge rollouts every ``rollout_tick_s``; apply retention every ``retention_interval_s``."""
+        """On the elected worker only: judge rollouts every ``rollout_tick_s``, evaluate alerts and
+        publish the summary every ``summary_interval_s``, apply retention every ``retention_interval_s``
+        (two workers judging one rollout would promote or roll it back twice)."""
         next_retention = time.monotonic()
         next_summary = time.monotonic()
         while not self._maintenance_stop.wait(self.config.rollout_tick_s):
+            if not self.leader.leading:
+                continue
             try:
                 self.rollouts.tick()
                 if time.monotonic() >= next_summary:
@@ -176,6 +186,7 @@ class FleetServer:
         """Start the ingester, serve HTTP until told to stop, then stop the ingester and the database."""
         self.ingester.start()
         self._watch.start()
+        self._campaign.start()
         self._maintenance.start()
         try:
             self._uvicorn.run()
@@ -188,6 +199,7 @@ class FleetServer:
             log.info("fleet stopping")
             self._maintenance_stop.set()
             self._maintenance.join(10)
+            self._campaign.join(10)  # releases the lease: a follower takes over at once
             self.ingester.stop()
             self.engine.dispose()
         log.info("fleet stopped")

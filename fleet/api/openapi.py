@@ -65,6 +65,7 @@ REASONS: dict[int, str] = {
 ERRORS: dict[str, tuple[int, ...]] = {
     "GET /api/v1/health": (),
     "GET /api/v1/stats": (),
+    "GET /api/v1/cluster": (),
     "GET /api/v1/dead-letters": (),
     "GET /api/v1/alerts": (),
     "GET /api/v1/summary": (),

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 
 from fleet.alerts import list_alerts
 from fleet.api.context import FleetContext, get_context
 from fleet.api.security import Viewer
+from fleet.leader import ClusterView, LeaderElector, cluster_view
 from fleet.storage import repository
+from fleet.storage.times import now
 from fleet.summary import summarize
 from fleet.views import AlertView, DeadLetterRow, FleetSummary, IngestStats
 
@@ -26,6 +28,13 @@ def health() -> dict[str, bool]:
 def stats(context: Context, _who: Viewer) -> IngestStats:
     """Ingester counters since the server started: received, stored, dead-lettered by reason."""
     return context.link.stats()
+
+
+@router.get("/cluster", response_model=ClusterView)
+def cluster(context: Context, _who: Viewer, request: Request) -> ClusterView:
+    """Which worker leads (runs rollouts, alerts, summary and retention), and whether this one does."""
+    elector = getattr(request.app.state, "leader", None)
+    return cluster_view(context.engine, elector if isinstance(elector, LeaderElector) else None, now())
 
 
 @router.get("/dead-letters", response_model=list[DeadLetterRow])

@@ -9,7 +9,15 @@ from typing import Any
 from sqlalchemy import Connection, Row, func, insert, select, update
 
 from fleet.storage.metrics import METRIC_NAMES
-from fleet.storage.schema import FLEET_DEFAULT, desired, device_meta, devices, events, telemetry
+from fleet.storage.schema import (
+    FLEET_DEFAULT,
+    desired,
+    device_latest,
+    device_meta,
+    devices,
+    events,
+    telemetry,
+)
 from fleet.storage.times import utc
 from fleet.views import (
     NEVER_SEEN,
@@ -29,21 +37,15 @@ def _ref(name: str | None, version: str | None, sha256: str | None = None) -> Mo
 
 
 def _device_query() -> Any:
-    # The newest window per device through the (device_id, id) index: one index lookup per device,
-    # not a GROUP BY over the whole telemetry table.
-    latest = (
-        select(func.max(telemetry.c.id))
-        .where(telemetry.c.device_id == devices.c.device_id)
-        .correlate(devices)
-        .scalar_subquery()
-    )
+    # The newest window per device from ``device_latest`` (one row per device, kept by the ingest):
+    # the list no longer looks into the telemetry table, whose size grows with the retention.
     own = desired.alias("own")
     fleet = desired.alias("fleet")
     return (
         select(
             devices,
-            telemetry.c.window_end,
-            *(telemetry.c[name] for name in METRIC_NAMES),
+            device_latest.c.window_end,
+            *(device_latest.c[name] for name in METRIC_NAMES),
             func.coalesce(own.c.model_name, fleet.c.model_name).label("desired_name"),
             func.coalesce(own.c.model_version, fleet.c.model_version).label("desired_version"),
             device_meta.c.group_name,
@@ -52,7 +54,7 @@ def _device_query() -> Any:
         )
         .select_from(devices)
         .outerjoin(device_meta, device_meta.c.device_id == devices.c.device_id)
-        .outerjoin(telemetry, telemetry.c.id == latest)
+        .outerjoin(device_latest, device_latest.c.device_id == devices.c.device_id)
         .outerjoin(own, own.c.target == devices.c.device_id)
         .outerjoin(fleet, fleet.c.target == FLEET_DEFAULT)
     )

@@ -7,7 +7,15 @@ from datetime import datetime
 
 from sqlalchemy import Connection, delete, select, update
 
-from fleet.storage.schema import desired, device_meta, devices, events, telemetry, telemetry_hourly
+from fleet.storage.schema import (
+    desired,
+    device_latest,
+    device_meta,
+    devices,
+    events,
+    telemetry,
+    telemetry_hourly,
+)
 from fleet.storage.times import utc
 
 
@@ -59,6 +67,7 @@ def delete_device(conn: Connection, device_id: str) -> bool:
         (devices, devices.c.device_id),
         (desired, desired.c.target),
         (telemetry, telemetry.c.device_id),
+        (device_latest, device_latest.c.device_id),
         (telemetry_hourly, telemetry_hourly.c.device_id),
         (events, events.c.device_id),
     ):

@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Table, bindparam, delete, insert, select, upd
 from sqlalchemy.exc import IntegrityError
 
 from fleet.storage.engine import RawJson
+from fleet.storage.latest import upsert_latest
 from fleet.storage.metrics import metric_values
 from fleet.storage.records import DeadLetter, Decoded
 from fleet.storage.schema import dead_letter_digests, dead_letters, devices, events, telemetry
@@ -155,7 +156,8 @@ def store_batch(
 def _store_telemetry_many(
     conn: Connection, windows: list[tuple[TelemetryWindow, datetime, bytes | None]]
 ) -> int:
-    """One INSERT ... ON CONFLICT DO NOTHING RETURNING for many windows, then one UPDATE per device."""
+    """One INSERT ... ON CONFLICT DO NOTHING RETURNING for many windows, then one upsert of the
+    devices' latest windows and one UPDATE per device."""
     rows = [telemetry_row(window, received_at, raw) for window, received_at, raw in windows]
     keys = ["device_id", "seq", "window_start"]
     statement: Any
@@ -167,7 +169,16 @@ def _store_telemetry_many(
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
         statement = pg_insert(telemetry).on_conflict_do_nothing(index_elements=keys)
-    inserted = conn.execute(statement.returning(telemetry.c.device_id), rows).all()
+    returned = telemetry.c.id, telemetry.c.device_id, telemetry.c.seq, telemetry.c.window_start
+    inserted = conn.execute(statement.returning(*returned), rows).all()
+    by_key = {(row["device_id"], row["seq"], row["window_start"]): row for row in rows}
+    upsert_latest(
+        conn,
+        (
+            {**by_key[(row.device_id, row.seq, utc(row.window_start))], "telemetry_id": row.id}
+            for row in inserted
+        ),
+    )
     seen: dict[str, datetime] = {}
     for row in rows:
         if row["received_at"] > seen.get(row["device_id"], row["received_at"] - timedelta(1)):
@@ -222,6 +233,9 @@ def _store_telemetry(conn: Connection, window: TelemetryWindow, received_at: dat
     row = telemetry_row(window, received_at)
     if not _insert_ignoring_duplicate(conn, telemetry, row, ("device_id", "seq", "window_start")):
         return False
+    stored = telemetry.c.device_id == row["device_id"], telemetry.c.seq == row["seq"]
+    found = select(telemetry.c.id).where(*stored, telemetry.c.window_start == row["window_start"])
+    upsert_latest(conn, [{**row, "telemetry_id": conn.execute(found).scalar_one()}])
     _touch(conn, window.device_id, received_at)
     record_window_models(conn, [window])
     return True

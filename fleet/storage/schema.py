@@ -257,3 +257,25 @@ rollout_skipped = Table(
     Column("runtime", String(128), nullable=True),
     Column("reason", Text, nullable=False),
 )
+
+leases = Table(
+    "leases",
+    metadata,
+    # Leader election among fleet workers (``fleet.storage.leases``): one row per elected job.
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("term", BigInteger, nullable=False),  # grows by one each time the lease changes hands
+    Column("acquired_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+device_latest = Table(
+    "device_latest",
+    metadata,
+    # Each device's newest telemetry window, upserted with every insert into ``telemetry``: the
+    # device list reads one row per device here instead of looking into the (large) telemetry table.
+    Column("device_id", String(64), primary_key=True),
+    Column("telemetry_id", BigInteger, nullable=False),
+    Column("window_end", DateTime(timezone=True), nullable=False),
+    *metric_columns(),
+)
