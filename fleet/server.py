@@ -104,6 +104,7 @@ class FleetServer:
             mqtt_port=config.mqtt.port,
             exposed=exposed(config),
             password_file=password_file(config),
+            metrics=config.metrics,
         )
         self._maintenance_stop = threading.Event()
         self._maintenance = threading.Thread(target=self._maintain, name="fleet-maintenance", daemon=True)
