@@ -272,3 +272,33 @@ def rollout_action(args: argparse.Namespace) -> int:
     view = _client(args).rollout_action(args.rollout_id, args.action, args.reason)
     print(f"rollout {view['id']}: {view['state']} ({view.get('reason') or ''})")
     return 0
+
+
+def audit_list(args: argparse.Namespace) -> int:
+    query = {
+        key: value
+        for key, value in (
+            ("actor", args.actor),
+            ("action", args.action),
+            ("since", args.since),
+            ("before", args.before),
+            ("limit", args.limit),
+        )
+        if value is not None
+    }
+    entries = _client(args)._request("GET", "/api/v1/audit", params=query).json()
+    rows = [
+        [
+            str(e["id"]),
+            e["at"],
+            f"{e['actor']} ({e['role'] or '-'})",
+            e["action"],
+            e["target"] or "-",
+            e["client"] or "-",
+        ]
+        for e in entries
+    ]
+    _print_table(["ID", "AT", "ACTOR", "ACTION", "TARGET", "FROM"], rows)
+    if len(entries) == args.limit:
+        print(f"(more: --before {entries[-1]['id']})")
+    return 0

@@ -104,7 +104,9 @@ def test_every_window_since_the_last_run_is_judged(fleet: Fleet) -> None:
         fleet.clock.at(second)
         fleet.window("cam-1", errors)
     opened, resolved = alerts.evaluate()
-    assert [(a.rule, a.opened_at, a.value) for a in opened] == [("error_rate", T0 + timedelta(seconds=20), 0.1)]
+    assert [(a.rule, a.opened_at, a.value) for a in opened] == [
+        ("error_rate", T0 + timedelta(seconds=20), 0.1)
+    ]
     assert [(a.id, a.resolved_at) for a in resolved] == [(opened[0].id, T0 + timedelta(seconds=30))]
 
 
@@ -159,7 +161,9 @@ def test_no_alert_while_installing_or_on_probation(fleet: Fleet) -> None:
 
 
 def test_resolve_at_above_the_threshold_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"hold.error_rate.resolve_at 0.1 is above the rule's threshold 0.05"):
+    with pytest.raises(
+        ValueError, match=r"hold.error_rate.resolve_at 0.1 is above the rule's threshold 0.05"
+    ):
         AlertRules(error_rate=0.05, hold={"error_rate": RuleHold(resolve_at=0.1)})
 
 

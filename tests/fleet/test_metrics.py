@@ -137,5 +137,3 @@ def test_quantile_estimate_is_monotone_and_keeps_the_reported_quantiles() -> Non
     series = Series()
     series.add(0, 10, 20, 40)
     assert series.count == 0 and series.buckets == [0] * len(BUCKETS_S)
-
-
