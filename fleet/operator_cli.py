@@ -302,3 +302,17 @@ def audit_list(args: argparse.Namespace) -> int:
     if len(entries) == args.limit:
         print(f"(more: --before {entries[-1]['id']})")
     return 0
+
+
+def add_audit(commands: Any, fleet_url: argparse.ArgumentParser) -> None:
+    audit = commands.add_parser(
+        "audit", help="the audit log", description="Who did what to which target, when and from where."
+    )
+    audit_commands = audit.add_subparsers(dest="audit_command", metavar="COMMAND", required=True)
+    show = audit_commands.add_parser("list", parents=[fleet_url], help="newest first (operator or admin)")
+    show.add_argument("--actor", default=None, help="only this token name or device id")
+    show.add_argument("--action", default=None, help="only this action, e.g. deploy, rollout.start")
+    show.add_argument("--since", default=None, metavar="TIME", help="only at or after this ISO 8601 time")
+    show.add_argument("--limit", type=int, default=50, metavar="N", help="at most N entries (50)")
+    show.add_argument("--before", type=int, default=None, metavar="ID", help="page on: entries older than ID")
+    show.set_defaults(handler=audit_list)

@@ -18,7 +18,11 @@ from tests.fleet.bundles import build_bundle
 from tests.support.fleet import InProcessFleet, RunningFleet
 
 OCTET = {"Content-Type": "application/octet-stream"}
-TOKENS = "admin ada admin-token-0123456789\noperator olga operator-token-012345\nviewer vic viewer-token-0123456789\n"
+TOKENS = (
+    "admin ada admin-token-0123456789\n"
+    "operator olga operator-token-012345\n"
+    "viewer vic viewer-token-0123456789\n"
+)
 ADA = {"Authorization": "Bearer admin-token-0123456789"}
 OLGA = {"Authorization": "Bearer operator-token-012345"}
 VIC = {"Authorization": "Bearer viewer-token-0123456789"}
