@@ -20,6 +20,8 @@ from fleet.storage.times import now, utc
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["system"])
 Context = Annotated[FleetContext, Depends(get_context)]
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+"""No control characters (PostgreSQL refuses a NUL in text): refused at the edge, never a 500."""
 
 
 def role_of(who: Principal) -> str | None:
@@ -75,8 +77,12 @@ Audit = Annotated[AuditTrail, Depends(audit_trail)]
 def get_audit(
     context: Context,
     _who: Operator,
-    actor: Annotated[str | None, Query(max_length=64, description="only this token name or device")] = None,
-    action: Annotated[str | None, Query(max_length=64, description="only this action, e.g. deploy")] = None,
+    actor: Annotated[
+        str | None, Query(max_length=64, pattern=NO_CONTROL, description="only this token name or device")
+    ] = None,
+    action: Annotated[
+        str | None, Query(pattern=r"^[a-z_.]{1,64}$", description="only this action, e.g. deploy")
+    ] = None,
     since: Annotated[datetime | None, Query(description="at or after this time (ISO 8601)")] = None,
     before: Annotated[
         int | None, Query(ge=1, le=DB_INT_MAX, description="page on: ids below the last page's smallest")
