@@ -1,32 +1,73 @@
 """Alert rules from config -> alert records, a retained MQTT topic and an optional webhook.
 
-``AlertEngine.evaluate()`` is called from the fleet's maintenance loop with an injected clock; it
-opens an alert when a rule starts to hold for a device and resolves it when it stops holding.
+``AlertEngine.evaluate()`` runs from the fleet's maintenance loop with an injected clock. Each run
+judges every telemetry window stored since the previous run, in order (not only each device's
+newest), then the conditions that depend on the time (silence, hold times) at ``now``. A rule must
+hold for its ``for_s`` before its alert opens, and an open alert resolves only once the value is at or
+below ``resolve_at`` for ``resolve_for_s`` (hysteresis). While a device installs a model or is on
+probation its window rules and silence are not judged (an install restarts the serving process).
+Pending conditions live in memory (a restart starts their hold time again); open alerts are rows.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
-import requests
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import Engine
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from sqlalchemy import Connection, Engine
 
+from fleet.alert_webhook import Job, Post, RetryPolicy, WebhookSender, post_json
 from fleet.deploy import Publisher, was_refused
 from fleet.errors import FleetError
-from fleet.storage import repository
-from fleet.storage.records import Finding
-from fleet.views import AlertView, DeviceView
+from fleet.storage import alerts as store
+from fleet.storage.records import FailedUpdate, Finding
+from fleet.views import AlertView
 from protocol.topics import Topics
+from protocol.update_state import UpdateState
 
 log = logging.getLogger(__name__)
+
+RuleName = Literal["offline", "latency_p95", "error_rate", "drift_psi", "out_of_range_share"]
+THRESHOLDS: dict[str, str] = {
+    "offline": "offline_minutes",
+    "latency_p95": "latency_p95_ms",
+    "error_rate": "error_rate",
+    "drift_psi": "drift_psi",
+    "out_of_range_share": "out_of_range_share",
+}
+UPDATING = frozenset(
+    {
+        UpdateState.DOWNLOAD,
+        UpdateState.VERIFY,
+        UpdateState.STAGE,
+        UpdateState.SMOKE,
+        UpdateState.ACTIVATE,
+        UpdateState.PROBATION,
+    }
+)
+"""Update states during which a device's alerts are suppressed (installing, or on probation)."""
+WINDOW_PAGE = 2000
+MAX_WINDOWS_PER_RUN = 100_000
+"""A backlog beyond this is judged over the next runs, so one run stays bounded."""
+
+
+class RuleHold(BaseModel):
+    """Timing of one rule: hold before opening, hysteresis before resolving."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    for_s: float = Field(0, ge=0, description="the condition must hold this long before the alert opens")
+    resolve_at: float | None = Field(
+        None, ge=0, description="resolve only at or below this value (default: the rule's threshold)"
+    )
+    resolve_for_s: float = Field(0, ge=0, description="and only once the value stayed there this long")
 
 
 class AlertRules(BaseModel):
@@ -35,19 +76,51 @@ class AlertRules(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     offline_minutes: float | None = Field(10, gt=0, description="device offline (or silent) longer than this")
-    latency_p95_ms: float | None = Field(None, gt=0, description="latest window's p95 latency above this")
-    drift_psi: float | None = Field(0.25, ge=0, description="latest window's drift PSI above this")
+    latency_p95_ms: float | None = Field(None, gt=0, description="a window's p95 latency above this")
+    drift_psi: float | None = Field(0.25, ge=0, description="a window's drift PSI above this")
     out_of_range_share: float | None = Field(
-        None,
-        ge=0,
-        le=1,
-        description="latest window's share of inputs outside the baseline's range above this",
+        None, ge=0, le=1, description="a window's share of inputs outside the baseline's range above this"
     )
-    error_rate: float | None = Field(0.05, ge=0, le=1, description="latest window's failed share above this")
+    error_rate: float | None = Field(0.05, ge=0, le=1, description="a window's failed share above this")
     rollback: bool = Field(True, description="an agent rolled a model back")
     rollback_hold_minutes: float = Field(60, gt=0, description="how long a rollback alert stays open")
+    hold: dict[RuleName, RuleHold] = Field(
+        default_factory=dict, description="per rule: for_s, resolve_at, resolve_for_s (TOML [hold.RULE])"
+    )
+    suppress_during_update: bool = Field(
+        True, description="do not judge a device while it installs a model or is on probation"
+    )
     webhook_url: str | None = Field(None, description="POST each opened/resolved alert here as JSON")
-    webhook_timeout_s: float = Field(5, gt=0)
+    webhook_timeout_s: float = Field(5, gt=0, description="one attempt's timeout")
+    webhook_attempts: int = Field(5, ge=1, le=20, description="attempts per delivery before giving up")
+    webhook_backoff_s: float = Field(1, gt=0, description="wait after the first failure; doubles")
+    webhook_backoff_max_s: float = Field(60, gt=0, description="longest wait between attempts")
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> AlertRules:
+        for rule, hold in self.hold.items():
+            threshold = getattr(self, THRESHOLDS[rule])
+            if hold.resolve_at is not None and threshold is not None and hold.resolve_at > threshold:
+                raise ValueError(
+                    f"hold.{rule}.resolve_at {hold.resolve_at} is above the rule's threshold {threshold}: "
+                    "an alert must resolve at or below the value that opens it"
+                )
+        return self
+
+    def threshold(self, rule: str) -> float | None:
+        value: float | None = getattr(self, THRESHOLDS[rule])
+        return value
+
+    def timing(self, rule: str) -> RuleHold:
+        for name, hold in self.hold.items():
+            if name == rule:
+                return hold
+        return RuleHold()
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            self.webhook_attempts, self.webhook_backoff_s, self.webhook_backoff_max_s, self.webhook_timeout_s
+        )
 
 
 def alerts_topic(topics: Topics) -> str:
@@ -56,7 +129,7 @@ def alerts_topic(topics: Topics) -> str:
 
 
 def load_rules(path: Path) -> AlertRules:
-    """Alert rules from a TOML file (the AlertRules fields at top level)."""
+    """Alert rules from a TOML file (the AlertRules fields at top level, ``[hold.RULE]`` tables)."""
     try:
         data = tomllib.loads(path.read_text())
         return AlertRules.model_validate(data)
@@ -66,43 +139,42 @@ def load_rules(path: Path) -> AlertRules:
         raise FleetError(f"alert rules {path}: {exc}") from exc
 
 
-def list_alerts(engine: Engine, open_only: bool, limit: int = 200) -> list[AlertView]:
+def list_alerts(
+    engine: Engine, state: store.AlertState, limit: int = 200, before_id: int | None = None
+) -> list[AlertView]:
     with engine.begin() as conn:
-        return repository.list_alerts(conn, open_only, limit)
+        return store.list_alerts(conn, state, limit, before_id)
 
 
-def device_findings(rules: AlertRules, device: DeviceView, now: datetime) -> list[Finding]:
-    """The rules that hold for one device now: silence, and thresholds on its newest window."""
-    found: list[Finding] = []
-    if device.last_seen is None:  # provisioned, never reported: nothing to judge yet
-        return found
-    silent = (now - device.last_seen).total_seconds() / 60
-    # Silent: no status, telemetry or event for that long (an offline will counts as the last word).
-    if rules.offline_minutes is not None and silent > rules.offline_minutes:
-        state = "offline" if device.presence != "online" else "silent"
-        message = f"{device.device_id} {state} for {silent:.0f} min"
-        found.append(Finding("offline", device.device_id, "warning", message, silent))
-    window = device.telemetry
-    if window is None:
-        return found
-    p95 = window.value("latency_p95")
-    if rules.latency_p95_ms is not None and p95 is not None and p95 > rules.latency_p95_ms:
-        message = f"{device.device_id} p95 latency {p95:.1f} ms > {rules.latency_p95_ms} ms"
-        found.append(Finding("latency_p95", device.device_id, "warning", message, p95))
+def window_values(window: store.WindowObs) -> dict[str, float | None]:
     rate = window.errors / window.requests if window.requests else 0.0
-    if rules.error_rate is not None and rate > rules.error_rate:
-        message = f"{device.device_id} error rate {rate:.1%} > {rules.error_rate:.1%}"
-        found.append(Finding("error_rate", device.device_id, "critical", message, rate))
-    drift = window.value("drift_psi")
-    if rules.drift_psi is not None and drift is not None and drift > rules.drift_psi:
-        message = f"{device.device_id} drift PSI {drift:.2f} > {rules.drift_psi}"
-        found.append(Finding("drift_psi", device.device_id, "warning", message, drift))
-    outside = window.value("out_of_range_share")
-    limit = rules.out_of_range_share
-    if limit is not None and outside is not None and outside > limit:
-        message = f"{device.device_id} inputs out of range {outside:.1%} > {limit:.1%}"
-        found.append(Finding("out_of_range_share", device.device_id, "warning", message, outside))
-    return found
+    return {
+        "latency_p95": window.latency_p95,
+        "error_rate": rate,
+        "drift_psi": window.drift_psi,
+        "out_of_range_share": window.out_of_range_share,
+    }
+
+
+def describe(rule: str, device_id: str, value: float, threshold: float) -> Finding:
+    severity = "critical" if rule == "error_rate" else "warning"
+    text = {
+        "offline": f"{device_id} silent for {value:.0f} min (> {threshold:g} min)",
+        "latency_p95": f"{device_id} p95 latency {value:.1f} ms > {threshold:g} ms",
+        "error_rate": f"{device_id} error rate {value:.1%} > {threshold:.1%}",
+        "drift_psi": f"{device_id} drift PSI {value:.2f} > {threshold:g}",
+        "out_of_range_share": f"{device_id} inputs out of range {value:.1%} > {threshold:.1%}",
+    }[rule]
+    return Finding(rule, device_id, severity, text, value)
+
+
+@dataclass
+class Track:
+    """One (rule, device) condition between runs."""
+
+    value: float | None = None
+    pending_since: datetime | None = None
+    clearing_since: datetime | None = None
 
 
 class AlertEngine:
@@ -114,67 +186,171 @@ class AlertEngine:
         rules: AlertRules,
         *,
         clock: Callable[[], datetime],
-        post: Callable[[str, dict[str, Any], float], None] | None = None,
+        post: Post = post_json,
+        sleep: Callable[[float], object] | None = None,
+        webhook_in_background: bool = True,
     ) -> None:
         self.engine = engine
         self.publisher = publisher
         self.topic = topic
         self.rules = rules
         self.clock = clock
-        self._post = post or _post_json
+        self.webhooks = WebhookSender(engine, clock, post=post, sleep=sleep, background=webhook_in_background)
         self._published: str | None = None
-
-    def findings(self, now: datetime) -> list[Finding]:
-        rules = self.rules
-        with self.engine.begin() as conn:
-            devices = repository.list_devices(conn)
-            since = now - timedelta(minutes=rules.rollback_hold_minutes)
-            rollbacks = repository.rollbacks_since(conn, since) if rules.rollback else []
-        found = [finding for device in devices for finding in device_findings(rules, device, now)]
-        found += [
-            Finding(
-                "rollback",
-                row.device_id,
-                "critical",
-                f"{row.device_id} rolled back {row.target_version}: {row.reason or 'no reason given'}",
-                None,
-            )
-            for row in rollbacks
-        ]
-        return found
+        self._cursor: int | None = None
+        self._tracks: dict[tuple[str, str], Track] = {}
 
     def evaluate(self) -> tuple[list[AlertView], list[AlertView]]:
-        """Open and resolve alerts; returns (opened, resolved). Publishes and posts the changes."""
+        """Judge new windows and the time-bound rules; returns (opened, resolved). Publishes and posts."""
         now = self.clock()
-        wanted = {(f.rule, f.device_id): f for f in self.findings(now)}
         with self.engine.begin() as conn:
-            opened, resolved = repository.open_and_resolve(conn, wanted, now)
+            run = _Run(self, store.open_alerts(conn), store.device_states(conn))
+            for window in self._new_windows(conn):
+                run.window(window)
+            run.at_now(now)
+            since = now - timedelta(minutes=self.rules.rollback_hold_minutes)
+            run.rollbacks(store.rollbacks_since(conn, since) if self.rules.rollback else [], now)
+            run.close_orphans(now)
+            opened, resolved = run.apply(conn)
         for alert in opened:
             log.warning("alert opened: %s", alert.message)
         self._publish()
-        if self.rules.webhook_url:
-            for state, batch in (("opened", opened), ("resolved", resolved)):
-                for alert in batch:
-                    body = {"state": state, "alert": alert.model_dump(mode="json")}
-                    threading.Thread(
-                        target=self._post,
-                        args=(self.rules.webhook_url, body, self.rules.webhook_timeout_s),
-                        daemon=True,
-                    ).start()
+        self._post(opened, resolved)
         return opened, resolved
 
+    def _new_windows(self, conn: Connection) -> Iterable[store.WindowObs]:
+        if self._cursor is None:  # first run: each device's newest window, then follow the table
+            self._cursor = store.newest_window_id(conn)
+            yield from store.latest_windows(conn)
+            return
+        seen = 0
+        while seen < MAX_WINDOWS_PER_RUN:
+            page = store.windows_after(conn, self._cursor, WINDOW_PAGE)
+            for window in page:
+                self._cursor = window.id
+                yield window
+            seen += len(page)
+            if len(page) < WINDOW_PAGE:
+                return
+
+    def _post(self, opened: list[AlertView], resolved: list[AlertView]) -> None:
+        url = self.rules.webhook_url
+        if not url:
+            return
+        policy = self.rules.retry_policy()
+        for event, batch in (("opened", opened), ("resolved", resolved)):
+            for alert in batch:
+                body = {"state": event, "alert": alert.model_dump(mode="json")}
+                self.webhooks.submit(Job(alert.id, event, url, body, policy))
+
     def _publish(self) -> None:
-        open_alerts = [a.model_dump(mode="json") for a in list_alerts(self.engine, open_only=True)]
+        open_alerts = [a.model_dump(mode="json") for a in list_alerts(self.engine, store.AlertState.OPEN)]
         payload = json.dumps({"open": len(open_alerts), "alerts": open_alerts}, sort_keys=True)
         changed = payload != self._published or was_refused(self.publisher, self.topic)
         if changed and self.publisher.publish(self.topic, payload.encode(), qos=1, retain=True):
             self._published = payload
 
 
-def _post_json(url: str, body: dict[str, Any], timeout_s: float) -> None:
-    try:
-        response = requests.post(url, json=body, timeout=timeout_s)
-        if response.status_code >= 300:
-            log.warning("alert webhook %s answered %d", url, response.status_code)
-    except requests.RequestException as exc:
-        log.warning("alert webhook %s failed: %s", url, exc)
+class _Run:
+    """One evaluation: steps each (rule, device) condition through its observations, in time order,
+    and collects the alerts to open and resolve (written at the end, in the caller's transaction)."""
+
+    def __init__(
+        self,
+        engine: AlertEngine,
+        current: dict[tuple[str, str | None], AlertView],
+        devices: list[store.DeviceCondition],
+    ) -> None:
+        self.rules = engine.rules
+        self.tracks = engine._tracks
+        self.current = current
+        self.devices = {d.device_id: d for d in devices}
+        self.opening: dict[tuple[str, str], tuple[Finding, datetime]] = {}
+        self.resolving: dict[int, datetime] = {}
+        self.opening_closed: list[tuple[Finding, datetime, datetime]] = []
+        self.firing = {key for key in current if key[1] is not None}
+
+    def suppressed(self, device_id: str) -> bool:
+        device = self.devices.get(device_id)
+        return bool(
+            self.rules.suppress_during_update and device is not None and device.update_state in UPDATING
+        )
+
+    def window(self, window: store.WindowObs) -> None:
+        for rule, value in window_values(window).items():
+            self.observe(rule, window.device_id, value, window.received_at)
+
+    def at_now(self, now: datetime) -> None:
+        """Silence, and each window rule's last value again at ``now`` (so hold times elapse)."""
+        for device in self.devices.values():
+            minutes = (now - device.last_seen).total_seconds() / 60
+            self.observe("offline", device.device_id, minutes, now)
+        for (rule, device_id), track in list(self.tracks.items()):
+            if rule != "offline" and device_id in self.devices:
+                self.observe(rule, device_id, track.value, now)
+
+    def observe(self, rule: str, device_id: str, value: float | None, at: datetime) -> None:
+        key = (rule, device_id)
+        threshold = self.rules.threshold(rule)
+        track = self.tracks.setdefault(key, Track())
+        track.value = value
+        if threshold is None or value is None or self.suppressed(device_id):
+            track.pending_since = track.clearing_since = None  # not judged: nothing may build up
+            return
+        timing = self.rules.timing(rule)
+        if key not in self.firing:
+            track.clearing_since = None
+            if value <= threshold:
+                track.pending_since = None
+                return
+            track.pending_since = track.pending_since or at
+            if (at - track.pending_since).total_seconds() >= timing.for_s:
+                track.pending_since = None
+                self.firing.add(key)
+                self.opening[key] = (describe(rule, device_id, value, threshold), at)
+            return
+        resolve_at = timing.resolve_at if timing.resolve_at is not None else threshold
+        if value > resolve_at:
+            track.clearing_since = None
+            return
+        track.clearing_since = track.clearing_since or at
+        if (at - track.clearing_since).total_seconds() >= timing.resolve_for_s:
+            track.clearing_since = None
+            self.firing.discard(key)
+            self._resolve(key, at)
+
+    def _resolve(self, key: tuple[str, str], at: datetime) -> None:
+        if key in self.opening:  # opened and resolved within this run: keep both ends as history
+            finding, opened_at = self.opening.pop(key)
+            self.opening_closed.append((finding, opened_at, at))
+        elif key in self.current:
+            self.resolving[self.current[key].id] = at
+
+    def rollbacks(self, rows: list[FailedUpdate], now: datetime) -> None:
+        wanted = {row.device_id: row for row in rows}
+        for device_id, row in wanted.items():
+            key = ("rollback", device_id)
+            if key not in self.current:
+                message = f"{device_id} rolled back {row.target_version}: {row.reason or 'no reason given'}"
+                self.opening[key] = (Finding("rollback", device_id, "critical", message, None), now)
+        for (rule, owner), alert in self.current.items():
+            if rule == "rollback" and owner not in wanted:
+                self.resolving[alert.id] = now
+
+    def close_orphans(self, now: datetime) -> None:
+        """Open alerts nothing judges any more: the rule was turned off, the device was deleted."""
+        for (rule, device_id), alert in self.current.items():
+            if rule == "rollback" or alert.id in self.resolving:
+                continue
+            gone = device_id is None or device_id not in self.devices
+            if gone or rule not in THRESHOLDS or self.rules.threshold(rule) is None:
+                self.resolving[alert.id] = now
+
+    def apply(self, conn: Connection) -> tuple[list[AlertView], list[AlertView]]:
+        opened = [store.open_alert(conn, finding, at) for finding, at in self.opening.values()]
+        resolved = [store.resolve_alert(conn, alert_id, at) for alert_id, at in self.resolving.items()]
+        for finding, opened_at, resolved_at in self.opening_closed:
+            alert = store.open_alert(conn, finding, opened_at)
+            opened.append(alert)
+            resolved.append(store.resolve_alert(conn, alert.id, resolved_at))
+        return opened, resolved

@@ -17,12 +17,13 @@ DEFAULT_DB = "sqlite:///./fleet.db"
 
 
 def register(commands: Any) -> None:
-    """Add ``fleet``, ``model``, ``device`` and ``rollout`` to the ``edgefleet`` subparsers."""
+    """Add ``fleet``, ``model``, ``device``, ``rollout`` and ``audit`` to the ``edgefleet`` subparsers."""
     _add_serve(commands)
     fleet_url = _fleet_url_options()
     _add_model(commands, fleet_url)
     _add_device(commands, fleet_url)
     _add_rollout(commands, fleet_url)
+    operator_cli.add_audit(commands, fleet_url)
 
 
 def _add_serve(commands: Any) -> None:
@@ -104,6 +105,16 @@ def _add_serve(commands: Any) -> None:
     )
     serve.add_argument(
         "--alerts", type=Path, default=None, metavar="FILE", help="alert rules (TOML); see docs/fleet.md"
+    )
+    serve.add_argument(
+        "--metrics-per-device",
+        type=int,
+        nargs="?",
+        const=1000,
+        default=None,
+        metavar="N",
+        help="/metrics also exports each device's last seen and presence, for at most N devices "
+        "(the most recently seen; default 1000, at most 10000)",
     )
     serve.add_argument(
         "--homeassistant", action="store_true", help="publish Home Assistant MQTT discovery configs"
@@ -334,7 +345,7 @@ def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from fleet.alerts import load_rules
-    from fleet.config import FleetConfig, MqttSettings
+    from fleet.config import FleetConfig, MetricsSettings, MqttSettings
     from fleet.errors import FleetError
     from fleet.server import serve
 
@@ -373,6 +384,11 @@ def _serve(args: argparse.Namespace) -> int:
             broker_pid_file=args.broker_pid_file,
             broker_reload_command=args.broker_reload_command,
             **({"alerts": load_rules(args.alerts)} if args.alerts else {}),
+            **(
+                {"metrics": MetricsSettings(per_device=True, per_device_max=args.metrics_per_device)}
+                if args.metrics_per_device is not None
+                else {}
+            ),
             **{
                 field: value
                 for field, value in (

@@ -71,6 +71,31 @@ class MqttSettings(BaseModel):
     )
 
 
+PER_DEVICE_SERIES_LIMIT = 10_000
+"""Hard ceiling of ``metrics.per_device_max``: beyond it per-device series belong in the API, not in
+Prometheus (each device adds two series to every scrape)."""
+
+
+class MetricsSettings(BaseModel):
+    """What ``GET /metrics`` exposes beyond the fleet-wide series."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    per_device: bool = Field(
+        False, description="also export each device's last-seen time and presence (two series a device)"
+    )
+    per_device_max: int = Field(
+        1000,
+        ge=1,
+        le=PER_DEVICE_SERIES_LIMIT,
+        description="export per-device series for at most this many devices, the most recently seen; "
+        "the rest are counted in edgefleet_metrics_devices_omitted",
+    )
+    stale_after_s: float = Field(
+        900, gt=0, description="a device's newest window counts in the error and drift gauges this long"
+    )
+
+
 class FleetConfig(BaseModel):
     """Everything ``edgefleet fleet serve`` needs."""
 
@@ -102,6 +127,7 @@ class FleetConfig(BaseModel):
         description="keep at most this many dead letters, the newest: enforced as each batch is stored",
     )
     alerts: AlertRules = Field(default_factory=AlertRules, description="alert rules")
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Prometheus /metrics")
     summary_interval_s: float = Field(10, gt=0, description="how often alerts and summary topics refresh")
     leader_lease_s: float = Field(
         15,

@@ -272,3 +272,47 @@ def rollout_action(args: argparse.Namespace) -> int:
     view = _client(args).rollout_action(args.rollout_id, args.action, args.reason)
     print(f"rollout {view['id']}: {view['state']} ({view.get('reason') or ''})")
     return 0
+
+
+def audit_list(args: argparse.Namespace) -> int:
+    query = {
+        key: value
+        for key, value in (
+            ("actor", args.actor),
+            ("action", args.action),
+            ("since", args.since),
+            ("before", args.before),
+            ("limit", args.limit),
+        )
+        if value is not None
+    }
+    entries = _client(args)._request("GET", "/api/v1/audit", params=query).json()
+    rows = [
+        [
+            str(e["id"]),
+            e["at"],
+            f"{e['actor']} ({e['role'] or '-'})",
+            e["action"],
+            e["target"] or "-",
+            e["client"] or "-",
+        ]
+        for e in entries
+    ]
+    _print_table(["ID", "AT", "ACTOR", "ACTION", "TARGET", "FROM"], rows)
+    if len(entries) == args.limit:
+        print(f"(more: --before {entries[-1]['id']})")
+    return 0
+
+
+def add_audit(commands: Any, fleet_url: argparse.ArgumentParser) -> None:
+    audit = commands.add_parser(
+        "audit", help="the audit log", description="Who did what to which target, when and from where."
+    )
+    audit_commands = audit.add_subparsers(dest="audit_command", metavar="COMMAND", required=True)
+    show = audit_commands.add_parser("list", parents=[fleet_url], help="newest first (operator or admin)")
+    show.add_argument("--actor", default=None, help="only this token name or device id")
+    show.add_argument("--action", default=None, help="only this action, e.g. deploy, rollout.start")
+    show.add_argument("--since", default=None, metavar="TIME", help="only at or after this ISO 8601 time")
+    show.add_argument("--limit", type=int, default=50, metavar="N", help="at most N entries (50)")
+    show.add_argument("--before", type=int, default=None, metavar="ID", help="page on: entries older than ID")
+    show.set_defaults(handler=audit_list)

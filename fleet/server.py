@@ -105,6 +105,7 @@ class FleetServer:
             mqtt_port=config.mqtt.port,
             exposed=exposed(config),
             password_file=password_file(config),
+            metrics=config.metrics,
         )
         self.leader = LeaderElector(self.engine, lease_s=config.leader_lease_s, renew_s=config.leader_renew_s)
         self._maintenance_stop = threading.Event()

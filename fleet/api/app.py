@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from fleet.api import (
+    audit,
     deployments,
     devices,
     errors,
@@ -31,7 +32,7 @@ def create_app(context: FleetContext) -> FastAPI:
     )
     app.state.fleet = context
     errors.install(app)
-    for module in (system, models, grants, deployments, devices, identity, rollouts, metrics, web):
+    for module in (system, models, grants, deployments, devices, identity, rollouts, audit, metrics, web):
         app.include_router(module.router)
     openapi.install(app)
     return app

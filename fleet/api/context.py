@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 
 from fleet.auth import OperatorToken
 from fleet.broker_files import PasswordFile
+from fleet.config import MetricsSettings
 from fleet.deploy import Publisher
 from fleet.provision import Endpoints
 from fleet.registry import Registry
@@ -43,6 +44,8 @@ class FleetContext:
     """The fleet is reached from other machines: a loopback default in an agent config is refused."""
     password_file: PasswordFile | None = None
     """The broker's password file, when the fleet keeps it (else identity changes say what to apply)."""
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    """What ``/metrics`` exports beyond the fleet-wide series."""
 
     def endpoints(self) -> Endpoints:
         return Endpoints(self.base_url, self.mqtt_host, self.mqtt_port, self.exposed)

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
+from fleet.api.audit import Audit
 from fleet.api.context import FleetContext, get_context
 from fleet.api.security import Operator
 from fleet.deploy import deploy
@@ -17,9 +18,11 @@ Context = Annotated[FleetContext, Depends(get_context)]
 
 
 @router.post("", response_model=DeploymentResult)
-async def create_deployment(body: DeploymentRequest, context: Context, _who: Operator) -> DeploymentResult:
+async def create_deployment(
+    body: DeploymentRequest, context: Context, who: Operator, audit: Audit
+) -> DeploymentResult:
     """``device_id`` null sets the fleet-wide default; per-device assignments override it."""
-    return await run_in_threadpool(
+    result = await run_in_threadpool(
         lambda: deploy(
             context.engine,
             context.link,
@@ -29,3 +32,6 @@ async def create_deployment(body: DeploymentRequest, context: Context, _who: Ope
             device_id=body.device_id,
         )
     )
+    detail = {"device_id": body.device_id}
+    await run_in_threadpool(audit.record, who, "deploy", f"{body.name} {body.version}", detail)
+    return result

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
 
+from fleet.api.audit import Audit
 from fleet.api.context import FleetContext, get_context
 from fleet.api.grants import grant_store
 from fleet.api.security import Admin, DeviceOrViewer, Operator, Viewer
@@ -25,7 +26,7 @@ Limit = Annotated[int, Query(ge=1, le=1000, description="newest first, at most t
 
 
 @router.post("", status_code=201, response_model=Provisioned)
-def add_device(body: DeviceAddRequest, context: Context, _who: Admin) -> Provisioned:
+def add_device(body: DeviceAddRequest, context: Context, who: Admin, audit: Audit) -> Provisioned:
     """Provision a device: its secret (returned once), password-file line, ACL and agent config
     pointing at the fleet and broker as the device reaches them (400 when that would be loopback)."""
     fleet_url, mqtt_host, mqtt_port = context.endpoints().for_device(body)
@@ -50,17 +51,19 @@ def add_device(body: DeviceAddRequest, context: Context, _who: Admin) -> Provisi
             answer = answer.model_copy(
                 update={"broker": context.password_file.apply(body.device_id, answer.password_file_line)}
             )
+    audit.record(who, "device.add", body.device_id, {"group": body.group, "tags": body.tags})
     return answer
 
 
 @router.patch("/{device_id}", response_model=DeviceLabels)
 def label_device(
-    device_id: DeviceIdPath, body: DeviceLabels, context: Context, _who: Operator
+    device_id: DeviceIdPath, body: DeviceLabels, context: Context, who: Operator, audit: Audit
 ) -> DeviceLabels:
     """Set a device's group and/or tags (used by rollout targets)."""
     with context.engine.begin() as conn:
         repository.upsert_device_meta(conn, device_id, now=repository.now(), group=body.group, tags=body.tags)
         device = repository.get_device(conn, device_id)
+    audit.record(who, "device.patch", device_id, body.model_dump(mode="json", exclude_none=True))
     if device is None:
         return body
     return DeviceLabels(group=device.group, tags=device.tags)
@@ -96,11 +99,12 @@ def get_desired(device_id: DeviceIdPath, context: Context, _who: DeviceOrViewer)
 
 
 @router.delete("/{device_id}/desired", status_code=204)
-def clear_desired(device_id: DeviceIdPath, context: Context, _who: Operator) -> None:
+def clear_desired(device_id: DeviceIdPath, context: Context, who: Operator, audit: Audit) -> None:
     """Drop the device's own assignment so it follows the fleet-wide default again."""
     with context.engine.begin() as conn:
         if not repository.clear_desired(conn, device_id):
             raise NotFoundError(f"device {device_id} has no assignment of its own")
+    audit.record(who, "device.clear_desired", device_id)
 
 
 @router.get("/{device_id}/telemetry", response_model=list[TelemetryRow])

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi import Path as PathParam
 
+from fleet.api.audit import Audit
 from fleet.api.context import FleetContext, get_context
 from fleet.api.security import Operator
 from fleet.errors import NotFoundError
@@ -27,11 +28,13 @@ def grant_store(context: FleetContext) -> GrantStore:
 
 @router.post("/{name}/{version}/rollback-grants", status_code=201, response_model=RollbackGrant)
 def add_rollback_grant(
-    name: Name, version: Version, body: SignedRollbackGrant, context: Context, _who: Operator
+    name: Name, version: Version, body: SignedRollbackGrant, context: Context, who: Operator, audit: Audit
 ) -> RollbackGrant:
     """Keep a grant made with ``edgefleet model rollback-token``: devices it names may then move
     back to this older model; it travels in their desired state until it expires."""
     with context.engine.begin() as conn:
         if repository.get_model(conn, name, version) is None:
             raise NotFoundError(f"no model {name} {version} in the registry")
-    return grant_store(context).add(name, version, body)
+    grant = grant_store(context).add(name, version, body)
+    audit.record(who, "model.rollback_grant", f"{name} {version}")
+    return grant

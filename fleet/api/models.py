@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from fleet import uploads
+from fleet.api.audit import Audit
 from fleet.api.context import FleetContext, get_context
 from fleet.api.ranges import RangeNotSatisfiable, parse_range
 from fleet.api.security import Admin, DeviceOrViewer, Operator, Viewer
@@ -29,7 +30,7 @@ Version = Annotated[SemVer, PathParam(description="semantic version, e.g. 1.2.0"
 
 
 @router.post("", status_code=201, response_model=ModelInfo, responses={200: {"model": ModelInfo}})
-async def upload_model(request: Request, context: Context, _who: Operator) -> JSONResponse:
+async def upload_model(request: Request, context: Context, who: Operator, audit: Audit) -> JSONResponse:
     """Body: the raw bundle file (``application/octet-stream``), streamed to disk and verified there.
     201 stored, 200 already stored."""
     artifacts = context.registry.artifacts
@@ -43,6 +44,9 @@ async def upload_model(request: Request, context: Context, _who: Operator) -> JS
         result = await run_in_threadpool(context.registry.upload, upload)
     finally:
         upload.path.unlink(missing_ok=True)
+    info = result.model
+    detail = {"sha256": info.sha256, "created": result.created}
+    await run_in_threadpool(audit.record, who, "model.upload", f"{info.name} {info.version}", detail)
     return JSONResponse(result.model.model_dump(mode="json"), status_code=201 if result.created else 200)
 
 
@@ -117,6 +121,7 @@ def download_bundle(
 
 
 @router.delete("/{name}/{version}", status_code=204)
-def delete_model(name: Name, version: Version, context: Context, _who: Admin) -> None:
+def delete_model(name: Name, version: Version, context: Context, who: Admin, audit: Audit) -> None:
     """Remove a model and its bundle; refused (409) while any desired state or device uses it."""
     context.registry.delete(name, version)
+    audit.record(who, "model.delete", f"{name} {version}")

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path
 from starlette.concurrency import run_in_threadpool
 
+from fleet.api.audit import Audit
 from fleet.api.context import FleetContext, get_context
 from fleet.api.security import Operator, Viewer
 from fleet.names import DB_INT_MAX
@@ -18,9 +19,13 @@ RolloutId = Annotated[int, Path(ge=1, le=DB_INT_MAX, description="a rollout id")
 
 
 @router.post("", status_code=201, response_model=RolloutView)
-async def start_rollout(body: RolloutRequest, context: Context, who: Operator) -> RolloutView:
+async def start_rollout(body: RolloutRequest, context: Context, who: Operator, audit: Audit) -> RolloutView:
     """Wave 1 is assigned at once; later waves follow when the gates pass after each soak."""
-    return await run_in_threadpool(context.controller().start, body, who.name)
+    view = await run_in_threadpool(context.controller().start, body, who.name)
+    target = f"rollout {view.id}"
+    detail = {"model": f"{body.name} {body.version}"}
+    await run_in_threadpool(audit.record, who, "rollout.start", target, detail)
+    return view
 
 
 @router.get("", response_model=list[RolloutView])
@@ -42,11 +47,16 @@ def get_rollout_devices(rollout_id: RolloutId, context: Context, _who: Viewer) -
 
 def _action(name: str) -> None:
     def endpoint(
-        rollout_id: RolloutId, context: Context, who: Operator, body: RolloutAction | None = None
+        rollout_id: RolloutId,
+        context: Context,
+        who: Operator,
+        audit: Audit,
+        body: RolloutAction | None = None,
     ) -> RolloutView:
         reason = body.reason if body is not None and body.reason else f"{name} by {who.name}"
         method = getattr(context.controller(), name)
         result: RolloutView = method(rollout_id, reason)
+        audit.record(who, f"rollout.{name}", f"rollout {rollout_id}", {"reason": reason})
         return result
 
     endpoint.__name__ = f"{name}_rollout"

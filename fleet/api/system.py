@@ -10,7 +10,9 @@ from fleet.alerts import list_alerts
 from fleet.api.context import FleetContext, get_context
 from fleet.api.security import Viewer
 from fleet.leader import ClusterView, LeaderElector, cluster_view
+from fleet.names import DB_INT_MAX
 from fleet.storage import repository
+from fleet.storage.alerts import AlertState
 from fleet.storage.times import now
 from fleet.summary import summarize
 from fleet.views import AlertView, DeadLetterRow, FleetSummary, IngestStats
@@ -47,10 +49,16 @@ def dead_letters(
 
 @router.get("/alerts", response_model=list[AlertView])
 def get_alerts(
-    context: Context, _who: Viewer, open_only: Annotated[bool, Query(alias="open")] = False
+    context: Context,
+    _who: Viewer,
+    state: Annotated[AlertState, Query(description="open, closed (the history) or all")] = AlertState.ALL,
+    open_only: Annotated[bool, Query(alias="open", description="same as state=open")] = False,
+    before: Annotated[int | None, Query(ge=1, le=DB_INT_MAX, description="page on: ids below this")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[AlertView]:
-    """Newest first; ``?open=true`` for the open ones only."""
-    return list_alerts(context.engine, open_only)
+    """Newest first; ``?state=open`` (or ``?open=true``) for the open ones, ``?state=closed`` for the
+    history."""
+    return list_alerts(context.engine, AlertState.OPEN if open_only else state, limit, before)
 
 
 @router.get("/summary", response_model=FleetSummary)

@@ -4,7 +4,7 @@ and callers own the transaction. Each job lives in its own module; this re-expor
 
 from __future__ import annotations
 
-from fleet.storage.alerts import list_alerts, open_and_resolve, rollbacks_since
+from fleet.storage.alerts import list_alerts, rollbacks_since
 from fleet.storage.desired import (
     clear_desired,
     desired_for,
@@ -80,7 +80,6 @@ __all__ = [
     "model_in_use",
     "models_allowed_for",
     "now",
-    "open_and_resolve",
     "revoke_device",
     "revoked_among",
     "rollbacks_since",

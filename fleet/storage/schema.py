@@ -246,6 +246,41 @@ alerts = Table(
     Column("opened_at", DateTime(timezone=True), nullable=False),
     Column("resolved_at", DateTime(timezone=True), nullable=True),
     Index("ix_alerts_open", "rule", "device_id", "resolved_at"),
+    Index("ix_alerts_resolved", "resolved_at"),  # the history, newest closed first
+)
+
+alert_deliveries = Table(
+    "alert_deliveries",
+    metadata,
+    # One row per webhook delivery of an alert's opening or resolution, after its last attempt.
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("alert_id", Id, nullable=False),
+    Column("event", String(16), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("delivered", Boolean, nullable=False),
+    Column("status", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=False),
+    Index("ix_alert_deliveries_alert", "alert_id"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    # Who did what to which target, when and from where: one row per successful operator or
+    # device-lifecycle action (fleet.api.audit writes them).
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("role", String(16), nullable=True),
+    Column("action", String(64), nullable=False),
+    Column("target", Text, nullable=True),
+    Column("detail", JSON, nullable=True),
+    Column("client", String(64), nullable=True),
+    Index("ix_audit_log_at", "at"),
+    Index("ix_audit_log_actor", "actor", "id"),
+    Index("ix_audit_log_action", "action", "id"),
 )
 
 rollout_skipped = Table(

@@ -141,9 +141,16 @@ function alertRow(a) {
   );
 }
 
+function closedAlertRow(a) {
+  const row = alertRow(a);
+  row.append(cell(ago(a.resolved_at)));
+  return row;
+}
+
 async function overview() {
-  const [summary, devices, rollouts, alerts] = await Promise.all([
-    api("/api/v1/summary"), api("/api/v1/devices"), api("/api/v1/rollouts"), api("/api/v1/alerts?open=true"),
+  const [summary, devices, rollouts, alerts, closed] = await Promise.all([
+    api("/api/v1/summary"), api("/api/v1/devices"), api("/api/v1/rollouts"), api("/api/v1/alerts?state=open"),
+    api("/api/v1/alerts?state=closed&limit=10"),
   ]);
   summaryLine.textContent = `${devices.length} device(s), ${summary.online} online`;
   const models = Object.entries(summary.models).map(([model, count]) => el("tr", {}, cell(model), cell(String(count), "num")));
@@ -163,7 +170,27 @@ async function overview() {
     table("rollouts", ["Rollout", "Model", "State", "Wave", "On / assigned / total ", "Why"], rollouts.map(rolloutRow), "No rollout yet."),
     el("h2", { text: "Open alerts" }),
     table("alerts", ["Severity", "Rule", "Device", "Message", "Opened"], alerts.map(alertRow), "No open alert."),
+    el("h2", { text: "Recent alerts (resolved)" }),
+    table("recent-alerts", ["Severity", "Rule", "Device", "Message", "Opened", "Resolved"], closed.map(closedAlertRow),
+      "No alert resolved yet."),
   ];
+}
+
+// ------------------------------------------------------------------ audit log (operator or admin)
+
+async function auditPage() {
+  let entries;
+  try {
+    entries = await api("/api/v1/audit?limit=100");
+  } catch (error) {
+    if (!(error instanceof Unauthorized)) throw error;
+    return [el("h2", { text: "Audit log" }), el("p", { class: "muted", text: "The audit log needs an operator or admin token." })];
+  }
+  const rows = entries.map((e) => el("tr", {},
+    cell(new Date(e.at).toLocaleString()), cell(`${e.actor} (${e.role || "–"})`), cell(e.action), cell(e.target || "–"),
+    cell(e.client || "–")));
+  return [el("h2", { text: "Audit log (newest 100)" }),
+    table("audit", ["When", "Who", "Action", "Target", "From"], rows, "Nothing recorded yet.")];
 }
 
 // ------------------------------------------------------------------ device page and charts
@@ -298,6 +325,7 @@ function route() {
   if (device) return () => devicePage(decodeURIComponent(device[1]));
   const rollout = hash.match(/^\/rollout\/(\d+)$/);
   if (rollout) return () => rolloutPage(rollout[1]);
+  if (hash === "/audit") return auditPage;
   return overview;
 }
 

@@ -170,6 +170,6 @@ def test_summary_topics_homeassistant_and_metrics(
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     text = response.text
     assert 'edgefleet_devices{presence="online"} 1.0' in text
-    assert 'edgefleet_devices_by_model{model="digits 1.0.0"} 1.0' in text
+    assert 'edgefleet_devices_by_model{model="digits",version="1.0.0"} 1.0' in text
     assert 'edgefleet_ingest_dead_lettered_total{reason="malformed-json"} 1.0' in text
     assert "edgefleet_ingest_stored_total 3.0" in text

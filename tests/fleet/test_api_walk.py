@@ -40,7 +40,17 @@ HOSTILE: list[Any] = [
     {"a": [[[[[]]]]]},
 ]
 PATH_VALUES = {"name": "digits", "version": "1.0.0", "device_id": "pi-1", "rollout_id": "1"}
-QUERY_VALUES: dict[str, Any] = {"limit": 10, "open": "true", "hours": 1, "points": 10}
+QUERY_VALUES: dict[str, Any] = {
+    "limit": 10,
+    "open": "true",
+    "hours": 1,
+    "points": 10,
+    "state": "closed",
+    "before": 5,
+    "actor": "ada",
+    "action": "deploy",
+    "since": "2020-01-01T00:00:00Z",
+}
 VALID_BODIES: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("post", "/api/v1/deployments"): [{"name": "digits", "version": "1.0.0", "device_id": "pi-1"}],
     ("post", "/api/v1/devices"): [{"device_id": "pi-9", "group": "g", "tags": ["t"], "secret": "s" * 16}],

@@ -1,7 +1,7 @@
 """Leader election leases, and each device's latest telemetry window (filled from the telemetry).
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 """
 
 from __future__ import annotations
