@@ -9,7 +9,8 @@ function showResult(box, error, text) {
     box.replaceChildren(el("span", { class: "ok", text: text }));
     return;
   }
-  const status = error instanceof ApiError ? `Refused (HTTP ${error.status}): ` : "Failed: ";
+  const status = error instanceof ApiError ? `Refused (HTTP ${error.status}): `
+    : error instanceof Unauthorized ? "Signed out (HTTP 401): " : error instanceof TypeError ? "Failed: " : "Check the form: ";
   box.replaceChildren(el("span", { class: "error", text: status }), el("span", { class: "detail", text: error.detail || error.message }));
 }
 
@@ -80,8 +81,11 @@ function modelInputs(prefix) {
   return { nodes: [field("model", name), field("version", version), names, versions], read: read };
 }
 
+// A message about an earlier attempt goes once the operator edits the form again.
 function panel(id, title, ...children) {
-  return el("section", { class: "actions", id: id }, el("h2", { text: title }), ...children);
+  const section = el("section", { class: "actions", id: id }, el("h2", { text: title }), ...children);
+  section.addEventListener("input", () => { for (const r of section.querySelectorAll(".result")) r.replaceChildren(); });
+  return section;
 }
 
 // Device page: make one model version this device's desired state.

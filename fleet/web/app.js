@@ -163,7 +163,8 @@ function rangeBar() {
   });
   return el("div", { class: "range", id: "range", role: "group", "aria-label": "chart time range" },
     el("span", { class: "muted", text: "Charts over the last" }), ...buttons,
-    el("span", { class: "muted legend", text: "┆ model committed  ┆ rolled back" }));
+    el("span", { class: "legend" }, el("span", { class: "ok", text: "┆ model committed" }), " ",
+      el("span", { class: "fail", text: "┆ rolled back" })));
 }
 
 function devicePage(id) {
