@@ -186,6 +186,7 @@ function rolloutActions(id) {
   }));
   const node = panel("rollout-actions", "Act on this rollout",
     el("div", { class: "form" }, ...buttons.map((b) => b.node), field("reason", reason)), result);
+  for (const b of buttons) b.button.disabled = true;  // until the rollout's state is known
   const update = (rollout) => {
     ROLLOUT_ACTIONS.forEach(([, , states], i) => { buttons[i].button.disabled = !states.includes(rollout.state); });
   };

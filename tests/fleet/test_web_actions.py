@@ -106,7 +106,7 @@ def test_viewer_sees_no_action_and_operator_does(
     assert "the token is not valid here" in page.inner_text("#login-error")
     sign_in(page, OPERATOR)
     assert page.inner_text("#whoami") == "olga (operator)"
-    page.wait_for_selector("#rollout-actions")
+    page.wait_for_selector("#rollout-actions #rollout-pause:not([disabled])")
     assert page.is_enabled("#rollout-pause") and not page.is_enabled("#rollout-resume")
     page.goto(fleet.url + "/")
     page.wait_for_selector("#start-rollout #rollout-button")
