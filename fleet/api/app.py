@@ -15,6 +15,7 @@ from fleet.api import (
     models,
     openapi,
     rollouts,
+    session,
     system,
     web,
 )
@@ -32,7 +33,7 @@ def create_app(context: FleetContext) -> FastAPI:
     )
     app.state.fleet = context
     errors.install(app)
-    for module in (system, models, grants, deployments, devices, identity, rollouts, audit, metrics, web):
+    for module in (system, session, models, grants, deployments, devices, identity, rollouts, audit, metrics, web):
         app.include_router(module.router)
     openapi.install(app)
     return app
