@@ -10,8 +10,7 @@ Binary bodies (``agent.predict_io``): ``application/octet-stream`` carries littl
 instances of a single-input model and is answered with the primary output's float32 values
 (``X-Output-Shape``, ``X-Classes``); ``application/x-npz`` carries every input by name and is
 answered with every output by name (``X-Output-Shapes``). Any failure of the runtime is a 500
-counted in telemetry; the interpreter is ready for the next request. The same API can also
-listen on a Unix socket.
+counted in telemetry; the interpreter is ready for the next request. It can listen on a Unix socket.
 
 Limits (``agent.http_limits``, the ``[api]`` section): a connection cap (503 beyond it), a byte
 budget shared by the requests in flight (a request waits briefly for room, then gets 503 with

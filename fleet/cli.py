@@ -321,42 +321,22 @@ def _add_rollout(commands: Any, fleet_url: argparse.ArgumentParser) -> None:
         sub.set_defaults(handler=operator_cli.rollout_action, action=action)
 
 
-def _parse_listen(value: str) -> tuple[str, int]:
-    from fleet.errors import FleetError
-
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise FleetError(f"--listen {value!r} is not HOST:PORT, e.g. 127.0.0.1:8080")
-    return host.strip("[]"), int(port)
-
-
-def _read_secret(path: Path | None) -> str | None:
-    from fleet.errors import FleetError
-
-    if path is None:
-        return None
-    try:
-        return path.read_text().strip()
-    except OSError as exc:
-        raise FleetError(f"cannot read {path}: {exc.strerror or exc}") from exc
-
-
 def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from fleet.alerts import load_rules
-    from fleet.config import FleetConfig, MetricsSettings, MqttSettings
+    from fleet.config import FleetConfig, MetricsSettings, MqttSettings, parse_listen, read_secret
     from fleet.errors import FleetError
     from fleet.server import serve
 
-    host, port = _parse_listen(args.listen)
+    host, port = parse_listen(args.listen)
     try:
         mqtt = MqttSettings(
             host=args.mqtt_host,
             port=args.mqtt_port,
             topic_prefix=args.topic_prefix,
             username=args.mqtt_username,
-            password=_read_secret(args.mqtt_password_file),
+            password=read_secret(args.mqtt_password_file),
             shared_group=args.shared_group,
             ca_file=args.mqtt_ca,
             cert_file=args.mqtt_cert,

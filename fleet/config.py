@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleet.alerts import AlertRules
+from fleet.errors import FleetError
 from fleet.storage.ingest import DEAD_LETTER_CAP, DEAD_LETTER_DAYS
 from protocol.bundle import DEFAULT_MAX_BUNDLE_BYTES
 from protocol.topics import DEFAULT_PREFIX
@@ -187,3 +188,19 @@ class FleetConfig(BaseModel):
             return self.public_url.rstrip("/")
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{port if port is not None else self.port}"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise FleetError(f"--listen {value!r} is not HOST:PORT, e.g. 127.0.0.1:8080")
+    return host.strip("[]"), int(port)
+
+
+def read_secret(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise FleetError(f"cannot read {path}: {exc.strerror or exc}") from exc

@@ -33,7 +33,8 @@ def create_app(context: FleetContext) -> FastAPI:
     )
     app.state.fleet = context
     errors.install(app)
-    for module in (system, session, models, grants, deployments, devices, identity, rollouts, audit, metrics, web):
+    routers = (system, session, models, grants, deployments, devices, identity, rollouts, audit, metrics, web)
+    for module in routers:
         app.include_router(module.router)
     openapi.install(app)
     return app
