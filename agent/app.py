@@ -18,17 +18,19 @@ from agent.config import AgentConfig
 from agent.errors import AgentError
 from agent.http_api import InferenceAPI
 from agent.http_limits import HttpLimits
+from agent.metrics_text import MetricsSources
 from agent.mqtt_link import MqttLink
 from agent.outbox import Outbox
 from agent.scheduler import IntervalJob
 from agent.serving import ModelHolder
-from agent.store import ModelStore
+from agent.store import ModelStore, parse_manifest
 from agent.systemd import Notifier
 from agent.telemetry import RequestMetrics, Telemetry
 from agent.tls import mqtt_context
 from agent.update import UpdatePolicy, Updater, build_updater
 from agent.update.faults import Faults
 from agent.update.machine import State
+from protocol.bundle import MANIFEST
 from protocol.manifest import BaselineStats
 from protocol.messages import UpdateEvent
 from protocol.schema import ModelRef
@@ -135,7 +137,7 @@ class Agent:
         )
         # A crash after the switch is settled here, before anything serves.
         self.updater.start_up()
-        self.api = InferenceAPI(
+        api = InferenceAPI(
             cfg.api.host,
             cfg.api.port,
             self.holder,
@@ -145,7 +147,10 @@ class Agent:
             update_state=self.update_state,
             unix_socket=cfg.api.unix_socket,
             limits=HttpLimits.from_config(cfg.api),
-        ).start()
+        )
+        if cfg.api.metrics:
+            api.metrics_page = self._metrics_sources().page
+        self.api = api.start()
         self.mqtt.start()
         self.telemetry = Telemetry(
             cfg.device_id,
@@ -166,6 +171,31 @@ class Agent:
         ).start()
         log.info("%s", self.describe())
         return self
+
+    def _metrics_sources(self) -> MetricsSources:
+        known: dict[str, ModelRef] = {}  # a model's name never changes: read each once
+
+        def model_ref(sha: str) -> ModelRef | None:
+            if sha not in known:
+                model = self.holder.current
+                if model is not None and model.sha256 == sha:
+                    known[sha] = model.ref
+                else:  # served earlier in this process; a pruned one is named by its sha256
+                    try:
+                        manifest = parse_manifest((self.store.model_dir(sha) / MANIFEST).read_bytes())
+                    except (AgentError, OSError):
+                        return None
+                    known[sha] = ModelRef(name=manifest.name, version=manifest.version, sha256=sha)
+            return known[sha]
+
+        mqtt = self.mqtt
+        return MetricsSources(
+            self.metrics,
+            __version__,
+            model_ref,
+            self.update_state,
+            outbox_queued=(lambda: mqtt.queued) if mqtt is not None else None,
+        )
 
     def _baseline(self) -> BaselineStats | None:
         model = self.holder.current

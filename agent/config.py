@@ -190,6 +190,11 @@ class ApiConfig(_Section):
         description="Also serve the same API on this Unix socket path (e.g. /run/edgefleet/agent.sock); "
         "none by default.",
     )
+    metrics: bool = Field(
+        default=False,
+        description="Serve GET /metrics (Prometheus text: request counters, latency and invoke "
+        "histograms, update state, outbox, process memory and CPU) on the same listener; off: 404.",
+    )
 
     @model_validator(mode="after")
     def _body_fits_budget(self) -> ApiConfig:

@@ -5,6 +5,7 @@
 ``GET  /v1/health``   status (ok, degraded after recent inference failures, no-model), active
                       model, update state
 ``GET  /v1/model``    the active model's manifest
+``GET  /metrics``     Prometheus text (``agent.metrics_text``) when ``[api] metrics`` is on; else 404
 
 Binary bodies (``agent.predict_io``): ``application/octet-stream`` carries little-endian float32
 instances of a single-input model and is answered with the primary output's float32 values
@@ -106,7 +107,7 @@ class _Handler(FastHandler):
 
     # -- routes ------------------------------------------------------------------------------
     def do_GET(self) -> None:  # noqa: N802 - the name http.server dispatches to
-        self._discard_body()
+        self.discard_body()
         self._tracked(self._get)
 
     def do_POST(self) -> None:  # noqa: N802 - the name http.server dispatches to
@@ -132,12 +133,14 @@ class _Handler(FastHandler):
                 self._send_json(503, {"error": "no model is active yet"})
             else:
                 self._send_json(200, model.manifest.model_dump(mode="json"))
+        elif self.path == "/metrics" and api.metrics_page is not None:
+            self._send(200, *api.metrics_page())
         else:
             self._send_json(404, {"error": f"no such endpoint: GET {self.path}"})
 
     def _post(self) -> None:
         if self.path != "/v1/predict":
-            self._discard_body()
+            self.discard_body()
             self._send_json(404, {"error": f"no such endpoint: POST {self.path}"})
             return
         form = body_form(self.headers.get("Content-Type", ""))
@@ -255,28 +258,6 @@ class _Handler(FastHandler):
             return
         self._send(200, *binary_answer(form == "npz", model, result))
 
-    def _discard_body(self) -> None:
-        """Skip a body nobody reads (small ones, keeping the connection); close on anything else."""
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if (
-            self.headers.get("Transfer-Encoding")
-            or length < 0
-            or length > _DISCARD_MAX
-            or self.expect_continue
-        ):
-            self.close_connection = True
-            self._linger = True
-        elif length:
-            self.reader.start(self.server.api.limits.body_timeout_s)
-            self.rfile.read(length)
-            self.reader.idle()
-
-
-_DISCARD_MAX = 64 * 1024
-
 
 class _UnixHandler(_Handler):
     disable_nagle_algorithm = False  # not a TCP socket
@@ -307,6 +288,7 @@ class InferenceAPI:
         self.max_instances = max_instances
         self.health = health or ServingHealth()
         self.update_state = update_state
+        self.metrics_page: Callable[[], tuple[str, bytes]] | None = None  # GET /metrics; off: 404
         self.unix_socket = unix_socket
         self.limits = limits or HttpLimits()
         self.budget = ByteBudget(self.limits.max_inflight_bytes)

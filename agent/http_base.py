@@ -104,6 +104,10 @@ class SocketWriter(io.BufferedIOBase):
         return len(data)
 
 
+DISCARD_MAX = 64 * 1024
+"""Largest body of a request that has none (a GET) read and skipped to keep the connection."""
+
+
 class FastHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body go out as two writes; with Nagle on, the body waits for the client's
@@ -216,6 +220,25 @@ class FastHandler(BaseHTTPRequestHandler):
         if status == 405:
             extra += "Allow: GET, POST\r\n"
         self._send(status, "application/json", json.dumps({"error": message}).encode(), extra)
+
+    def discard_body(self) -> None:
+        """Skip a body nobody reads (small ones, keeping the connection); close on anything else."""
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if (
+            self.headers.get("Transfer-Encoding")
+            or length < 0
+            or length > DISCARD_MAX
+            or self.expect_continue
+        ):
+            self.close_connection = True
+            self._linger = True
+        elif length:
+            self.reader.start(self.limits().body_timeout_s)
+            self.rfile.read(length)
+            self.reader.idle()
 
     # -- plumbing ----------------------------------------------------------------------------
     def parse_request(self) -> bool:

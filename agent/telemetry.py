@@ -78,12 +78,16 @@ class _Window:
 
 
 class RequestMetrics:
-    """Thread-safe counters the HTTP handlers feed; ``take()`` returns and resets the window."""
+    """Thread-safe counters the HTTP handlers feed; ``take()`` returns and resets the window.
+
+    ``totals`` and ``usage`` are cumulative since start (``take`` leaves them): /metrics serves
+    them, and a Prometheus counter must never go back."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._window = _Window()
         self._usage: dict[str, ModelUsage] = {}
+        self._totals: dict[tuple[str | None, str], int] = {}
 
     def record_success(  # noqa: PLR0913 - one request's figures, keyword-only after the model
         self,
@@ -102,6 +106,7 @@ class RequestMetrics:
         with self._lock:
             w = self._window
             w.requests += 1
+            self._totals[model_sha, "ok"] = self._totals.get((model_sha, "ok"), 0) + 1
             w.latency.record(latency_ms)
             w.instances += instances
             w.out_of_range += out_of_range
@@ -131,6 +136,7 @@ class RequestMetrics:
             w = self._window
             w.requests += 1
             w.errors[kind] = w.errors.get(kind, 0) + 1
+            self._totals[model_sha, kind] = self._totals.get((model_sha, kind), 0) + 1
             if nonfinite:
                 w.nonfinite_inputs += 1
             if model_sha is not None and kind == "inference":
@@ -142,6 +148,17 @@ class RequestMetrics:
         """A snapshot of what ``model_sha`` served in this process."""
         with self._lock:
             return self._usage.get(model_sha, ModelUsage()).copy()
+
+    def totals(self) -> dict[tuple[str | None, str], int]:
+        """Requests since start by (model sha256, or None when none was chosen yet; outcome:
+        ``ok`` or the error kind)."""
+        with self._lock:
+            return dict(self._totals)
+
+    def usages(self) -> dict[str, ModelUsage]:
+        """A snapshot of what every model served in this process."""
+        with self._lock:
+            return {sha: usage.copy() for sha, usage in self._usage.items()}
 
     def take(self) -> _Window:
         with self._lock:

@@ -35,11 +35,13 @@ class LatencyHistogram:
         self.counts = [0] * (len(edges) + 1)
         self.total = 0
         self.max_ms = 0.0
+        self.sum_ms = 0.0  # the Prometheus histogram's _sum (agent.metrics_text)
 
     def record(self, ms: float) -> None:
         self.counts[bisect.bisect_left(self.edges, ms)] += 1
         self.total += 1
         self.max_ms = max(self.max_ms, ms)
+        self.sum_ms += ms
 
     def _bucket_at(self, rank: int) -> int:
         """Index of the bucket holding the ``rank``-th smallest value (1-based, clipped)."""
@@ -84,13 +86,14 @@ class LatencyHistogram:
     def copy(self) -> LatencyHistogram:
         copy = LatencyHistogram(self.edges)
         copy.counts = list(self.counts)
-        copy.total, copy.max_ms = self.total, self.max_ms
+        copy.total, copy.max_ms, copy.sum_ms = self.total, self.max_ms, self.sum_ms
         return copy
 
     def plus(self, other: LatencyHistogram) -> LatencyHistogram:
         merged = self.copy()
         merged.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
         merged.total += other.total
+        merged.sum_ms += other.sum_ms
         merged.max_ms = max(self.max_ms, other.max_ms)
         return merged
 
@@ -99,6 +102,7 @@ class LatencyHistogram:
         diff = self.copy()
         diff.counts = [a - b for a, b in zip(self.counts, earlier.counts, strict=True)]
         diff.total = self.total - earlier.total
+        diff.sum_ms = self.sum_ms - earlier.sum_ms
         return diff
 
 
