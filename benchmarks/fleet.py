@@ -413,10 +413,11 @@ class ShardSpec:
     returning: frozenset[str]
     slow: frozenset[str]
     window_s: float
-    request_rate: float
+    request_rate: float | None
+    """Requests per second per device; ``None``: about 10 per second of a 60 s window."""
 
 
-class Simulator:
+class ShardSimulator:
     """Many simulated agents behind one MQTT connection and one HTTP session (the fleet cannot tell:
     without ACLs it reads the device id from the topic). Offline devices have a retained ``offline``
     status and send nothing until ``wake`` brings the returning ones back."""
@@ -438,7 +439,6 @@ class Simulator:
         self.client.loop_start()
         self.client.subscribe(f"{TOPICS.prefix}/devices/+/cmd", qos=1)
         self.stop = threading.Event()
-        self.requests_per_window = max(1, round(spec.request_rate * spec.window_s))
 
     def _on_cmd(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
         device_id = TOPICS.parse_device_topic(message.topic).device_id
@@ -490,9 +490,11 @@ class Simulator:
         self.model[device_id] = new
         self._status(device_id)
 
-    def run(self) -> None:
+    def run(self, window_s: float | None = None) -> None:
         """Every ``window_s``: install what was asked for, then one telemetry window per online device."""
-        window_s = self.spec.window_s
+        window_s = window_s or self.spec.window_s
+        rate = self.spec.request_rate
+        requests_n = None if rate is None else max(1, round(rate * window_s))
         while not self.stop.is_set():
             began = time.monotonic()
             with self.lock:
@@ -512,7 +514,7 @@ class Simulator:
                     model,
                     p95=p95,
                     seconds=window_s,
-                    requests_n=self.requests_per_window,
+                    requests_n=requests_n,
                 )
                 self.client.publish(TOPICS.telemetry(device_id), payload, qos=1)
             self.stop.wait(max(0.0, window_s - (time.monotonic() - began)))
@@ -536,9 +538,20 @@ class Simulator:
         self.client.loop_stop()
 
 
+class Simulator(ShardSimulator):
+    """``n`` devices, all online, in this process (the leader failover test's fleet)."""
+
+    def __init__(self, broker: MosquittoBroker, fleet_url: str, n: int, slow_versions: set[str]) -> None:
+        ids = [f"sim-{i:04d}" for i in range(n)]
+        no = frozenset[str]()
+        super().__init__(
+            ShardSpec(broker.host, broker.port, fleet_url, ids, no, no, frozenset(slow_versions), 2.0, None)
+        )
+
+
 def _shard_main(conn: Connection, spec: ShardSpec) -> None:
     """A simulator process: answers the parent's commands over ``conn`` until ``stop``."""
-    sim = Simulator(spec)
+    sim = ShardSimulator(spec)
     runner = threading.Thread(target=sim.run, daemon=True)
     while True:
         command = conn.recv()
