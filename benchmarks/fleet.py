@@ -7,22 +7,28 @@ compare the figures of one run with each other, not with another machine's).
   the database, every message acknowledged after commit). Ratio to the bare subscriber, and devices
   per core at one 60 s window per device (stored msg/s x 60 / CPU cores the process used).
 * Zero loss across a SIGKILL of ``fleet serve`` in the middle of a stream, and its restart.
-* A simulated fleet of agents (many devices per process; real MQTT status/events/telemetry and
-  HTTP desired-state polls) through a 4-wave gated rollout of a good model (time to complete), then
-  a slow model, which the gates must halt (and roll back) at wave 1.
+* A simulated fleet of agents (simulator processes, many devices on one MQTT connection each; real
+  MQTT status/events/telemetry and HTTP desired-state polls) through a 4-wave gated rollout of a
+  good model (time to complete, per-state device counts) with ``--offline-share`` of the devices
+  offline at the start (half of them come back mid-rollout and must install; the rest end
+  skipped-offline at the deadline), then a slow model, which the gates must halt (and roll back)
+  at wave 1 with the minimum-sample gates met.
 * API p99 of the device list and of one device's time series with N devices x D days of 60 s
   windows generated straight into the database.
 
 Prints a table and, last, one line of JSON: ``{"benchmark": "fleet", "figures": {...}}``.
 
-    .venv/bin/python -m benchmarks.fleet [--messages 20000] [--agents 1000] [--api-devices 1000]
-        [--api-days 7] [--skip-postgres]   (--api-devices 10000: several minutes to generate)
+    .venv/bin/python -m benchmarks.fleet [--messages 20000] [--agents 1000] [--offline-share 0.05]
+        [--api-devices 1000] [--api-days 7] [--skip-postgres] [--only rollout]
+    (--api-devices 10000: several minutes to generate; --agents 10000: 20 s windows, minutes)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import multiprocessing
 import os
 import random
 import statistics
@@ -35,6 +41,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +82,19 @@ POISON_SHARE = 0.05
 
 
 def window_payload(
-    device_id: str, seq: int, end: datetime, model: ModelRef, *, p95: float = 8.0, seconds: float = 60.0
+    device_id: str,
+    seq: int,
+    end: datetime,
+    model: ModelRef,
+    *,
+    p95: float = 8.0,
+    seconds: float = 60.0,
+    requests_n: int | None = None,
 ) -> bytes:
+    """One realistic window; ``requests_n`` (default about 10 per second of a 60 s window) sets the
+    sample size, and the errors stay a small share of it (well under the default error gate)."""
     rng = random.Random(seq)
+    served = 600 + rng.randint(0, 60) if requests_n is None else requests_n
     return (
         TelemetryWindow(
             device_id=device_id,
@@ -84,8 +102,8 @@ def window_payload(
             window_start=end - timedelta(seconds=seconds),
             window_end=end,
             model=model,
-            requests=600 + rng.randint(0, 60),
-            errors={"inference": rng.randint(0, 2)},
+            requests=served,
+            errors={"inference": rng.randint(0, served // 300)},
             latency_ms=LatencySummary(
                 p50=p95 / 2, p95=p95 * rng.uniform(0.95, 1.05), p99=p95 * 1.4, max=p95 * 3
             ),
@@ -99,7 +117,7 @@ def window_payload(
             ),
             uptime_s=seq * 60.0,
             prediction=PredictionHealth(
-                predictions=600,
+                predictions=served,
                 mean_confidence=0.91,
                 confidence_p05=0.55,
                 low_confidence_share=0.04,
@@ -383,13 +401,31 @@ def kill_restart(broker: MosquittoBroker, key: Path, n: int) -> dict[str, float]
 # ---------------------------------------------------------------- the simulated fleet
 
 
-class Simulator:
-    """Many simulated agents behind one MQTT connection and one HTTP session (the fleet cannot tell)."""
+@dataclass(frozen=True)
+class ShardSpec:
+    """One simulator process: its devices, which are offline at the start, which of those return."""
 
-    def __init__(self, broker: MosquittoBroker, fleet_url: str, n: int, slow_versions: set[str]) -> None:
-        self.ids = [f"sim-{i:04d}" for i in range(n)]
-        self.fleet_url = fleet_url
-        self.slow = slow_versions
+    host: str
+    port: int
+    fleet_url: str
+    ids: list[str]
+    offline: frozenset[str]
+    returning: frozenset[str]
+    slow: frozenset[str]
+    window_s: float
+    request_rate: float | None
+    """Requests per second per device; ``None``: about 10 per second of a 60 s window."""
+
+
+class ShardSimulator:
+    """Many simulated agents behind one MQTT connection and one HTTP session (the fleet cannot tell:
+    without ACLs it reads the device id from the topic). Offline devices have a retained ``offline``
+    status and send nothing until ``wake`` brings the returning ones back."""
+
+    def __init__(self, spec: ShardSpec) -> None:
+        self.spec = spec
+        self.ids = spec.ids
+        self.online = set(spec.ids) - spec.offline
         self.model = {d: ModelRef(name="digits", version="1.0.0") for d in self.ids}
         self.seq = dict.fromkeys(self.ids, 0)
         self.pending: set[str] = set()
@@ -399,23 +435,33 @@ class Simulator:
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
         self.client.on_message = self._on_cmd
-        self.client.connect(broker.host, broker.port)
+        self.client.connect(spec.host, spec.port, keepalive=120)
         self.client.loop_start()
         self.client.subscribe(f"{TOPICS.prefix}/devices/+/cmd", qos=1)
         self.stop = threading.Event()
 
     def _on_cmd(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        device_id = TOPICS.parse_device_topic(message.topic).device_id
         with self.lock:
-            self.pending.add(TOPICS.parse_device_topic(message.topic).device_id)
+            if device_id in self.online:  # an offline device does not hear the nudge
+                self.pending.add(device_id)
 
     def announce(self) -> None:
         for device_id in self.ids:
             self._status(device_id)
 
+    def wake(self) -> None:
+        """The returning devices come back: status ``online``, and (like an agent at start) a poll."""
+        with self.lock:
+            self.online |= self.spec.returning
+            self.pending |= self.spec.returning
+        for device_id in sorted(self.spec.returning):
+            self._status(device_id)
+
     def _status(self, device_id: str) -> None:
         status = DeviceStatus(
             device_id=device_id,
-            presence=Presence.ONLINE,
+            presence=Presence.ONLINE if device_id in self.online else Presence.OFFLINE,
             ts=datetime.now(UTC),
             agent_version="sim",
             model=self.model[device_id],
@@ -423,7 +469,9 @@ class Simulator:
         self.client.publish(TOPICS.status(device_id), status.model_dump_json(), qos=1, retain=True)
 
     def _install(self, device_id: str) -> None:
-        desired = self.http.get(f"{self.fleet_url}/api/v1/devices/{device_id}/desired", timeout=10).json()
+        desired = self.http.get(
+            f"{self.spec.fleet_url}/api/v1/devices/{device_id}/desired", timeout=30
+        ).json()
         target = desired.get("model")
         if not target or target["version"] == self.model[device_id].version:
             return
@@ -442,24 +490,47 @@ class Simulator:
         self.model[device_id] = new
         self._status(device_id)
 
-    def run(self, window_s: float) -> None:
-        """Every ``window_s``: install what was asked for, then one telemetry window per device."""
+    def run(self, window_s: float | None = None) -> None:
+        """Every ``window_s``: install what was asked for, then one telemetry window per online device."""
+        window_s = window_s or self.spec.window_s
+        rate = self.spec.request_rate
+        requests_n = None if rate is None else max(1, round(rate * window_s))
         while not self.stop.is_set():
             began = time.monotonic()
             with self.lock:
                 todo, self.pending = self.pending, set()
+                online = sorted(self.online)
             for device_id in sorted(todo):
                 self._install(device_id)
             end = datetime.now(UTC)
-            for device_id in self.ids:
+            for device_id in online:
                 model = self.model[device_id]
-                p95 = 24.0 if model.version in self.slow else 8.0
+                p95 = 24.0 if model.version in self.spec.slow else 8.0
                 self.seq[device_id] += 1
                 payload = window_payload(
-                    device_id, self.seq[device_id], end, model, p95=p95, seconds=window_s
+                    device_id,
+                    self.seq[device_id],
+                    end,
+                    model,
+                    p95=p95,
+                    seconds=window_s,
+                    requests_n=requests_n,
                 )
                 self.client.publish(TOPICS.telemetry(device_id), payload, qos=1)
             self.stop.wait(max(0.0, window_s - (time.monotonic() - began)))
+
+    def versions(self) -> dict[str, dict[str, int]]:
+        """Model versions of the online devices and of the returning ones."""
+        with self.lock:
+            online = set(self.online)
+        count: dict[str, dict[str, int]] = {"online": {}, "returned": {}}
+        for device_id in self.ids:
+            version = self.model[device_id].version
+            if device_id in online:
+                count["online"][version] = count["online"].get(version, 0) + 1
+            if device_id in self.spec.returning:
+                count["returned"][version] = count["returned"].get(version, 0) + 1
+        return count
 
     def close(self) -> None:
         self.stop.set()
@@ -467,74 +538,286 @@ class Simulator:
         self.client.loop_stop()
 
 
-def rollout_run(
-    broker: MosquittoBroker, key_pair: tuple[Path, Path], agents: int, soak_s: float
+class Simulator(ShardSimulator):
+    """``n`` devices, all online, in this process (the leader failover test's fleet)."""
+
+    def __init__(self, broker: MosquittoBroker, fleet_url: str, n: int, slow_versions: set[str]) -> None:
+        ids = [f"sim-{i:04d}" for i in range(n)]
+        no = frozenset[str]()
+        super().__init__(
+            ShardSpec(broker.host, broker.port, fleet_url, ids, no, no, frozenset(slow_versions), 2.0, None)
+        )
+
+
+def _shard_main(conn: Connection, spec: ShardSpec) -> None:
+    """A simulator process: answers the parent's commands over ``conn`` until ``stop``."""
+    sim = ShardSimulator(spec)
+    runner = threading.Thread(target=sim.run, daemon=True)
+    while True:
+        command = conn.recv()
+        if command == "announce":
+            sim.announce()
+            conn.send(len(sim.ids))
+        elif command == "run":
+            runner.start()
+            conn.send(True)
+        elif command == "wake":
+            sim.wake()
+            conn.send(len(spec.returning))
+        elif command == "versions":
+            conn.send(sim.versions())
+        elif command == "stop":
+            sim.close()
+            conn.send(time.process_time())
+            return
+
+
+class SimFleet:
+    """The simulated fleet split over ``processes`` simulator processes (one MQTT connection each)."""
+
+    def __init__(self, specs: list[ShardSpec]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.pipes: list[Connection] = []
+        self.processes: list[BaseProcess] = []
+        for spec in specs:
+            parent, child = context.Pipe()
+            process = context.Process(target=_shard_main, args=(child, spec), daemon=True)
+            process.start()
+            self.pipes.append(parent)
+            self.processes.append(process)
+
+    def ask(self, command: str, timeout_s: float = 300) -> list[Any]:
+        for pipe in self.pipes:
+            pipe.send(command)
+        answers = []
+        for pipe in self.pipes:
+            if not pipe.poll(timeout_s):
+                raise SystemExit(f"benchmark: a simulator process did not answer {command!r}")
+            answers.append(pipe.recv())
+        return answers
+
+    def versions(self) -> dict[str, dict[str, int]]:
+        total: dict[str, dict[str, int]] = {"online": {}, "returned": {}}
+        for answer in self.ask("versions"):
+            for kind, counts in answer.items():
+                for version, n in counts.items():
+                    total[kind][version] = total[kind].get(version, 0) + n
+        return total
+
+    def close(self) -> float:
+        """Stop every simulator; returns their CPU seconds together."""
+        cpu = sum(self.ask("stop", 60))
+        for process in self.processes:
+            process.join(10)
+        return float(cpu)
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """The simulated fleet's shape and pace, derived from ``--agents`` and friends."""
+
+    agents: int
+    offline_share: float
+    returning_share: float
+    processes: int
+    window_s: float
+    request_rate: float
+    soak_s: float
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RolloutPlan:
+        if args.agents < 2:
+            raise SystemExit("benchmark: --agents must be at least 2")
+        if not 0 <= args.offline_share < 1:
+            raise SystemExit(f"benchmark: --offline-share {args.offline_share} is not in [0, 1)")
+        if not 0 <= args.returning_share <= 1:
+            raise SystemExit(f"benchmark: --returning-share {args.returning_share} is not in [0, 1]")
+        # The telemetry stream is capped at --window-rate msg/s: more devices, longer windows.
+        window_s = max(2.0, args.agents / args.window_rate)
+        # Windows must carry the gates' minimum sample within min_windows_per_device windows: the
+        # device's minimum, and the wave's (wave 1 is one device); else every wave waits longer.
+        least = max(GATE_MIN["min_requests_per_device"], GATE_MIN["min_requests_per_wave"])
+        needed = least / (GATE_MIN["min_windows_per_device"] * window_s)
+        rate = max(args.request_rate, math.ceil(needed * 1.2))
+        processes = args.sim_processes or max(1, min(8, math.ceil(args.agents / 2500)))
+        return cls(
+            args.agents, args.offline_share, args.returning_share, processes, window_s, rate, args.soak
+        )
+
+    def wave_s(self) -> float:
+        """Expected time of one wave: the soak, or the minimum windows after the install if longer."""
+        return max(self.soak_s, (GATE_MIN["min_windows_per_device"] + 1) * self.window_s) + 2
+
+    def shards(self, host: str, port: int, url: str) -> tuple[list[ShardSpec], set[str], set[str]]:
+        width = max(4, len(str(self.agents - 1)))
+        ids = [f"sim-{i:0{width}d}" for i in range(self.agents)]
+        rng = random.Random(12)
+        offline = set(rng.sample(ids, round(self.agents * self.offline_share)))
+        returning = set(rng.sample(sorted(offline), round(len(offline) * self.returning_share)))
+        specs = [
+            ShardSpec(
+                host,
+                port,
+                url,
+                ids[k :: self.processes],
+                frozenset(offline.intersection(ids[k :: self.processes])),
+                frozenset(returning.intersection(ids[k :: self.processes])),
+                frozenset({"3.0.0"}),
+                self.window_s,
+                self.request_rate,
+            )
+            for k in range(self.processes)
+        ]
+        return specs, offline, returning
+
+
+GATE_MIN = {
+    "min_windows_per_device": 3,
+    "min_requests_per_device": 50,
+    "min_windows_per_wave": 3,
+    "min_requests_per_wave": 100,
+}
+"""The minimum-sample gates of the benchmark's rollouts (the fleet's defaults)."""
+
+
+def _wait_rollout(
+    url: str, rollout_id: int, timeout_s: float, on_wave: Callable[[int], None]
 ) -> dict[str, Any]:
+    """Poll until the rollout leaves running/paused; ``on_wave(i)`` when wave ``i`` starts."""
+    start = time.perf_counter()
+    seen = [0]
+    wave_started = [0.0]
+
+    def finished() -> dict[str, Any] | None:
+        view: dict[str, Any] = requests.get(f"{url}/api/v1/rollouts/{rollout_id}", timeout=60).json()
+        while seen[0] < view["wave"]:
+            seen[0] += 1
+            wave_started.append(time.perf_counter() - start)
+            on_wave(seen[0])
+        return view if view["state"] not in ("running", "paused") else None
+
+    view = wait_until(finished, f"rollout {rollout_id}", timeout_s, 0.5)
+    view["_wave_started_s"] = wave_started
+    return view
+
+
+def _returned_figures(
+    url: str, rollout_id: int, sims: SimFleet, plan: RolloutPlan, offline: set[str], returning: set[str]
+) -> dict[str, int]:
+    """After the good rollout: every online device serves it; how the offline ones ended."""
+    online = plan.agents - len(offline) + len(returning)
+    wait_until(
+        lambda: sims.versions()["online"].get("2.0.0", 0) == online, "every online device on 2.0.0", 120, 1.0
+    )
+    rows = requests.get(f"{url}/api/v1/rollouts/{rollout_id}/devices", timeout=120).json()
+    by_id = {row["device_id"]: row["state"] for row in rows}
+    return {
+        "offline_at_start": len(offline),
+        "returned": len(returning),
+        "returned_done": sum(by_id.get(d) == "done" for d in returning),
+        "returned_on_new_model": sims.versions()["returned"].get("2.0.0", 0),
+        "never_returned_skipped": sum(by_id.get(d) == "skipped-offline" for d in offline - returning),
+    }
+
+
+def _upload_models(url: str, key: Path) -> None:
+    """digits 1.0.0 (the fleet default), 2.0.0 (good) and 3.0.0 (slow)."""
     from tests.fleet.bundles import build_bundle
 
+    for version in ("1.0.0", "2.0.0", "3.0.0"):
+        data = build_bundle(key, "digits", version)
+        response = requests.post(
+            f"{url}/api/v1/models",
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},
+            timeout=30,
+        )
+        response.raise_for_status()
+    requests.post(
+        f"{url}/api/v1/deployments",
+        json={"name": "digits", "version": "1.0.0", "device_id": None},
+        timeout=30,
+    ).raise_for_status()
+
+
+def rollout_run(broker: MosquittoBroker, key_pair: tuple[Path, Path], plan: RolloutPlan) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="fleet-rollout-"))
     db_url = f"sqlite:///{workdir / 'fleet.db'}"
-    process = serve(workdir, broker, key_pair[1], db_url, "--rollout-tick", "0.5")
+    tick = "0.5" if plan.agents <= 2000 else "2"
+    process = serve(workdir, broker, key_pair[1], db_url, "--rollout-tick", tick)
     url = process.url
+    fleet_cpu0 = proc_cpu_s(process.pid)
+    sims: SimFleet | None = None
     try:
-        for version in ("1.0.0", "2.0.0", "3.0.0"):
-            data = build_bundle(key_pair[0], "digits", version)
-            response = requests.post(
-                f"{url}/api/v1/models",
-                data=data,
-                headers={"Content-Type": "application/octet-stream"},
-                timeout=30,
-            )
-            response.raise_for_status()
-        requests.post(
-            f"{url}/api/v1/deployments",
-            json={"name": "digits", "version": "1.0.0", "device_id": None},
-            timeout=30,
-        ).raise_for_status()
-        sim = Simulator(broker, url, agents, slow_versions={"3.0.0"})
-        sim.announce()
+        _upload_models(url, key_pair[0])
+        specs, offline, returning = plan.shards(broker.host, broker.port, url)
+        began = time.perf_counter()
+        sims = SimFleet(specs)
+        sims.ask("announce")
         wait_until(
-            lambda: len(requests.get(f"{url}/api/v1/devices", timeout=30).json()) == agents,
+            lambda: len(requests.get(f"{url}/api/v1/devices", timeout=120).json()) == plan.agents,
             "simulated devices",
-            120,
-            0.5,
+            300,
+            1.0,
         )
-        runner = threading.Thread(target=sim.run, args=(2.0,), daemon=True)
-        runner.start()
-        time.sleep(6)  # a few windows on the old model: the latency baseline
-        gates = {"soak_s": soak_s, "install_timeout_s": 120}
-        results: dict[str, Any] = {}
+        announce_s = time.perf_counter() - began
+        sims.ask("run")
+        time.sleep(max(6.0, 2.5 * plan.window_s))  # a few windows on the old model: the latency baseline
+        gates = {"soak_s": plan.soak_s, "install_timeout_s": 300, **GATE_MIN}
+        # Never-returning devices are skipped at the deadline: about when the last wave passes.
+        deadline_s = round(4 * plan.wave_s())
+        results: dict[str, Any] = {"announce_s": round(announce_s, 1), "deadline_s": deadline_s}
         for version, label in (("2.0.0", "good"), ("3.0.0", "bad")):
+            # The slow model keeps the default deadline: it must halt at wave 1 anyway.
+            deadline = {"deadline_s": deadline_s} if label == "good" else {}
+            body = {"name": "digits", "version": version, "target": {"all": True}, "gates": gates, **deadline}
             start = time.perf_counter()
-            body = {"name": "digits", "version": version, "target": {"all": True}, "gates": gates}
-            response = requests.post(f"{url}/api/v1/rollouts", json=body, timeout=30)
+            response = requests.post(f"{url}/api/v1/rollouts", json=body, timeout=60)
             response.raise_for_status()
             rollout_id = response.json()["id"]
+            woken = [0.0]
 
-            def finished(rid: int = rollout_id) -> dict[str, Any] | None:
-                view: dict[str, Any] = requests.get(f"{url}/api/v1/rollouts/{rid}", timeout=30).json()
-                return view if view["state"] not in ("running", "paused") else None
+            def on_wave(
+                wave: int, label: str = label, start: float = start, woken: list[float] = woken
+            ) -> None:
+                # Once wave 1 passed, the returning devices come back (mid-rollout).
+                if label == "good" and wave == 1 and sims is not None:
+                    sims.ask("wake")
+                    woken[0] = time.perf_counter() - start
 
-            view = wait_until(finished, f"rollout of {version}", 900, 0.5)
+            view = _wait_rollout(url, rollout_id, 60 * 30, on_wave)
             elapsed = time.perf_counter() - start
             results[label] = {
                 "state": view["state"],
                 "wave_reached": view["wave"] + 1,
                 "waves": view["waves"],
+                "wave_started_s": [round(s, 1) for s in view["_wave_started_s"]],
                 "devices_assigned": view["devices_assigned"],
-                "seconds": elapsed,
+                "device_states": view["device_states"],
+                "seconds": round(elapsed, 1),
                 "reason": view["reason"],
             }
             if label == "good":
-                wait_until(
-                    lambda: all(m.version == "2.0.0" for m in sim.model.values()), "all on 2.0.0", 60, 0.5
-                )
-                time.sleep(4)  # fresh baseline windows on 2.0.0
-        sim.close()
+                results.update(_returned_figures(url, rollout_id, sims, plan, offline, returning))
+                results["returned_at_s"] = round(woken[0], 1)
+                time.sleep(max(4.0, 2.5 * plan.window_s))  # fresh baseline windows on 2.0.0
+        fleet_cpu = proc_cpu_s(process.pid) - fleet_cpu0
+        results["sim_cpu_s"] = round(sims.close(), 1)
+        sims = None
+        results["fleet_cpu_s"] = round(fleet_cpu, 1)
+        results["wall_s"] = round(time.perf_counter() - began, 1)
         with create_engine_for_url(db_url).connect() as conn:
             results["telemetry_rows"] = conn.execute(select(func.count()).select_from(telemetry)).scalar_one()
         return results
     finally:
+        if sims is not None:
+            sims.close()
         process.stop(30)
 
 
@@ -703,6 +986,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--kill-messages", type=int, default=4000, help="messages in the kill/restart run")
     parser.add_argument("--agents", type=int, default=1000, help="simulated agents in the rollout run")
     parser.add_argument("--soak", type=float, default=6.0, help="soak seconds per wave in the rollout run")
+    parser.add_argument(
+        "--offline-share",
+        type=float,
+        default=0.05,
+        help="share of simulated devices offline at the rollout start",
+    )
+    parser.add_argument(
+        "--returning-share",
+        type=float,
+        default=0.5,
+        help="share of the offline devices that come back once wave 1 passed",
+    )
+    parser.add_argument(
+        "--window-rate",
+        type=float,
+        default=500.0,
+        help="telemetry windows per second of the whole simulated fleet (window = agents / rate, >= 2 s)",
+    )
+    parser.add_argument(
+        "--request-rate",
+        type=float,
+        default=10.0,
+        help="requests per second a simulated device serves (raised to fill the minimum-sample gates)",
+    )
+    parser.add_argument(
+        "--sim-processes",
+        type=int,
+        default=0,
+        help="simulator processes (0: one per 2,500 agents, at most 8)",
+    )
     parser.add_argument("--api-devices", type=int, default=1000)
     parser.add_argument(
         "--api-days", type=float, default=1.0, help="days of 60 s windows per device (7 = a week)"
@@ -791,20 +1104,48 @@ def kill_figures(report: Report, broker: MosquittoBroker, key: Path, messages_n:
 
 
 def rollout_figures(
-    report: Report, broker: MosquittoBroker, key_pair: tuple[Path, Path], agents: int, soak_s: float
+    report: Report, broker: MosquittoBroker, key_pair: tuple[Path, Path], plan: RolloutPlan
 ) -> None:
-    rollout = rollout_run(broker, key_pair, agents, soak_s)
-    report.figures["rollout"] = {"agents": agents, "soak_s": soak_s, **rollout}
+    rollout = rollout_run(broker, key_pair, plan)
+    report.figures["rollout"] = {
+        "agents": plan.agents,
+        "offline_share": plan.offline_share,
+        "sim_processes": plan.processes,
+        "window_s": plan.window_s,
+        "request_rate": plan.request_rate,
+        "soak_s": plan.soak_s,
+        **rollout,
+    }
     good, bad = rollout["good"], rollout["bad"]
     report.add(
-        f"{agents} agents, good model: state, waves, time (s)",
+        f"{plan.agents} agents ({plan.processes} sim processes, {plan.window_s:g} s windows, "
+        f"{plan.request_rate:g} req/s)",
+        f"{rollout['offline_at_start']} offline at start, {rollout['returned']} back mid-rollout",
+    )
+    report.add(
+        "good model: state, waves, time to complete (s)",
         f"{good['state']}, {good['waves']}, {good['seconds']:.1f}",
+    )
+    report.add("  waves started at (s); deadline_s", f"{good['wave_started_s']}; {rollout['deadline_s']}")
+    report.add(
+        "  device states at the end",
+        ", ".join(f"{k} {v}" for k, v in sorted(good["device_states"].items())),
+    )
+    report.add(
+        "  returned mid-rollout: done / on the new model; never returned: skipped-offline",
+        f"{rollout['returned_done']} / {rollout['returned_on_new_model']}; "
+        f"{rollout['never_returned_skipped']}",
     )
     report.add(
         "slow model (3x p95): state at wave, devices touched",
         f"{bad['state']} at wave {bad['wave_reached']}, {bad['devices_assigned']}",
     )
-    report.add("  slow model: time to halt (s)", f"{bad['seconds']:.1f}")
+    report.add("  slow model: time to halt (s); reason", f"{bad['seconds']:.1f}; {bad['reason']}")
+    report.add(
+        "  CPU s: fleet serve / simulators; wall s; telemetry rows",
+        f"{rollout['fleet_cpu_s']} / {rollout['sim_cpu_s']}; {rollout['wall_s']}; "
+        f"{rollout['telemetry_rows']:,}",
+    )
 
 
 def api_figures(
@@ -854,7 +1195,7 @@ def main(argv: list[str] | None = None) -> int:
         if "kill" in only:
             kill_figures(report, broker, key_pair[1], args.kill_messages)
         if "rollout" in only:
-            rollout_figures(report, broker, key_pair, args.agents, args.soak)
+            rollout_figures(report, broker, key_pair, RolloutPlan.from_args(args))
         if "api" in only:
             api_figures(report, broker, workdir, key_pair[1], args)
     report.figures["total_s"] = round(time.perf_counter() - began, 1)
