@@ -169,29 +169,7 @@ def test_the_installed_agent_runs_without_the_server_or_converter(installed: tup
         assert probe.returncode != 0, f"{module} is installed on the device"
     config = root / "etc/edgefleet/agent.toml"
     port = tomllib.loads(config.read_text())["api"]["port"]
-    agent = subprocess.Popen(
-        [str(root / "opt/edgefleet/bin/edgefleet"), "agent", "run", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-    def health() -> dict[str, object] | None:
-        if agent.poll() is not None:
-            raise AssertionError(f"the installed agent exited with {agent.returncode} before answering")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health", timeout=2) as answer:
-                body: dict[str, object] = json.loads(answer.read())
-                return body
-        except OSError:
-            return None
-
-    try:
-        assert wait_until(health, "the installed agent's /v1/health", 60, 0.2)["status"] == "no-model"
-    finally:
-        agent.send_signal(signal.SIGTERM)
-        _, err = agent.communicate(timeout=30)
-    assert agent.returncode == 0, err[-2000:]
+    _agent_answers(root, config, port, "the installed agent", 60)
 
 
 @needs_root
@@ -379,6 +357,12 @@ def test_a_python_312_archive_installs_and_the_agent_runs_on_litert_alone(tmp_pa
         check=True,
     )
     assert probe.stdout.strip() == "(3, 12) ['litert'] litert"
+    _agent_answers(root, config, port, "the Python 3.12 agent", 90)
+
+
+def _agent_answers(root: Path, config: Path, port: int, what: str, timeout_s: float) -> None:
+    """Start the installed agent, wait for /v1/health to say no-model, stop it with SIGTERM and
+    require a clean exit."""
     agent = subprocess.Popen(
         [str(root / "opt/edgefleet/bin/edgefleet"), "agent", "run", "--config", str(config)],
         stdout=subprocess.DEVNULL,
@@ -388,7 +372,7 @@ def test_a_python_312_archive_installs_and_the_agent_runs_on_litert_alone(tmp_pa
 
     def health() -> dict[str, object] | None:
         if agent.poll() is not None:
-            raise AssertionError(f"the Python 3.12 agent exited with {agent.returncode} before answering")
+            raise AssertionError(f"{what} exited with {agent.returncode} before answering")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health", timeout=2) as answer:
                 body: dict[str, object] = json.loads(answer.read())
@@ -397,7 +381,7 @@ def test_a_python_312_archive_installs_and_the_agent_runs_on_litert_alone(tmp_pa
             return None
 
     try:
-        assert wait_until(health, "the Python 3.12 agent's /v1/health", 90, 0.2)["status"] == "no-model"
+        assert wait_until(health, f"{what}'s /v1/health", timeout_s, 0.2)["status"] == "no-model"
     finally:
         agent.send_signal(signal.SIGTERM)
         _, err = agent.communicate(timeout=30)
