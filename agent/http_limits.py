@@ -189,11 +189,12 @@ def json_depth(body: bytes) -> int:
 
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-_MMAP_THRESHOLD = 128 * 1024
+_MMAP_THRESHOLD = 1024 * 1024
 
 
 def return_large_buffers_to_the_system() -> None:
-    """Have glibc map every allocation over 128 KiB on its own, and unmap it when freed.
+    """Have glibc map every allocation over 1 MiB on its own, and unmap it when freed (smaller ones,
+    such as one image of a vision model, stay in the heap: mapping each costs a page fault per page).
 
     By default glibc raises that threshold to the size of the largest block freed so far (up to
     32 MiB): after one large request, request bodies and arrays come from per-thread heaps that keep
