@@ -59,11 +59,7 @@ def test_an_older_model_needs_the_operators_grant(
     assert events[0].reason is not None
     assert "refusing to move from digits 2.0.0 back to 1.0.0" in events[0].reason
 
-    now = datetime.now(UTC)
-    grant = RollbackGrant(
-        name="digits", version="1.0.0", devices=[DEVICE], issued_at=now, expires_at=now + timedelta(hours=1)
-    )
-    updater.runner = _WithGrant(updater.runner, sign_grant(load_private_key(signing_keys[0]), grant))
+    _granted(updater, signing_keys[0], "1.0.0")
     events.clear()
     updater.check()
     assert serving(updater) == "1.0.0"
