@@ -118,3 +118,36 @@ def test_audit_list_cli(
     assert "(more: --before" in out
     assert edgefleet_main(["audit", "list", "--fleet", fleet.url, "--token", "viewer-token-0123456789"]) == 2
     assert "403" in capsys.readouterr().err
+
+
+def test_a_failed_audit_write_leaves_the_action_done(
+    api: InProcessFleet, signing_keys: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The audit store breaking (here: its table gone, as a full disk or a botched manual migration
+    would leave it) must not turn a done deploy into a 500 the operator would repeat."""
+    api.context.tokens = parse_tokens(TOKENS)
+    client = api.client
+    ok(
+        client.post(
+            "/api/v1/models",
+            content=build_bundle(signing_keys[0], "digits", "1.0.0"),
+            headers={**OCTET, **ADA},
+        ),
+        201,
+    )
+    ok(client.post("/api/v1/devices", json={"device_id": "pi-1"}, headers=ADA), 201)
+    with api.context.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE audit_log RENAME TO audit_log_away")
+    body = {"name": "digits", "version": "1.0.0", "device_id": "pi-1"}
+    with caplog.at_level("ERROR", logger="fleet.api.audit"):
+        ok(client.post("/api/v1/deployments", json=body, headers=OLGA))
+    model = ok(client.get("/api/v1/devices/pi-1/desired", headers=OLGA))["model"]
+    assert (model["name"], model["version"]) == ("digits", "1.0.0")
+    logged = [r.getMessage() for r in caplog.records if r.name == "fleet.api.audit"]
+    assert any("could not write the audit entry: olga (operator) deploy digits 1.0.0" in m for m in logged)
+    with api.context.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE audit_log_away RENAME TO audit_log")
+    assert [e["action"] for e in ok(client.get("/api/v1/audit", headers=OLGA))] == [
+        "device.add",
+        "model.upload",
+    ]
