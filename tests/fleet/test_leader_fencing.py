@@ -137,6 +137,35 @@ def race(
     return acted
 
 
+def test_a_takeover_waits_for_the_fenced_write_in_flight(
+    world: World, second_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fence holds the lease row until the leader's transaction ends: a follower whose clock
+    says the lease expired cannot take it in the middle of the leader's write, only after it."""
+    rollout_id = start(world, GATES)
+    leader = elector(world.engine, world, "worker-a")
+    leader.campaign()
+    token = leader.fence()
+    healthy_wave(world, rollout_id)
+    stall = Stall(monkeypatch)
+    follower = elector(second_engine, world, "worker-b")
+    with ThreadPoolExecutor(2) as pool:
+        tick = pool.submit(world.controller.tick, token)
+        assert stall.read.wait(30)
+        world.clock.advance(LEASE_S + 1)  # the leader stalls past its lease in mid-write
+        takeover = pool.submit(follower.campaign)
+        with pytest.raises(TimeoutError):
+            takeover.result(0.5)
+        stall.go.set()
+        tick.result(30)
+        assert takeover.result(30)
+    assert world.controller.get(rollout_id).wave == 1  # the write that began under term 1 landed
+    assert follower.fence() is not None and follower.fence().term == 2  # type: ignore[union-attr]
+    world.controller.tick(token)  # and nothing more is written under term 1
+    with pytest.raises(StaleLeaderError):
+        apply_retention(world.engine, world.clock(), 1, 30, fence=token)
+
+
 def test_a_pause_on_a_follower_during_the_leaders_tick_is_not_undone(
     world: World, second_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
