@@ -258,9 +258,10 @@ class UpdateConfig(_Section):
     max_latency_factor: float = Field(
         default=2.0,
         gt=0,
-        description="Roll back when the new model's median invoke time per instance (the time inside "
-        "the runtime, without queueing) exceeds the previous model's by more than this factor, beyond "
-        "the 95% bounds of both medians. Request latency is not judged: it follows the load.",
+        description="Roll back when the new model's invoke time per instance (the time inside the "
+        "runtime, without queueing; its 10th percentile, and likewise its CPU time) exceeds the "
+        "previous model's by more than this factor, beyond the 95% bounds of both. Request latency is "
+        "not judged: it follows the load.",
     )
     health_check_interval_s: float = Field(
         default=5,

@@ -150,7 +150,10 @@ class ModelUsage:
     load), and ``invoke``, the model's own time inside the runtime for that request, divided by
     the request's instances (so a change in batch sizes does not read as a slower model). Probation
     judges ``invoke``: it excludes the queue. ``cpu_ms`` sums the serving thread's CPU time over
-    the same span (``time.thread_time``), per instance, over ``timed`` requests.
+    the same span (``time.thread_time``), per instance, over ``timed`` requests, and ``cpu``
+    keeps their distribution: CPU time does not count the time the thread waited (preempted by
+    other processes, or for the GIL), so it follows the model's own work when the machine's load
+    changes between the two samples probation compares.
     """
 
     requests: int = 0
@@ -166,6 +169,9 @@ class ModelUsage:
     """Sum over timed requests of the CPU time per instance, in ms."""
     timed: int = 0
     """Requests with an invoke time (and a CPU time)."""
+    cpu: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(INVOKE_EDGES_MS))
+    """CPU time per instance of each timed request that measured one, in ms."""
+    recent_cpu: RecentHistogram = field(default_factory=lambda: RecentHistogram(INVOKE_EDGES_MS))
 
     def record(self, latency_ms: float, invoke_ms: float | None = None, cpu_ms: float | None = None) -> None:
         self.requests += 1
@@ -176,6 +182,9 @@ class ModelUsage:
             self.invoke.record(invoke_ms)
             self.recent_invoke.record(invoke_ms)
             self.cpu_ms += cpu_ms or 0.0
+            if cpu_ms is not None:
+                self.cpu.record(cpu_ms)
+                self.recent_cpu.record(cpu_ms)
 
     def recent_p50(self) -> float | None:
         """p50 request latency of the last RECENT_REQUESTS..2*RECENT_REQUESTS requests (telemetry:
@@ -197,6 +206,8 @@ class ModelUsage:
             self.recent_invoke.copy(),
             self.cpu_ms,
             self.timed,
+            self.cpu.copy(),
+            self.recent_cpu.copy(),
         )
 
     def minus(self, earlier: ModelUsage) -> ModelUsage:
@@ -208,4 +219,5 @@ class ModelUsage:
             invoke=self.invoke.minus(earlier.invoke),
             cpu_ms=self.cpu_ms - earlier.cpu_ms,
             timed=self.timed - earlier.timed,
+            cpu=self.cpu.minus(earlier.cpu),
         )

@@ -6,7 +6,9 @@ newest), then the conditions that depend on the time (silence, hold times) at ``
 hold for its ``for_s`` before its alert opens, and an open alert resolves only once the value is at or
 below ``resolve_at`` for ``resolve_for_s`` (hysteresis). While a device installs a model or is on
 probation its window rules and silence are not judged (an install restarts the serving process).
-Pending conditions live in memory (a restart starts their hold time again); open alerts are rows.
+Open alerts are rows, and so are the conditions whose hold time runs (``alert_pending``, read at
+the start of each run and written at its end), so a new leader continues a hold where the previous
+one left it. With a fencing token (``evaluate(fence)``) a worker that lost the lease writes nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from sqlalchemy import Connection, Engine
 from fleet.alert_webhook import Job, Post, RetryPolicy, WebhookSender, post_json
 from fleet.deploy import Publisher, was_refused
 from fleet.errors import FleetError
+from fleet.storage import alert_pending
 from fleet.storage import alerts as store
+from fleet.storage.leases import Fence, check_fence
 from fleet.storage.records import FailedUpdate, Finding
 from fleet.views import AlertView
 from protocol.topics import Topics
@@ -200,23 +204,52 @@ class AlertEngine:
         self._cursor: int | None = None
         self._tracks: dict[tuple[str, str], Track] = {}
 
-    def evaluate(self) -> tuple[list[AlertView], list[AlertView]]:
-        """Judge new windows and the time-bound rules; returns (opened, resolved). Publishes and posts."""
+    def evaluate(self, fence: Fence | None = None) -> tuple[list[AlertView], list[AlertView]]:
+        """Judge new windows and the time-bound rules; returns (opened, resolved). Publishes and posts.
+        ``fence``: the elected worker's token; StaleLeaderError (nothing written) once it lost the lease."""
         now = self.clock()
-        with self.engine.begin() as conn:
-            run = _Run(self, store.open_alerts(conn), store.device_states(conn))
-            for window in self._new_windows(conn):
-                run.window(window)
-            run.at_now(now)
-            since = now - timedelta(minutes=self.rules.rollback_hold_minutes)
-            run.rollbacks(store.rollbacks_since(conn, since) if self.rules.rollback else [], now)
-            run.close_orphans(now)
-            opened, resolved = run.apply(conn)
+        cursor = self._cursor
+        try:
+            with self.engine.begin() as conn:
+                if fence is not None:
+                    check_fence(conn, fence)
+                held = alert_pending.load(conn)
+                self._restore(held)
+                run = _Run(self, store.open_alerts(conn), store.device_states(conn))
+                for window in self._new_windows(conn):
+                    run.window(window)
+                run.at_now(now)
+                since = now - timedelta(minutes=self.rules.rollback_hold_minutes)
+                run.rollbacks(store.rollbacks_since(conn, since) if self.rules.rollback else [], now)
+                run.close_orphans(now)
+                opened, resolved = run.apply(conn)
+                alert_pending.save(conn, held, self._holding())
+        except BaseException:
+            self._cursor = cursor  # nothing was written: judge the same windows next time
+            raise
         for alert in opened:
             log.warning("alert opened: %s", alert.message)
         self._publish()
         self._post(opened, resolved)
         return opened, resolved
+
+    def _restore(self, held: dict[alert_pending.Key, alert_pending.Holding]) -> None:
+        """The stored hold times are the truth (another worker may have led since this one's last
+        run); values this worker saw stay, a stored one fills in for a condition it never saw."""
+        for key, track in self._tracks.items():
+            stored = held.get(key)
+            track.pending_since = stored.pending_since if stored else None
+            track.clearing_since = stored.clearing_since if stored else None
+        for key, stored in held.items():
+            if key not in self._tracks:
+                self._tracks[key] = Track(stored.value, stored.pending_since, stored.clearing_since)
+
+    def _holding(self) -> dict[alert_pending.Key, alert_pending.Holding]:
+        return {
+            key: alert_pending.Holding(track.value, track.pending_since, track.clearing_since)
+            for key, track in self._tracks.items()
+            if track.pending_since is not None or track.clearing_since is not None
+        }
 
     def _new_windows(self, conn: Connection) -> Iterable[store.WindowObs]:
         if self._cursor is None:  # first run: each device's newest window, then follow the table

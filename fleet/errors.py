@@ -31,3 +31,7 @@ class StorageError(FleetError):
 
 class FleetUnreachableError(FleetError):
     """The operator CLI cannot reach the fleet's HTTP API."""
+
+
+class StaleLeaderError(FleetError):
+    """A worker that lost the leader lease tried to write as the leader; its write was refused."""

@@ -30,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from fleet.errors import FleetError
 from fleet.storage import leases
-from fleet.storage.leases import Lease
+from fleet.storage.leases import Fence, Lease
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,14 @@ class LeaderElector:
         held = self._held
         margin = timedelta(seconds=self.renew_s)
         return held is not None and self.clock() < held.expires_at - margin
+
+    def fence(self) -> Fence | None:
+        """The token the elected job writes under (None: this worker does not lead now). Take it
+        once per round of work: a write under it fails if the lease changed hands since."""
+        held = self._held
+        if held is None or not self.leading:
+            return None
+        return Fence(held.name, self.holder, held.term)
 
     def campaign(self) -> bool:
         """One attempt to take or renew the lease; whether this worker leads afterwards. A database

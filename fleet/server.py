@@ -20,7 +20,7 @@ from fleet.api.context import FleetContext
 from fleet.auth import load_tokens
 from fleet.broker_files import PasswordFile
 from fleet.config import FleetConfig
-from fleet.errors import FleetError
+from fleet.errors import FleetError, StaleLeaderError
 from fleet.ingest.ingester import Ingester
 from fleet.leader import LeaderElector
 from fleet.provision import unreachable
@@ -160,13 +160,14 @@ class FleetServer:
         next_retention = time.monotonic()
         next_summary = time.monotonic()
         while not self._maintenance_stop.wait(self.config.rollout_tick_s):
-            if not self.leader.leading:
+            fence = self.leader.fence()  # this round's writes are refused once the lease moved on
+            if fence is None:
                 continue
             try:
-                self.rollouts.tick()
+                self.rollouts.tick(fence)
                 if time.monotonic() >= next_summary:
                     next_summary = time.monotonic() + self.config.summary_interval_s
-                    self.alerts.evaluate()
+                    self.alerts.evaluate(fence)
                     self.summary.publish()
                 if time.monotonic() >= next_retention:
                     next_retention = time.monotonic() + self.config.retention_interval_s
@@ -177,9 +178,12 @@ class FleetServer:
                         self.config.hourly_retention_days,
                         dead_letter_days=self.config.dead_letter_days,
                         dead_letter_cap=self.config.dead_letter_cap,
+                        fence=fence,
                     )
                     if result.windows_rolled_up or result.hourly_rows_expired or result.dead_letters_expired:
                         log.info("retention: %s", result)
+            except StaleLeaderError as exc:
+                log.warning("maintenance stopped: %s", exc)
             except Exception:
                 log.exception("maintenance failed; trying again")
 

@@ -1,6 +1,7 @@
 """Receive an uploaded bundle into a temporary file, never into memory: hashed and counted as it
 streams, refused as soon as it passes the size limit, removed when the request ends; whatever a
-killed fleet left half-written is removed at the next start.
+killed fleet left half-written is removed at the next start, once it is old enough that no worker
+can still be writing it (workers sharing the artifacts directory share ``.incoming/``).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,12 +35,24 @@ def incoming_dir(artifacts: Path) -> Path:
     return artifacts / INCOMING
 
 
-def clean_incoming(artifacts: Path) -> int:
-    """Remove uploads a killed fleet left behind; how many there were."""
+STALE_UPLOAD_S = 3600.0
+"""An upload's file is written at every chunk and removed when its request ends, so one untouched
+this long was left by a killed worker; a younger one may be another worker's upload in progress."""
+
+
+def clean_incoming(artifacts: Path, older_than_s: float = STALE_UPLOAD_S, now: float | None = None) -> int:
+    """Remove uploads a killed fleet left behind (not modified for ``older_than_s``); how many.
+    ``now``: seconds since the epoch (default: the wall clock; file times are wall-clock times)."""
     folder = incoming_dir(artifacts)
+    cutoff = (time.time() if now is None else now) - older_than_s
     removed = 0
     for leftover in folder.glob(f"*{SUFFIX}") if folder.is_dir() else ():
-        leftover.unlink(missing_ok=True)
+        try:
+            if leftover.stat().st_mtime >= cutoff:
+                continue
+            leftover.unlink()
+        except FileNotFoundError:  # its upload ended meanwhile
+            continue
         removed += 1
     if removed:
         log.info("removed %d unfinished upload(s) from %s", removed, folder)

@@ -160,7 +160,7 @@ class Activate:
             # Its recent invoke times (the last 1,000-2,000 timed requests), not its whole life.
             recent = before.recent_invoke.merged()
             cpu = before.cpu_per_instance_ms
-            record.previous_invoke = summarize(recent, cpu)
+            record.previous_invoke = summarize(recent, cpu, before.recent_cpu.merged())
         try:
             self.store.write_pointer(prior.switched_to(target.sha256))
         except OSError as exc:

@@ -29,6 +29,17 @@ class InvokeSummary(BaseModel):
     """An upper bound of the median, likewise."""
     cpu_ms: float | None = None
     """Mean CPU time per instance of the serving thread, when measured."""
+    fast_ms: float | None = None
+    """The 10th percentile: the invoke time when nothing else interferes (what probation judges)."""
+    fast_low_ms: float | None = None
+    fast_high_ms: float | None = None
+    """95% bounds of the 10th percentile, as ``low_ms``/``high_ms`` are of the median."""
+    cpu_count: int = 0
+    """Timed requests with a CPU time (the serving thread's, ``time.thread_time``)."""
+    cpu_fast_ms: float | None = None
+    """The 10th percentile of the CPU time per instance, and its 95% bounds."""
+    cpu_fast_low_ms: float | None = None
+    cpu_fast_high_ms: float | None = None
 
 
 class UpdateRecord(BaseModel):

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine
 
 from fleet.compat import IncompatibleRuntimeError, RuntimeNote
 from fleet.deploy import Publisher
-from fleet.errors import ConflictError, FleetError, NotFoundError
+from fleet.errors import ConflictError, FleetError, NotFoundError, StaleLeaderError
 from fleet.rollout_spec import (
     ACTIVE_STATES,
     Gates,
@@ -32,6 +32,7 @@ from fleet.rollouts.judge import Dev, fail, finish, judge, settle
 from fleet.storage import repository
 from fleet.storage import rollouts as store
 from fleet.storage.compat import record_skipped, screen
+from fleet.storage.leases import Fence, check_fence
 from fleet.storage.rollout_devices import (
     assign_through,
     device_views,
@@ -178,7 +179,7 @@ class RolloutController:
         now = self.clock()
         restored: list[str] = []
         with self._lock, self.engine.begin() as conn:
-            row = store.get_row(conn, rollout_id)
+            row = store.lock_row(conn, rollout_id)  # a tick on another worker waits, or is waited for
             if row is None:
                 raise NotFoundError(f"no rollout {rollout_id}")
             state = RolloutState(row.state)
@@ -199,21 +200,30 @@ class RolloutController:
 
     # ------------------------------------------------------------ the loop
 
-    def tick(self) -> None:
-        """Judge every running rollout once."""
+    def tick(self, fence: Fence | None = None) -> None:
+        """Judge every running rollout once. With ``fence`` (the elected worker's token) each
+        rollout's judgement is written only while that lease term holds; None: unfenced (a
+        single worker, tests)."""
         with self.engine.begin() as conn:
             ids = store.active_ids(conn)
         for rollout_id in ids:
             try:
-                self._tick_one(rollout_id)
+                self._tick_one(rollout_id, fence)
+            except StaleLeaderError as exc:
+                log.warning("rollout tick dropped: %s", exc)
+                return
             except Exception:
                 log.exception("rollout %d: tick failed; trying again next tick", rollout_id)
 
-    def _tick_one(self, rollout_id: int) -> None:
+    def _tick_one(self, rollout_id: int, fence: Fence | None) -> None:
         now = self.clock()
         notify: list[str] = []
         with self._lock, self.engine.begin() as conn:
-            row = store.get_row(conn, rollout_id)
+            if fence is not None:
+                check_fence(conn, fence)
+            # Locked until the verdict is written: an operator's pause or abort on any worker is
+            # applied before this read or after this write, never lost in between.
+            row = store.lock_row(conn, rollout_id)
             if row is None or row.state != RolloutState.RUNNING.value:
                 return
             gates = Gates.model_validate(row.gates)

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, case, select, update
 
+from fleet.errors import StaleLeaderError
 from fleet.storage.schema import leases
 from fleet.storage.times import utc
 
@@ -29,6 +30,16 @@ class Lease:
 
     def held_by(self, holder: str, now: datetime) -> bool:
         return self.holder == holder and now < self.expires_at
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A leader's fencing token: the lease as its holder held it when it decided to act. Writes
+    made under it are refused once the lease changed hands (a new term), whatever the clocks say."""
+
+    name: str
+    holder: str
+    term: int
 
 
 def _lease(conn: Connection, name: str) -> Lease | None:
@@ -94,3 +105,27 @@ def release(conn: Connection, name: str, holder: str, now: datetime) -> bool:
         update(leases).where(leases.c.name == name, leases.c.holder == holder).values(expires_at=utc(now))
     ).rowcount
     return bool(released)
+
+
+def check_fence(conn: Connection, fence: Fence) -> None:
+    """Make ``conn``'s transaction a leader's: the lease must still be ``fence.holder``'s in
+    ``fence.term``, else StaleLeaderError (the caller's transaction rolls back, nothing written).
+
+    Run it first in the transaction. It is an UPDATE that changes nothing, so it takes the lease
+    row's lock (PostgreSQL) or the database's write lock (SQLite) until the transaction ends: a
+    takeover waits for the write to commit and the next fenced write sees the new term. A leader
+    paused past its lease (GC, SIGSTOP) cannot write after someone else took over, which the
+    clock-based ``leading`` alone cannot promise.
+    """
+    kept = conn.execute(
+        update(leases)
+        .where(leases.c.name == fence.name, leases.c.holder == fence.holder, leases.c.term == fence.term)
+        .values(term=leases.c.term)
+    ).rowcount
+    if not kept:
+        now = _lease(conn, fence.name)
+        who = f"{now.holder} in term {now.term}" if now is not None else "nobody"
+        raise StaleLeaderError(
+            f"{fence.holder} no longer holds the {fence.name!r} lease of term {fence.term} "
+            f"(held by {who}): its write was refused"
+        )

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 
 from fleet.storage.ingest import DEAD_LETTER_CAP, DEAD_LETTER_DAYS, expire_dead_letters
+from fleet.storage.leases import Fence, check_fence
 from fleet.storage.metrics import HOURLY_COLUMNS, Rollup
 from fleet.storage.schema import telemetry, telemetry_hourly
 from fleet.storage.times import utc
@@ -111,13 +112,18 @@ def apply_retention(
     *,
     dead_letter_days: float = DEAD_LETTER_DAYS,
     dead_letter_cap: int = DEAD_LETTER_CAP,
+    fence: Fence | None = None,
 ) -> RetentionResult:
     """Fold windows older than ``raw_days`` into hourly rows; drop rollups older than ``hourly_days``
-    and dead letters older than ``dead_letter_days`` or beyond the newest ``dead_letter_cap``."""
+    and dead letters older than ``dead_letter_days`` or beyond the newest ``dead_letter_cap``.
+    ``fence``: the elected worker's token, checked in each transaction (two workers folding the
+    same windows would count them twice in the rollups)."""
     cutoff = _hour(utc(now) - timedelta(days=raw_days))  # whole hours only: no hour is half raw
     rolled = written = 0
     while True:
         with engine.begin() as conn:
+            if fence is not None:
+                check_fence(conn, fence)
             rows = conn.execute(
                 select(telemetry)
                 .where(telemetry.c.window_start < cutoff)
@@ -140,6 +146,8 @@ def apply_retention(
             conn.execute(delete(telemetry).where(telemetry.c.id.in_([row.id for row in rows])))
             rolled += len(rows)
     with engine.begin() as conn:
+        if fence is not None:
+            check_fence(conn, fence)
         expired = conn.execute(
             delete(telemetry_hourly).where(telemetry_hourly.c.hour < utc(now) - timedelta(days=hourly_days))
         ).rowcount

@@ -115,6 +115,15 @@ def get_row(conn: Connection, rollout_id: int) -> Row[Any] | None:
     return conn.execute(select(rollouts).where(rollouts.c.id == rollout_id)).first()
 
 
+def lock_row(conn: Connection, rollout_id: int) -> Row[Any] | None:
+    """The rollout, locked for the rest of the transaction: an UPDATE that changes nothing takes the
+    row lock on PostgreSQL and the write lock on SQLite *before* the read (a SQLite read first and a
+    write later would fail when another writer committed in between), so two workers' read-decide-
+    write sequences on one rollout run one after the other."""
+    conn.execute(update(rollouts).where(rollouts.c.id == rollout_id).values(updated_at=rollouts.c.updated_at))
+    return get_row(conn, rollout_id)
+
+
 def active_ids(conn: Connection) -> list[int]:
     query = (
         select(rollouts.c.id).where(rollouts.c.state == RolloutState.RUNNING.value).order_by(rollouts.c.id)

@@ -249,6 +249,19 @@ alerts = Table(
     Index("ix_alerts_resolved", "resolved_at"),  # the history, newest closed first
 )
 
+alert_pending = Table(
+    "alert_pending",
+    metadata,
+    # A (rule, device) condition whose hold time runs: above the threshold and not yet open
+    # (pending_since), or open and back under its resolve value (clearing_since). Only such rows
+    # exist; a new leader continues their hold times instead of starting them over.
+    Column("rule", String(64), primary_key=True),
+    Column("device_id", String(64), primary_key=True),
+    Column("value", Float, nullable=True),
+    Column("pending_since", DateTime(timezone=True), nullable=True),
+    Column("clearing_since", DateTime(timezone=True), nullable=True),
+)
+
 alert_deliveries = Table(
     "alert_deliveries",
     metadata,

@@ -3,11 +3,15 @@ leaving nothing behind (a killed fleet's leftovers are removed at the next start
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import os
 import tarfile
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -15,7 +19,7 @@ import requests
 
 from edgefleet.mosquitto import MosquittoBroker
 from fleet.server import FleetServer
-from fleet.uploads import incoming_dir
+from fleet.uploads import STALE_UPLOAD_S, Upload, incoming_dir, receive
 from protocol.manifest import FileEntry
 from protocol.signing import load_private_key, sign
 from tests.fleet.bundles import build_bundle, make_manifest, model_files
@@ -57,19 +61,57 @@ def test_uploads_leave_no_temporary_file(api: InProcessFleet, signing_keys: tupl
 def test_leftovers_of_a_killed_upload_are_removed_at_start(
     tmp_path: Path, broker: MosquittoBroker, signing_keys: tuple[Path, Path]
 ) -> None:
+    """A worker starting next to others on one artifacts directory removes what a killed worker
+    left (untouched for longer than STALE_UPLOAD_S), never an upload another worker is writing."""
     config = fleet_config(tmp_path, broker, signing_keys)
     folder = incoming_dir(config.artifacts)
     folder.mkdir(parents=True)
-    (folder / "0123abcd.part").write_bytes(b"half a bundle")
+    left = folder / "0123abcd.part"
+    left.write_bytes(b"half a bundle")
+    old = time.time() - STALE_UPLOAD_S - 60
+    os.utime(left, (old, old))
+    in_progress = folder / "4567cdef.part"
+    in_progress.write_bytes(b"the first megabyte of another worker's upload")
     keep = config.artifacts / "digits" / "1.0.0.bundle"
     keep.parent.mkdir(parents=True)
     keep.write_bytes(b"a stored bundle")
     server = FleetServer(config)
     try:
-        assert list(folder.iterdir()) == []
+        assert list(folder.iterdir()) == [in_progress]
         assert keep.read_bytes() == b"a stored bundle"
     finally:
         server.engine.dispose()
+
+
+def test_a_second_worker_starting_does_not_break_an_upload_in_progress(
+    tmp_path: Path, broker: MosquittoBroker, signing_keys: tuple[Path, Path]
+) -> None:
+    """An upload streaming into the shared .incoming/ (its first chunks written, the rest not yet
+    sent) survives another worker starting on the same artifacts directory, and is stored."""
+    config = fleet_config(tmp_path, broker, signing_keys)
+    data = os.urandom(5000)  # receive() only streams and hashes; verification comes after
+    written = threading.Event()
+    finish = threading.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield data[:1000]
+        written.set()
+        await asyncio.to_thread(finish.wait, 30)
+        yield data[1000:]
+
+    async def upload() -> Upload:
+        return await receive(chunks(), config.artifacts, 1 << 20, str(len(data)))
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(asyncio.run, upload())
+        assert written.wait(30)
+        second = FleetServer(config)  # the second worker starts while the upload streams
+        second.engine.dispose()
+        finish.set()
+        received = pending.result(30)
+    assert received.path.read_bytes() == data
+    assert received.sha256 == hashlib.sha256(data).hexdigest()
+    received.path.unlink()
 
 
 MIB = 1 << 20
