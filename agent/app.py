@@ -18,9 +18,14 @@ from agent.config import AgentConfig
 from agent.errors import AgentError
 from agent.http_api import InferenceAPI
 from agent.http_limits import HttpLimits
+from agent.log_answer import LogResponder
+from agent.logfile import apply_level
+from agent.logfile import install as install_log_file
+from agent.logfile import remove as remove_log_file
 from agent.metrics_text import MetricsSources
 from agent.mqtt_link import MqttLink
 from agent.outbox import Outbox
+from agent.remote_config import RemoteConfigs
 from agent.scheduler import IntervalJob
 from agent.serving import ModelHolder
 from agent.store import ModelStore, parse_manifest
@@ -32,7 +37,7 @@ from agent.update.faults import Faults
 from agent.update.machine import State
 from protocol.bundle import MANIFEST
 from protocol.manifest import BaselineStats
-from protocol.messages import UpdateEvent
+from protocol.messages import Command, CommandKind, DesiredState, UpdateEvent
 from protocol.schema import ModelRef
 from protocol.topics import Topics
 from protocol.version import __version__
@@ -52,6 +57,9 @@ class Agent:
         """``session``: run the update steps in this process on it (tests); by default they run in
         a worker process."""
         self.config = config
+        self.local_config = config
+        """agent.toml as read; ``config`` is it with the accepted remote config over it."""
+        self.remote = RemoteConfigs(config.state_dir)
         self.session = session
         self.holder = ModelHolder()
         self.metrics = RequestMetrics()
@@ -65,6 +73,8 @@ class Agent:
         self._check_job: IntervalJob | None = None
         self._telemetry_job: IntervalJob | None = None
         self.stopping = threading.Event()
+        self._log_file: logging.Handler | None = None
+        self.logs: LogResponder | None = None
 
     # -- status --------------------------------------------------------------------------------
     def model_ref(self) -> ModelRef | None:
@@ -102,8 +112,18 @@ class Agent:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> Agent:
-        cfg = self.config
         self.store.open()
+        self.config = cfg = self.remote.effective(self.local_config)
+        self._log_file = install_log_file(cfg.state_dir, cfg.log)
+        self.logs = LogResponder(
+            cfg.device_id,
+            self.topics,
+            cfg.state_dir / "log",
+            self._mqtt_publish,
+            enabled=lambda: self.config.remote.logs,
+            max_bytes=lambda: self.config.remote.max_log_bytes,
+            secrets=self._secrets,
+        )
         self.runtime_name = str(resolve_runtime(cfg.runtime.kind))
         if not _any_public_key(cfg.trusted_keys):
             log.warning(
@@ -118,6 +138,8 @@ class Agent:
             agent_version=__version__,
             status=lambda: (self.runtime_name, self.model_ref(), self.update_state()),
             on_check_update=self.request_check,
+            on_command=self._on_command,
+            config_report=lambda: self.remote.report,
             keepalive_s=cfg.mqtt.keepalive_s,
             outbox=Outbox(cfg.state_dir / "outbox.sqlite", limit=cfg.mqtt.queue_limit),
             username=cfg.mqtt.username,
@@ -135,6 +157,7 @@ class Agent:
             session=self.session,  # None: each heavy step in a worker process
             faults=Faults.from_environ(os.environ),
         )
+        self.updater.on_desired = self._on_desired
         # A crash after the switch is settled here, before anything serves.
         self.updater.start_up()
         api = InferenceAPI(
@@ -201,17 +224,60 @@ class Agent:
         model = self.holder.current
         return model.manifest.baseline if model is not None else None
 
+    # -- remote logs and configuration ---------------------------------------------------------
+    def _mqtt_publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        if self.mqtt is not None:
+            self.mqtt.publish(topic, payload, qos, retain)
+
+    def _secrets(self) -> list[str]:
+        cfg = self.config
+        return [s for s in (cfg.mqtt.password, cfg.fleet.password) if s]
+
+    def _on_command(self, command: Command) -> None:
+        if command.command == CommandKind.LOGS and command.logs is not None and self.logs is not None:
+            self.logs.request(command.logs)
+
+    def _on_desired(self, desired: DesiredState) -> None:
+        """The update check read the desired state: judge its config section (never raises)."""
+        before = self.remote.report
+        try:
+            config = self.remote.offer(self.local_config, desired.config)
+            if config is not None:
+                ignored = self._apply(config)
+                if ignored:  # REMOTE_KEYS are all live: this would be a bug, not an operator error
+                    log.warning("remote config: not applied until a restart: %s", ", ".join(ignored))
+        except Exception:
+            log.exception("could not apply the remote config; keeping the running one")
+        if self.remote.report != before and self.mqtt is not None:
+            self.mqtt.publish_status()
+
     def reload(self, config: AgentConfig) -> list[str]:
-        """Apply a changed config (SIGHUP): intervals and the update policy now; the rest needs a
-        restart. Returns what was not applied, in words."""
+        """A changed agent.toml (SIGHUP), with the accepted remote config over it again."""
+        self.local_config = config
+        effective = self.remote.effective(config)
+        ignored = self._apply(effective)
+        if self.mqtt is not None:
+            self.mqtt.publish_status()
+        return ignored
+
+    def _apply(self, config: AgentConfig) -> list[str]:
+        """Apply a changed config: intervals, the update policy and the log level now; the rest
+        needs a restart. Returns what was not applied, in words."""
         old, self.config = self.config, config
+        apply_level(config.log.level)
         if self._check_job is not None and config.fleet.poll_interval_s != old.fleet.poll_interval_s:
             self._check_job.set_interval(config.fleet.poll_interval_s)
         if self._telemetry_job is not None and config.telemetry.interval_s != old.telemetry.interval_s:
             self._telemetry_job.set_interval(config.telemetry.interval_s)
         if self.updater is not None:
             self.updater.reload(UpdatePolicy.from_config(config.update))
-        live = {"fleet": {"poll_interval_s"}, "telemetry": {"interval_s"}, "update": None}
+        live = {
+            "fleet": {"poll_interval_s"},
+            "telemetry": {"interval_s"},
+            "update": None,
+            "log": {"level"},
+            "remote": None,
+        }
         ignored = []
         for section, value in config.model_dump().items():
             before = old.model_dump()[section]
@@ -253,6 +319,7 @@ class Agent:
             if left:
                 log.info("outbox: %d message(s) at stop were kept for the next start if unsent", left)
         log.info("agent %s stopped", self.config.device_id)
+        remove_log_file(self._log_file)
 
 
 def _any_public_key(paths: list[Path]) -> bool:

@@ -30,6 +30,7 @@ from agent.outbox import Outbox
 from agent.tls import TlsHandshakeError, describe_handshake, record_handshake_errors
 from protocol.errors import MessageError
 from protocol.messages import Command, CommandKind, DeviceStatus, Presence, UpdateEvent, parse_message
+from protocol.remote import ConfigReport
 from protocol.schema import ModelRef
 from protocol.topics import Topics
 
@@ -49,6 +50,8 @@ class MqttLink:
         agent_version: str,
         status: Callable[[], tuple[str | None, ModelRef | None, str | None]],
         on_check_update: Callable[[], None],
+        on_command: Callable[[Command], None] = lambda command: None,
+        config_report: Callable[[], ConfigReport | None] = lambda: None,
         keepalive_s: int = 30,
         outbox: Outbox,
         username: str | None = None,
@@ -63,6 +66,9 @@ class MqttLink:
         self.agent_version = agent_version
         self.status = status
         self.on_check_update = on_check_update
+        self.on_command = on_command
+        """Every other command (a log request), on paho's network thread: it must not block."""
+        self.config_report = config_report
         self.keepalive_s = keepalive_s
         self.outbox = outbox
         self.window = window
@@ -280,6 +286,8 @@ class MqttLink:
         if command.command == CommandKind.CHECK_UPDATE:
             log.info("fleet asked for an update check (command %s)", command.command_id)
             self.on_check_update()
+            return
+        self.on_command(command)
 
     def _status_payload(self, presence: Presence) -> bytes:
         runtime, model, update_state = self.status()
@@ -292,6 +300,7 @@ class MqttLink:
                 runtime=runtime,
                 model=model,
                 update_state=update_state,
+                config=self.config_report(),
             )
             .model_dump_json()
             .encode()
