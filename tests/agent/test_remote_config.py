@@ -58,7 +58,9 @@ def test_a_valid_config_overrides_only_its_keys(tmp_path: Path) -> None:
         ({"log": {"level": "chatty"}}, "log.level = 'chatty'"),
     ],
 )
-def test_a_bad_config_is_refused_with_the_reason(tmp_path: Path, settings: dict, words: str) -> None:  # type: ignore[type-arg]
+def test_a_bad_config_is_refused_with_the_reason(
+    tmp_path: Path, settings: dict[str, dict[str, object]], words: str
+) -> None:
     with pytest.raises(RemoteConfigError) as refused:
         overlay(local(tmp_path), settings)
     assert words in str(refused.value)
