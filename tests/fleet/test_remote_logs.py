@@ -6,19 +6,26 @@ ingest goes on."""
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import requests
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.mosquitto import MosquittoBroker
+from fleet.auth import hash_secret
+from fleet.config import MqttSettings
+from fleet.provision import FLEET_BROKER_USER, acl_text
 from protocol.messages import Command, CommandKind, parse_message
 from protocol.remote import MAX_LOG_BYTES, LogChunk
 from protocol.topics import Topics
 from tests.fleet.mqtt_helpers import TestClient, status
-from tests.support.fleet import RunningFleet
+from tests.support.fleet import RunningFleet, fleet_config, running_fleet, shipped_listener_settings
 from tests.support.wait import wait_until
 
 TOPICS = Topics()
+FLEET_PASSWORD = "fleet-password-0123456789"
 
 
 def chunk(device: str, request_id: str, seq: int, total: int, piece: bytes, lines: int = 0) -> bytes:
@@ -34,6 +41,21 @@ def chunk(device: str, request_id: str, seq: int, total: int, piece: bytes, line
         .model_dump_json()
         .encode()
     )
+
+
+def login(broker: MosquittoBroker, user: str, password: str) -> mqtt.Client:
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id=user, protocol=mqtt.MQTTv5
+    )
+    client.username_pw_set(user, password)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    wait_until(client.is_connected, f"{user} logged in", 5, 0.05)
+    return client
+
+
+def send(client: mqtt.Client, topic: str, payload: bytes) -> None:
+    client.publish(topic, payload, qos=1).wait_for_publish(5)
 
 
 def ask(fleet: RunningFleet, device: str, **body: Any) -> str:
@@ -106,3 +128,55 @@ def test_a_chunked_answer_is_assembled_and_hostile_chunks_are_dropped(
     device.publish(TOPICS.status("pi-3"), status("pi-3"))
     wait_until(lambda: len(fleet.json("/api/v1/devices")) == 3, "the ingest to go on", 10, 0.05)
     listener.close()
+
+
+def test_the_shipped_acl_lets_a_device_answer_only_for_itself(
+    tmp_path: Path, signing_keys: tuple[Path, Path]
+) -> None:
+    """With the shipped ACL and password file: dev-a cannot publish on dev-b's log topic, and what
+    it publishes on its own for dev-b's request is not taken as dev-b's answer."""
+    secrets = {"dev-a": "secret-of-a-0123456789", "dev-b": "secret-of-b-0123456789"}
+    folder = tmp_path / "secure"
+    folder.mkdir()
+    passwd = folder / "passwd"
+    lines = [f"{FLEET_BROKER_USER}:{hash_secret(FLEET_PASSWORD)}"]
+    passwd.write_text("\n".join(lines + [f"{d}:{hash_secret(s)}" for d, s in secrets.items()]) + "\n")
+    (folder / "acl").write_text(acl_text(TOPICS.prefix))
+    extra = f"password_file {passwd}\nacl_file {folder / 'acl'}\n{shipped_listener_settings()}"
+    with MosquittoBroker(folder / "mosquitto", extra_config=extra) as broker:
+        base = fleet_config(tmp_path, broker, signing_keys)
+        mqtt_settings = MqttSettings(
+            host=broker.host, port=broker.port, username=FLEET_BROKER_USER, password=FLEET_PASSWORD
+        )
+        with running_fleet(base.model_copy(update={"mqtt": mqtt_settings})) as fleet:
+            devices = {name: login(broker, name, secret) for name, secret in secrets.items()}
+            try:
+                for name, client in devices.items():
+                    send(client, TOPICS.status(name), status(name))
+                wait_until(lambda: len(fleet.json("/api/v1/devices")) == 2, "both devices", 10, 0.05)
+                request_id = ask(fleet, "dev-b")
+                forged = zlib.compress(b"forged by dev-a\n")
+                send(
+                    devices["dev-a"],
+                    TOPICS.logs("dev-b", request_id),
+                    chunk("dev-b", request_id, 0, 1, forged),
+                )
+                send(
+                    devices["dev-a"],
+                    TOPICS.logs("dev-a", request_id),
+                    chunk("dev-a", request_id, 0, 1, forged),
+                )
+                wait_until(
+                    lambda: fleet.server.logs.dropped >= 1, "dev-a's answer on its own topic dropped", 5
+                )
+                real = zlib.compress(b"dev-b's own log\n")
+                send(
+                    devices["dev-b"],
+                    TOPICS.logs("dev-b", request_id),
+                    chunk("dev-b", request_id, 0, 1, real, 1),
+                )
+                assert answer(fleet, "dev-b", request_id)["text"] == "dev-b's own log\n"
+            finally:
+                for client in devices.values():
+                    client.disconnect()
+                    client.loop_stop()
