@@ -10,9 +10,10 @@ from protocol.remote import MAX_LOG_BYTES, LogLevel
 class LogConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    level: LogLevel = Field(
-        default=LogLevel.INFO,
-        description="Least level the agent logs (to stderr, i.e. the journal, and to its log file).",
+    level: LogLevel | None = Field(
+        default=None,
+        description="Least level the agent logs (to stderr, i.e. the journal, and to its log file); "
+        "unset: info, or debug with -v.",
     )
     file: bool = Field(
         default=True,

@@ -70,9 +70,17 @@ def install(state_dir: Path, config: LogConfig) -> RotatingFileHandler | None:
     return handler
 
 
-def apply_level(level: LogLevel) -> None:
-    """The least level logged, now (a remote config or SIGHUP may change it)."""
-    logging.getLogger().setLevel(level.number)
+_initial_level: list[int] = []
+"""The root logger's level before the first ``apply_level`` (the command line's: -v or not)."""
+
+
+def apply_level(level: LogLevel | None) -> None:
+    """The least level logged, now (a remote config or SIGHUP may change it); None: the level the
+    process started with."""
+    root = logging.getLogger()
+    if not _initial_level:
+        _initial_level.append(root.level)
+    root.setLevel(level.number if level is not None else _initial_level[0])
 
 
 def remove(handler: logging.Handler | None) -> None:

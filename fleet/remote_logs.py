@@ -72,11 +72,22 @@ class _Pending:
 
 
 class LogCollector:
-    def __init__(self, engine: Engine, topics: Topics, *, ttl_s: float = 300, max_pending: int = 64) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        topics: Topics,
+        *,
+        ttl_s: float = 300,
+        max_pending: int = 64,
+        max_pending_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
         self.engine = engine
         self.topics = topics
         self.ttl_s = ttl_s
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        """What answers in progress may hold in memory together: more is dropped, not queued."""
+        self._pending_bytes = 0
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
         self.stored = 0
@@ -101,7 +112,7 @@ class LogCollector:
         now = time.monotonic()
         with self._lock:
             for stale in [k for k, p in self._pending.items() if now - p.first_seen > self.ttl_s]:
-                del self._pending[stale]
+                self._forget(stale)
                 self.dropped += 1
             pending = self._pending.get(request_id)
             if pending is None:
@@ -110,14 +121,29 @@ class LogCollector:
                     return None
                 pending = self._pending[request_id] = _Pending(device_id, chunk.total, now)
             if pending.total != chunk.total or pending.device_id != device_id:
-                del self._pending[request_id]
+                self._forget(request_id)
                 self._drop(f"log answer {request_id}: chunks disagree on their number")
                 return None
-            pending.pieces[chunk.seq] = chunk.piece
+            piece = chunk.piece
+            if chunk.seq not in pending.pieces:
+                if self._pending_bytes + len(piece) > self.max_pending_bytes:
+                    self._forget(request_id)
+                    self._drop(
+                        f"log answers in progress hold {self._pending_bytes} bytes; dropped {request_id}"
+                    )
+                    return None
+                self._pending_bytes += len(piece)
+                pending.pieces[chunk.seq] = piece
             if len(pending.pieces) < pending.total:
                 return None
-            del self._pending[request_id]
-            return b"".join(pending.pieces[i] for i in range(pending.total))
+            packed = b"".join(pending.pieces[i] for i in range(pending.total))
+            self._forget(request_id)
+            return packed
+
+    def _forget(self, request_id: str) -> None:
+        """Drop an answer in progress (the caller holds the lock)."""
+        pending = self._pending.pop(request_id)
+        self._pending_bytes -= sum(len(piece) for piece in pending.pieces.values())
 
     def _store(self, device_id: str, last: LogChunk, packed: bytes) -> None:
         error = last.error

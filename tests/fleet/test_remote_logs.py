@@ -12,11 +12,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import requests
 from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import create_engine
 
 from edgefleet.mosquitto import MosquittoBroker
 from fleet.auth import hash_secret
 from fleet.config import MqttSettings
 from fleet.provision import FLEET_BROKER_USER, acl_text
+from fleet.remote_logs import LogCollector
 from protocol.messages import Command, CommandKind, parse_message
 from protocol.remote import MAX_LOG_BYTES, LogChunk
 from protocol.topics import Topics
@@ -180,3 +182,14 @@ def test_the_shipped_acl_lets_a_device_answer_only_for_itself(
                 for client in devices.values():
                     client.disconnect()
                     client.loop_stop()
+
+
+def test_answers_in_progress_are_bounded_in_memory() -> None:
+    """Chunks of answers that never complete cannot make the fleet hold more than its budget."""
+    collector = LogCollector(create_engine("sqlite://"), TOPICS, max_pending=4, max_pending_bytes=100_000)
+    piece = bytes(range(256)) * 120  # 30 KiB: incompressible enough to keep its size
+    for n in range(10):
+        request_id = f"stuck-request-{n}"
+        collector.on_message(TOPICS.logs("pi-1", request_id), chunk("pi-1", request_id, 0, 2, piece))
+    assert len(collector._pending) <= 3 and collector._pending_bytes <= 100_000
+    assert collector.dropped >= 6
