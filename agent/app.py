@@ -18,14 +18,11 @@ from agent.config import AgentConfig
 from agent.errors import AgentError
 from agent.http_api import InferenceAPI
 from agent.http_limits import HttpLimits
-from agent.log_answer import LogResponder
 from agent.logfile import apply_level
-from agent.logfile import install as install_log_file
-from agent.logfile import remove as remove_log_file
 from agent.metrics_text import MetricsSources
 from agent.mqtt_link import MqttLink
 from agent.outbox import Outbox
-from agent.remote_config import RemoteConfigs
+from agent.remote_side import RemoteSide
 from agent.scheduler import IntervalJob
 from agent.serving import ModelHolder
 from agent.store import ModelStore, parse_manifest
@@ -37,7 +34,7 @@ from agent.update.faults import Faults
 from agent.update.machine import State
 from protocol.bundle import MANIFEST
 from protocol.manifest import BaselineStats
-from protocol.messages import Command, CommandKind, DesiredState, UpdateEvent
+from protocol.messages import DesiredState, UpdateEvent
 from protocol.schema import ModelRef
 from protocol.topics import Topics
 from protocol.version import __version__
@@ -59,12 +56,12 @@ class Agent:
         self.config = config
         self.local_config = config
         """agent.toml as read; ``config`` is it with the accepted remote config over it."""
-        self.remote = RemoteConfigs(config.state_dir)
         self.session = session
         self.holder = ModelHolder()
         self.metrics = RequestMetrics()
         self.store = ModelStore(config.state_dir)
         self.topics = Topics(config.mqtt.topic_prefix)
+        self.remote = RemoteSide(config, self.topics, lambda: self.config, self._mqtt_publish)
         self.runtime_name: str | None = None
         self.updater: Updater | None = None
         self.api: InferenceAPI | None = None
@@ -73,8 +70,6 @@ class Agent:
         self._check_job: IntervalJob | None = None
         self._telemetry_job: IntervalJob | None = None
         self.stopping = threading.Event()
-        self._log_file: logging.Handler | None = None
-        self.logs: LogResponder | None = None
 
     # -- status --------------------------------------------------------------------------------
     def model_ref(self) -> ModelRef | None:
@@ -113,17 +108,8 @@ class Agent:
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> Agent:
         self.store.open()
-        self.config = cfg = self.remote.effective(self.local_config)
-        self._log_file = install_log_file(cfg.state_dir, cfg.log)
-        self.logs = LogResponder(
-            cfg.device_id,
-            self.topics,
-            cfg.state_dir / "log",
-            self._mqtt_publish,
-            enabled=lambda: self.config.remote.logs,
-            max_bytes=lambda: self.config.remote.max_log_bytes,
-            secrets=self._secrets,
-        )
+        self.config = cfg = self.remote.configs.effective(self.local_config)
+        self.remote.start(cfg)
         self.runtime_name = str(resolve_runtime(cfg.runtime.kind))
         if not _any_public_key(cfg.trusted_keys):
             log.warning(
@@ -138,8 +124,8 @@ class Agent:
             agent_version=__version__,
             status=lambda: (self.runtime_name, self.model_ref(), self.update_state()),
             on_check_update=self.request_check,
-            on_command=self._on_command,
-            config_report=lambda: self.remote.report,
+            on_command=self.remote.on_command,
+            config_report=lambda: self.remote.configs.report,
             keepalive_s=cfg.mqtt.keepalive_s,
             outbox=Outbox(cfg.state_dir / "outbox.sqlite", limit=cfg.mqtt.queue_limit),
             username=cfg.mqtt.username,
@@ -229,32 +215,15 @@ class Agent:
         if self.mqtt is not None:
             self.mqtt.publish(topic, payload, qos, retain)
 
-    def _secrets(self) -> list[str]:
-        cfg = self.config
-        return [s for s in (cfg.mqtt.password, cfg.fleet.password) if s]
-
-    def _on_command(self, command: Command) -> None:
-        if command.command == CommandKind.LOGS and command.logs is not None and self.logs is not None:
-            self.logs.request(command.logs)
-
     def _on_desired(self, desired: DesiredState) -> None:
-        """The update check read the desired state: judge its config section (never raises)."""
-        before = self.remote.report
-        try:
-            config = self.remote.offer(self.local_config, desired.config)
-            if config is not None:
-                ignored = self._apply(config)
-                if ignored:  # REMOTE_KEYS are all live: this would be a bug, not an operator error
-                    log.warning("remote config: not applied until a restart: %s", ", ".join(ignored))
-        except Exception:
-            log.exception("could not apply the remote config; keeping the running one")
-        if self.remote.report != before and self.mqtt is not None:
+        """The update check read the desired state: judge its config section."""
+        if self.remote.judge(self.local_config, desired.config, self._apply) and self.mqtt is not None:
             self.mqtt.publish_status()
 
     def reload(self, config: AgentConfig) -> list[str]:
         """A changed agent.toml (SIGHUP), with the accepted remote config over it again."""
         self.local_config = config
-        effective = self.remote.effective(config)
+        effective = self.remote.configs.effective(config)
         ignored = self._apply(effective)
         if self.mqtt is not None:
             self.mqtt.publish_status()
@@ -319,7 +288,7 @@ class Agent:
             if left:
                 log.info("outbox: %d message(s) at stop were kept for the next start if unsent", left)
         log.info("agent %s stopped", self.config.device_id)
-        remove_log_file(self._log_file)
+        self.remote.stop()
 
 
 def _any_public_key(paths: list[Path]) -> bool:

@@ -104,13 +104,14 @@ class LogResponder:
 
     def _answer(self, request: LogRequest) -> None:
         try:
-            self._send(
-                chunks(self.device_id, request, self.folder, self.max_bytes(), self.secrets()), request
-            )
+            answer = chunks(self.device_id, request, self.folder, self.max_bytes(), self.secrets())
         except Exception:
             log.exception("could not answer log request %s", request.request_id)
+            return
         finally:
+            # Free before sending: once the answer is out, the next request must find it free.
             self._busy.release()
+        self._send(answer, request)
 
     def _send(self, answer: list[LogChunk], request: LogRequest) -> None:
         topic = self.topics.logs(self.device_id, request.request_id)
