@@ -4,8 +4,14 @@ config is refused with the agent's own words before anything is stored."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from fleet.errors import FleetError
+from fleet.remote_cli import settings_from, since_time
 from protocol.messages import Command, CommandKind, DesiredState, parse_message
 from protocol.remote import RemoteConfig
 from protocol.topics import Topics
@@ -76,3 +82,26 @@ def test_a_bad_config_is_refused_naming_every_problem(api: InProcessFleet) -> No
         == 422
     )
     assert api.client.put("/api/v1/devices/ghost/config", json={"settings": {}}).status_code == 404
+
+
+def test_the_cli_reads_settings_and_times(tmp_path: Path) -> None:
+    file = tmp_path / "cfg.toml"
+    file.write_text('[update]\nprobation_s = 60\n[log]\nlevel = "warning"\n')
+    settings = settings_from(
+        ["telemetry.interval_s=30", "update.max_error_rate=0.1", "log.level=debug"], file
+    )
+    assert settings == {
+        "update": {"probation_s": 60, "max_error_rate": 0.1},
+        "log": {"level": "debug"},  # --set wins over the file
+        "telemetry": {"interval_s": 30},
+    }
+    with pytest.raises(FleetError, match=r"expected section\.key=value"):
+        settings_from(["interval_s=30"], None)
+    file.write_text("probation_s = 60\n")
+    with pytest.raises(FleetError, match="not a \\[section\\]"):
+        settings_from([], file)
+    ago = datetime.fromisoformat(since_time("10m"))
+    assert timedelta(minutes=9) < datetime.now(UTC) - ago < timedelta(minutes=11)
+    assert since_time("2026-01-01T00:00:00+00:00") == "2026-01-01T00:00:00+00:00"
+    with pytest.raises(FleetError, match="give a duration"):
+        since_time("yesterday")
