@@ -14,11 +14,13 @@ import pytest
 from pydantic import ValidationError
 
 from agent.config_sections import LogConfig
-from agent.log_answer import chunks
+from agent.log_answer import LogResponder, chunks
 from agent.logfile import LOG_NAME, REDACTED, excerpt, install, redact, remove
 from protocol.errors import MessageError
 from protocol.messages import Command, parse_message
 from protocol.remote import MAX_LOG_LINES, LogChunk, LogLevel, LogRequest
+from protocol.topics import Topics
+from tests.support.wait import wait_until
 
 REQUEST_ID = "req-0123456789"
 
@@ -163,3 +165,30 @@ def test_a_chunk_with_bad_data_is_refused() -> None:
         LogChunk.model_validate({**base, "data": "not base64!"})
     with pytest.raises(ValidationError, match="below total"):
         LogChunk.model_validate({**base, "seq": 1, "data": ""})
+
+
+def test_the_responder_answers_on_its_own_thread_and_refuses_when_told(log_dir: Path) -> None:
+    sent: list[tuple[str, bytes]] = []
+    enabled = [True]
+    topics = Topics()
+    responder = LogResponder(
+        "dev-1",
+        topics,
+        log_dir,
+        lambda topic, payload, qos, retain: sent.append((topic, payload)),
+        enabled=lambda: enabled[0],
+        max_bytes=lambda: 10**6,
+        secrets=lambda: ["the-mqtt-password"],
+    )
+    logging.getLogger("agent.test").warning("hello with the-mqtt-password inside")
+    responder.request(ask())
+    wait_until(lambda: sent, "the answer", 5, 0.01)
+    topic, payload = sent[0]
+    assert topic == topics.logs("dev-1", REQUEST_ID)
+    text = zlib.decompress(LogChunk.model_validate_json(payload).piece).decode()
+    assert "hello with [redacted] inside" in text
+
+    enabled[0] = False
+    responder.request(ask(request_id="req-refused-1"))
+    refused = LogChunk.model_validate_json(sent[-1][1])
+    assert refused.request_id == "req-refused-1" and "[remote] logs = false" in (refused.error or "")
