@@ -100,7 +100,10 @@ class MqttLink:
             self._client.tls_set_context(tls)
         self._client.on_connect_fail = self._on_connect_fail
         self._client.will_set(
-            self.topics.status(device_id), self._status_payload(Presence.OFFLINE), qos=1, retain=True
+            self.topics.status(device_id),
+            self._status_payload(Presence.OFFLINE, will=True),
+            qos=1,
+            retain=True,
         )
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -289,7 +292,9 @@ class MqttLink:
             return
         self.on_command(command)
 
-    def _status_payload(self, presence: Presence) -> bytes:
+    def _status_payload(self, presence: Presence, will: bool = False) -> bytes:
+        """``will``: the last will is fixed at connect, so it carries no config report (an old one
+        would overwrite a newer report in the fleet)."""
         runtime, model, update_state = self.status()
         return (
             DeviceStatus(
@@ -300,7 +305,7 @@ class MqttLink:
                 runtime=runtime,
                 model=model,
                 update_state=update_state,
-                config=self.config_report(),
+                config=None if will else self.config_report(),
             )
             .model_dump_json()
             .encode()
