@@ -18,9 +18,11 @@ from agent.config import AgentConfig
 from agent.errors import AgentError
 from agent.http_api import InferenceAPI
 from agent.http_limits import HttpLimits
+from agent.logfile import apply_level
 from agent.metrics_text import MetricsSources
 from agent.mqtt_link import MqttLink
 from agent.outbox import Outbox
+from agent.remote_side import RemoteSide
 from agent.scheduler import IntervalJob
 from agent.serving import ModelHolder
 from agent.store import ModelStore, parse_manifest
@@ -32,7 +34,7 @@ from agent.update.faults import Faults
 from agent.update.machine import State
 from protocol.bundle import MANIFEST
 from protocol.manifest import BaselineStats
-from protocol.messages import UpdateEvent
+from protocol.messages import DesiredState, UpdateEvent
 from protocol.schema import ModelRef
 from protocol.topics import Topics
 from protocol.version import __version__
@@ -52,11 +54,14 @@ class Agent:
         """``session``: run the update steps in this process on it (tests); by default they run in
         a worker process."""
         self.config = config
+        self.local_config = config
+        """agent.toml as read; ``config`` is it with the accepted remote config over it."""
         self.session = session
         self.holder = ModelHolder()
         self.metrics = RequestMetrics()
         self.store = ModelStore(config.state_dir)
         self.topics = Topics(config.mqtt.topic_prefix)
+        self.remote = RemoteSide(config, self.topics, lambda: self.config, self._mqtt_publish)
         self.runtime_name: str | None = None
         self.updater: Updater | None = None
         self.api: InferenceAPI | None = None
@@ -102,8 +107,9 @@ class Agent:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> Agent:
-        cfg = self.config
         self.store.open()
+        self.config = cfg = self.remote.configs.effective(self.local_config)
+        self.remote.start(cfg)
         self.runtime_name = str(resolve_runtime(cfg.runtime.kind))
         if not _any_public_key(cfg.trusted_keys):
             log.warning(
@@ -118,6 +124,8 @@ class Agent:
             agent_version=__version__,
             status=lambda: (self.runtime_name, self.model_ref(), self.update_state()),
             on_check_update=self.request_check,
+            on_command=self.remote.on_command,
+            config_report=lambda: self.remote.configs.report,
             keepalive_s=cfg.mqtt.keepalive_s,
             outbox=Outbox(cfg.state_dir / "outbox.sqlite", limit=cfg.mqtt.queue_limit),
             username=cfg.mqtt.username,
@@ -135,6 +143,7 @@ class Agent:
             session=self.session,  # None: each heavy step in a worker process
             faults=Faults.from_environ(os.environ),
         )
+        self.updater.on_desired = self._on_desired
         # A crash after the switch is settled here, before anything serves.
         self.updater.start_up()
         api = InferenceAPI(
@@ -201,17 +210,43 @@ class Agent:
         model = self.holder.current
         return model.manifest.baseline if model is not None else None
 
+    # -- remote logs and configuration ---------------------------------------------------------
+    def _mqtt_publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        if self.mqtt is not None:
+            self.mqtt.publish(topic, payload, qos, retain)
+
+    def _on_desired(self, desired: DesiredState) -> None:
+        """The update check read the desired state: judge its config section."""
+        if self.remote.judge(self.local_config, desired.config, self._apply) and self.mqtt is not None:
+            self.mqtt.publish_status()
+
     def reload(self, config: AgentConfig) -> list[str]:
-        """Apply a changed config (SIGHUP): intervals and the update policy now; the rest needs a
-        restart. Returns what was not applied, in words."""
+        """A changed agent.toml (SIGHUP), with the accepted remote config over it again."""
+        self.local_config = config
+        effective = self.remote.configs.effective(config)
+        ignored = self._apply(effective)
+        if self.mqtt is not None:
+            self.mqtt.publish_status()
+        return ignored
+
+    def _apply(self, config: AgentConfig) -> list[str]:
+        """Apply a changed config: intervals, the update policy and the log level now; the rest
+        needs a restart. Returns what was not applied, in words."""
         old, self.config = self.config, config
+        apply_level(config.log.level)
         if self._check_job is not None and config.fleet.poll_interval_s != old.fleet.poll_interval_s:
             self._check_job.set_interval(config.fleet.poll_interval_s)
         if self._telemetry_job is not None and config.telemetry.interval_s != old.telemetry.interval_s:
             self._telemetry_job.set_interval(config.telemetry.interval_s)
         if self.updater is not None:
             self.updater.reload(UpdatePolicy.from_config(config.update))
-        live = {"fleet": {"poll_interval_s"}, "telemetry": {"interval_s"}, "update": None}
+        live = {
+            "fleet": {"poll_interval_s"},
+            "telemetry": {"interval_s"},
+            "update": None,
+            "log": {"level"},
+            "remote": None,
+        }
         ignored = []
         for section, value in config.model_dump().items():
             before = old.model_dump()[section]
@@ -253,6 +288,7 @@ class Agent:
             if left:
                 log.info("outbox: %d message(s) at stop were kept for the next start if unsent", left)
         log.info("agent %s stopped", self.config.device_id)
+        self.remote.stop()
 
 
 def _any_public_key(paths: list[Path]) -> bool:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic.fields import FieldInfo
 
 from agent.config_env import env_overrides, merge
+from agent.config_sections import LogConfig, RemoteAccessConfig
 from agent.credentials import PASSWORD_FILE_HELP, password_from_file
 from agent.errors import ConfigError
 from protocol.schema import DEVICE_ID_PATTERN
@@ -310,6 +311,10 @@ class AgentConfig(_Section):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig, description="Telemetry windows.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="The inference runtime.")
     update: UpdateConfig = Field(default_factory=UpdateConfig, description="The update state machine.")
+    log: LogConfig = Field(default_factory=LogConfig, description="The agent's log.")
+    remote: RemoteAccessConfig = Field(
+        default_factory=RemoteAccessConfig, description="What the fleet may do from afar."
+    )
 
 
 def _field_at(path: tuple[int | str, ...]) -> tuple[type[BaseModel] | None, FieldInfo | None]:

@@ -30,6 +30,7 @@ from agent.outbox import Outbox
 from agent.tls import TlsHandshakeError, describe_handshake, record_handshake_errors
 from protocol.errors import MessageError
 from protocol.messages import Command, CommandKind, DeviceStatus, Presence, UpdateEvent, parse_message
+from protocol.remote import ConfigReport
 from protocol.schema import ModelRef
 from protocol.topics import Topics
 
@@ -49,6 +50,8 @@ class MqttLink:
         agent_version: str,
         status: Callable[[], tuple[str | None, ModelRef | None, str | None]],
         on_check_update: Callable[[], None],
+        on_command: Callable[[Command], None] = lambda command: None,
+        config_report: Callable[[], ConfigReport | None] = lambda: None,
         keepalive_s: int = 30,
         outbox: Outbox,
         username: str | None = None,
@@ -63,6 +66,9 @@ class MqttLink:
         self.agent_version = agent_version
         self.status = status
         self.on_check_update = on_check_update
+        self.on_command = on_command
+        """Every other command (a log request), on paho's network thread: it must not block."""
+        self.config_report = config_report
         self.keepalive_s = keepalive_s
         self.outbox = outbox
         self.window = window
@@ -94,7 +100,10 @@ class MqttLink:
             self._client.tls_set_context(tls)
         self._client.on_connect_fail = self._on_connect_fail
         self._client.will_set(
-            self.topics.status(device_id), self._status_payload(Presence.OFFLINE), qos=1, retain=True
+            self.topics.status(device_id),
+            self._status_payload(Presence.OFFLINE, will=True),
+            qos=1,
+            retain=True,
         )
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -280,8 +289,12 @@ class MqttLink:
         if command.command == CommandKind.CHECK_UPDATE:
             log.info("fleet asked for an update check (command %s)", command.command_id)
             self.on_check_update()
+            return
+        self.on_command(command)
 
-    def _status_payload(self, presence: Presence) -> bytes:
+    def _status_payload(self, presence: Presence, will: bool = False) -> bytes:
+        """``will``: the last will is fixed at connect, so it carries no config report (an old one
+        would overwrite a newer report in the fleet)."""
         runtime, model, update_state = self.status()
         return (
             DeviceStatus(
@@ -292,6 +305,7 @@ class MqttLink:
                 runtime=runtime,
                 model=model,
                 update_state=update_state,
+                config=None if will else self.config_report(),
             )
             .model_dump_json()
             .encode()

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from fleet import operator_cli, rollback_cli
+from fleet import operator_cli, remote_cli, rollback_cli
 from protocol.topics import DEFAULT_PREFIX
 from protocol.validation import describe_first_error
 
@@ -277,6 +277,7 @@ def _add_device(commands: Any, fleet_url: argparse.ArgumentParser) -> None:
         sub = device_commands.add_parser(action, parents=[fleet_url], help=text)
         sub.add_argument("device_id", metavar="ID")
         sub.set_defaults(handler=operator_cli.device_identity, action=action)
+    remote_cli.add_parsers(device_commands, fleet_url)
 
 
 def _add_rollout(commands: Any, fleet_url: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ from fleet.compat import refuse
 from fleet.errors import NotFoundError
 from fleet.storage import repository
 from fleet.storage.compat import device_verdict, screen
+from fleet.storage.remote import config_for
 from fleet.views import DeploymentResult
 from protocol.messages import Command, CommandKind, DesiredModel, DesiredState
 from protocol.topics import Topics
@@ -92,14 +93,17 @@ def deploy(
 
 
 def desired_state(engine: Engine, device_id: str, base_url: str) -> DesiredState:
-    """What ``device_id`` should run: its own assignment, else the fleet default, else nothing."""
+    """What ``device_id`` should run: its own assignment, else the fleet default, else nothing;
+    with its remote config (its own, else its group's), when one is set."""
     with engine.begin() as conn:
         assignment = repository.desired_for(conn, device_id)
         if assignment is not None:  # never hand a device a model its runtime cannot load
             verdict = device_verdict(conn, device_id, assignment.model.name, assignment.model.version)
             assignment = assignment if verdict.allowed else None
+        found = config_for(conn, device_id)
+    config = found[0] if found is not None else None
     if assignment is None:
-        return DesiredState(device_id=device_id)
+        return DesiredState(device_id=device_id, config=config)
     model = assignment.model
     return DesiredState(
         device_id=device_id,
@@ -111,4 +115,5 @@ def desired_state(engine: Engine, device_id: str, base_url: str) -> DesiredState
             url=f"{base_url}{bundle_path(model.name, model.version)}",
         ),
         updated_at=assignment.updated_at,
+        config=config,
     )

@@ -26,18 +26,21 @@ ACL_TEMPLATE = """\
 # prefix; `edgefleet device add` prints it for yours). %u is the authenticated user name, which is
 # the device id, so one pattern block serves every device (Mosquitto 2.0's dynamic-security plugin
 # does not substitute %u: use acl_file). Each device may publish only under its own devices/<id>/
-# and read only its own cmd topic.
+# (its answers to log requests on devices/<id>/logs/<request-id>) and read only its own cmd topic
+# (where log requests arrive too).
 pattern write {prefix}/devices/%u/status
 pattern write {prefix}/devices/%u/telemetry
 pattern write {prefix}/devices/%u/events
+pattern write {prefix}/devices/%u/logs/+
 pattern read {prefix}/devices/%u/cmd
 
-# The fleet service's own user: device messages in, commands out, its summary, health and alert
-# topics, and Home Assistant discovery configs (--homeassistant).
+# The fleet service's own user: device messages and log answers in, commands out, its summary,
+# health and alert topics, and Home Assistant discovery configs (--homeassistant).
 user {fleet_user}
 topic read {prefix}/devices/+/status
 topic read {prefix}/devices/+/telemetry
 topic read {prefix}/devices/+/events
+topic read {prefix}/devices/+/logs/+
 topic write {prefix}/devices/+/cmd
 topic readwrite {prefix}/fleet/#
 topic write homeassistant/sensor/#

@@ -22,9 +22,11 @@ from fleet.broker_files import PasswordFile
 from fleet.config import FleetConfig
 from fleet.errors import FleetError, StaleLeaderError
 from fleet.ingest.ingester import Ingester
+from fleet.ingest.routes import Route
 from fleet.leader import LeaderElector
 from fleet.provision import unreachable
 from fleet.registry import Registry
+from fleet.remote_logs import LogCollector
 from fleet.rollouts.controller import RolloutController
 from fleet.storage import create_engine_for_url
 from fleet.storage.retention import apply_retention
@@ -87,6 +89,8 @@ class FleetServer:
         clean_incoming(config.artifacts)  # uploads a killed fleet left half-written
         self.ingester = Ingester(config.mqtt, self.engine, dead_letter_cap=config.dead_letter_cap)
         topics = Topics(config.mqtt.topic_prefix)
+        self.logs = LogCollector(self.engine, topics)  # device log answers, on every worker
+        self.ingester.add_route(Route(topics.all_logs, self.logs.on_message))
         self.rollouts = RolloutController(self.engine, self.ingester, topics)
         self.alerts = AlertEngine(
             self.engine, self.ingester, alerts_topic(topics), config.alerts, clock=lambda: datetime.now(UTC)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from fleet.compat import RuntimeNote
 from fleet.names import DeviceId, ModelName, SemVer
 from fleet.storage.metrics import METRICS
+from protocol.remote import ConfigReport
 from protocol.update_state import UpdateState
 
 
@@ -105,6 +106,9 @@ class DeviceView(View):
     telemetry: TelemetrySummary | None
     group: str | None = None
     tags: list[str] = Field(default_factory=list)
+    config: ConfigReport | None = Field(
+        None, description="the device's report on the newest remote config it saw (applied or refused)"
+    )
 
 
 class TelemetryRow(View):

@@ -9,6 +9,7 @@ from typing import Literal, TypeVar
 from pydantic import Field, ValidationError, model_validator
 
 from protocol.errors import MessageError
+from protocol.remote import ConfigReport, LogRequest, RemoteConfig
 from protocol.rollback import SignedRollbackGrant
 from protocol.schema import DeviceId, ModelRef, Sha256Hex, VersionedMessage, WireModel
 from protocol.telemetry_wire import expand
@@ -33,6 +34,8 @@ class DeviceStatus(VersionedMessage):
     """The inference runtime in use, e.g. ``tflite-runtime 2.14.0``."""
     model: ModelRef | None = None
     update_state: UpdateState | None = None
+    config: ConfigReport | None = None
+    """What became of the newest remote config (None: the device never got one)."""
 
 
 class LatencySummary(WireModel):
@@ -123,6 +126,7 @@ class UpdateEvent(VersionedMessage):
 
 class CommandKind(StrEnum):
     CHECK_UPDATE = "check-update"
+    LOGS = "logs"
 
 
 class Command(VersionedMessage):
@@ -132,6 +136,14 @@ class Command(VersionedMessage):
     command: CommandKind
     command_id: str
     issued_at: datetime
+    logs: LogRequest | None = None
+    """With ``logs``: what part of its log the device should send."""
+
+    @model_validator(mode="after")
+    def _logs_with_request(self) -> Command:
+        if (self.command == CommandKind.LOGS) != (self.logs is not None):
+            raise ValueError("a logs command carries a log request, and only a logs command does")
+        return self
 
 
 class DesiredModel(WireModel):
@@ -157,6 +169,8 @@ class DesiredState(VersionedMessage):
     """The operator's signed permission to move to ``model`` although it is older than the model
     the device runs (``protocol.rollback``); the device refuses such a move without one, except one
     step back to its previous model."""
+    config: RemoteConfig | None = None
+    """Settings the operator changed from afar (``protocol.remote``); None: agent.toml alone."""
 
 
 _M = TypeVar("_M", bound=VersionedMessage)

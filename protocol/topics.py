@@ -9,11 +9,16 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from protocol.errors import TopicError
+from protocol.remote import REQUEST_ID_PATTERN
 from protocol.schema import DEVICE_ID_RE
 
 DEFAULT_PREFIX = "edgefleet/v1"
 HOMEASSISTANT_PREFIX = "homeassistant"
 """Home Assistant's default MQTT discovery prefix (its ``discovery_prefix`` setting)."""
+
+_REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN)
+LOGS = "logs"
+"""The level under a device's topic where it answers log requests, one topic per request."""
 
 _SENSOR_KEY_RE = re.compile(r"[a-z0-9_]{1,64}")
 """A discovery topic's object id part: Home Assistant takes ``[a-zA-Z0-9_-]``; ours are metric names."""
@@ -57,6 +62,28 @@ class Topics:
 
     def cmd(self, device_id: str) -> str:
         return self.device(device_id, DeviceChannel.CMD)
+
+    def logs(self, device_id: str, request_id: str) -> str:
+        """Where a device answers one log request: ``devices/{id}/logs/{request_id}``."""
+        if not _REQUEST_ID_RE.fullmatch(request_id):
+            raise TopicError(f"log request id {request_id!r} is not valid (8-64 letters, digits, _ -)")
+        return f"{self.cmd(device_id).rsplit('/', 1)[0]}/{LOGS}/{request_id}"
+
+    @property
+    def all_logs(self) -> str:
+        """Subscription filter for every device's log answers."""
+        return f"{self.prefix}/devices/+/{LOGS}/+"
+
+    def parse_logs_topic(self, topic: str) -> tuple[str, str]:
+        """``(device_id, request_id)`` of ``{prefix}/devices/{id}/logs/{request_id}``; TopicError else."""
+        head = f"{self.prefix}/devices/"
+        parts = topic[len(head) :].split("/") if topic.startswith(head) else []
+        if len(parts) != 3 or parts[1] != LOGS:
+            raise TopicError(f"topic {topic!r} is not {head}<device-id>/{LOGS}/<request-id>")
+        device_id, _, request_id = parts
+        if not DEVICE_ID_RE.fullmatch(device_id) or not _REQUEST_ID_RE.fullmatch(request_id):
+            raise TopicError(f"topic {topic!r} carries an invalid device id or request id")
+        return device_id, request_id
 
     def all_devices(self, channel: DeviceChannel) -> str:
         """Subscription filter for one channel of every device."""

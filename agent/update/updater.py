@@ -29,7 +29,7 @@ from agent.update.policy import UpdatePolicy
 from agent.update.record import RecordFile, UpdateRecord
 from agent.update.runner import StepRunner, interruptible_wait, make_runner
 from agent.usage import ModelUsage
-from protocol.messages import DesiredModel, UpdateEvent
+from protocol.messages import DesiredModel, DesiredState, UpdateEvent
 from protocol.rollback import SignedRollbackGrant
 from protocol.schema import ModelRef
 from protocol.update_state import FAILED_INSTALL_STATES
@@ -67,6 +67,8 @@ class Updater:
         self.policy = policy
         """Swapped whole by ``reload``; read once at the start of each run of the machine."""
         self.emit = emit
+        self.on_desired: Callable[[DesiredState], None] = lambda desired: None
+        """Sees every desired state read (the app judges its config section here)."""
         self.stopping = stopping
         self.wall = wall
         records = RecordFile(serving.store.root / "update.json")
@@ -151,6 +153,7 @@ class Updater:
         except UpdateError as exc:
             log.warning("%s", exc)
             return
+        self.on_desired(desired)
         target = desired.model
         failed = self.record.failed_sha256
         if failed is not None and (target is None or target.sha256 != failed):

@@ -14,6 +14,7 @@ from fleet.api import (
     metrics,
     models,
     openapi,
+    remote,
     rollouts,
     session,
     system,
@@ -33,7 +34,20 @@ def create_app(context: FleetContext) -> FastAPI:
     )
     app.state.fleet = context
     errors.install(app)
-    routers = (system, session, models, grants, deployments, devices, identity, rollouts, audit, metrics, web)
+    routers = (
+        system,
+        session,
+        models,
+        grants,
+        deployments,
+        devices,
+        identity,
+        remote,
+        rollouts,
+        audit,
+        metrics,
+        web,
+    )
     for module in routers:
         app.include_router(module.router)
     openapi.install(app)

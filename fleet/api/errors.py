@@ -18,6 +18,7 @@ from fleet.errors import (
     StorageError,
     TooLargeError,
 )
+from fleet.remote_logs import DeviceUnreachableError
 from protocol.validation import describe_first_error, error_location
 
 STATUS: dict[type[FleetError], int] = {
@@ -28,6 +29,7 @@ STATUS: dict[type[FleetError], int] = {
     InvalidBundleError: 400,
     TooLargeError: 413,
     StorageError: 503,
+    DeviceUnreachableError: 503,
 }
 
 

@@ -59,7 +59,8 @@ REASONS: dict[int, str] = {
     413: "the upload is over the fleet's size limit",
     416: "the range starts past the end of the bundle",
     422: "a parameter or the body does not match its schema; the detail names the first problem",
-    503: "the database, the artifacts directory or the broker's password file cannot be used",
+    503: "the database, the artifacts directory or the broker's password file cannot be used, or "
+    "the fleet is not connected to the broker (a log request)",
 }
 
 ERRORS: dict[str, tuple[int, ...]] = {
@@ -91,6 +92,13 @@ ERRORS: dict[str, tuple[int, ...]] = {
     "GET /api/v1/devices/{device_id}/telemetry": (),
     "GET /api/v1/devices/{device_id}/series": (),
     "GET /api/v1/devices/{device_id}/events": (),
+    "POST /api/v1/devices/{device_id}/logs": (404, 503),
+    "GET /api/v1/devices/{device_id}/logs/{request_id}": (404,),
+    "GET /api/v1/devices/{device_id}/config": (404,),
+    "PUT /api/v1/devices/{device_id}/config": (400, 404),
+    "DELETE /api/v1/devices/{device_id}/config": (),
+    "PUT /api/v1/groups/{group}/config": (400,),
+    "DELETE /api/v1/groups/{group}/config": (),
     "POST /api/v1/rollouts": (400, 404, 409),
     "GET /api/v1/rollouts": (),
     "GET /api/v1/rollouts/{rollout_id}": (404,),

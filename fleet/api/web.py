@@ -17,6 +17,7 @@ STATIC = {
     "core.js": JS,
     "charts.js": JS,
     "actions.js": JS,
+    "remote.js": JS,
     "app.js": JS,
     "style.css": "text/css; charset=utf-8",
 }

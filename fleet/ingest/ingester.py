@@ -29,6 +29,7 @@ from sqlalchemy.exc import OperationalError
 from fleet.config import MqttSettings
 from fleet.ingest.answers import PublishAnswers
 from fleet.ingest.decode import DeadLetter, DeadReason, Decoded, Received, dead_letter, decode
+from fleet.ingest.routes import Route, attach, subscribe
 from fleet.storage import repository
 from fleet.storage.ingest import DEAD_LETTER_CAP
 from fleet.tls import mqtt_client_context
@@ -75,6 +76,7 @@ class Ingester:
         self._counts: Counter[str] = Counter()
         self._dead: Counter[str] = Counter()
         self._answers = PublishAnswers(settings.username)
+        self.routes: list[Route] = []
         self._client = self._make_client()
 
     # ------------------------------------------------------------ lifecycle
@@ -101,7 +103,13 @@ class Ingester:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        attach(client, self.routes, self.settings.manual_ack)
         return client
+
+    def add_route(self, route: Route) -> None:
+        """Also take ``route.topic_filter``, for ``route.handler`` (``fleet.ingest.routes``)."""
+        self.routes.append(route)
+        attach(self._client, [route], self.settings.manual_ack)
 
     def start(self) -> None:
         """Start the writer thread and the MQTT network thread (which connects and reconnects)."""
@@ -164,6 +172,7 @@ class Ingester:
         # dead letter is remembered as retained from the first sighting (and recorded once).
         options = SubscribeOptions(qos=1, retainAsPublished=True)
         client.subscribe([(self.subscription(channel), options) for channel in INGESTED_CHANNELS])
+        subscribe(client, self.routes)
         self._connected.set()
         log.info(
             "ingester connected to mqtt://%s:%d (session %s)",

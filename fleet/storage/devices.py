@@ -81,6 +81,7 @@ def _device_view(row: Row[Any]) -> DeviceView:
         telemetry=summary,
         group=row.group_name,
         tags=list(row.tags or []),
+        config=row.config_report,
     )
 
 

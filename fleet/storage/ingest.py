@@ -207,6 +207,8 @@ def status_values(status: DeviceStatus, received_at: datetime) -> dict[str, Any]
     }
     if status.update_state is not None:
         values["update_state"] = status.update_state
+    if status.config is not None:
+        values["config_report"] = status.config.model_dump(mode="json")
     return values
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -86,6 +87,8 @@ devices = Table(
     Column("committed_version", String(128), nullable=True),
     Column("committed_sha256", String(64), nullable=True),
     Column("committed_at", DateTime(timezone=True), nullable=True),
+    # The device's report on the newest remote config it saw (protocol.remote.ConfigReport).
+    Column("config_report", JSON, nullable=True),
 )
 
 desired = Table(
@@ -326,4 +329,31 @@ device_latest = Table(
     Column("telemetry_id", BigInteger, nullable=False),
     Column("window_end", DateTime(timezone=True), nullable=False),
     *metric_columns(),
+)
+
+device_config = Table(
+    "device_config",
+    metadata,
+    # Remote configuration (protocol.remote.RemoteConfig): a device's own row wins over its group's.
+    Column("target", String(80), primary_key=True),  # a device id, or "group:<name>"
+    Column("settings", JSON, nullable=False),
+    Column("revision", String(64), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+log_requests = Table(
+    "log_requests",
+    metadata,
+    # Remote log requests and, once every chunk arrived, the answer (zlib of the redacted text).
+    Column("request_id", String(64), primary_key=True),
+    Column("device_id", String(64), nullable=False),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    Column("request", JSON, nullable=False),
+    Column("state", String(16), nullable=False),  # pending, done, failed
+    Column("completed_at", DateTime(timezone=True), nullable=True),
+    Column("lines", Integer, nullable=True),
+    Column("truncated", Boolean, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("body", LargeBinary, nullable=True),
+    Index("ix_log_requests_requested", "requested_at"),
 )

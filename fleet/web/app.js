@@ -217,7 +217,7 @@ function devicePage(id) {
   const charts = el("div", { class: "charts", id: "charts" });
   const events = el("div");
   return {
-    nodes: [info, canAct() ? deployForm(id) : null, el("h2", { text: "Charts" }), rangeBar(), charts,
+    nodes: [info, canAct() ? deployForm(id) : null, canAct() ? remotePanel(id) : null, el("h2", { text: "Charts" }), rangeBar(), charts,
       el("h2", { text: "Update events" }), events],
     async load() {
       const path = `/api/v1/devices/${encodeURIComponent(id)}`;
@@ -234,7 +234,8 @@ function devicePage(id) {
             `serves ${modelText(device.model)} · committed ${modelText(device.committed)}` +
               `${device.model && !sameModel(device.model, device.committed) ? " (on probation)" : ""} · ` +
               `desired ${modelText(device.desired)} · update ${device.update_state || "–"} · `,
-            `group ${device.group || "–"} · tags ${device.tags.join(", ") || "–"} · last seen ${ago(device.last_seen)}`));
+            `group ${device.group || "–"} · tags ${device.tags.join(", ") || "–"} · last seen ${ago(device.last_seen)}`),
+          el("p", { id: "config-report", class: "muted", text: `remote config: ${reportText(device.config)}` }));
         const s = data.series;
         const range = { from: Date.parse(data.since), to: Date.parse(data.until) };
         const markers = modelMarkers(history);

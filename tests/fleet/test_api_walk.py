@@ -39,7 +39,14 @@ HOSTILE: list[Any] = [
     [],
     {"a": [[[[[]]]]]},
 ]
-PATH_VALUES = {"name": "digits", "version": "1.0.0", "device_id": "pi-1", "rollout_id": "1"}
+PATH_VALUES = {
+    "name": "digits",
+    "version": "1.0.0",
+    "device_id": "pi-1",
+    "rollout_id": "1",
+    "request_id": "0123456789abcdef",
+    "group": "g",
+}
 QUERY_VALUES: dict[str, Any] = {
     "limit": 10,
     "open": "true",
@@ -55,6 +62,13 @@ VALID_BODIES: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("post", "/api/v1/deployments"): [{"name": "digits", "version": "1.0.0", "device_id": "pi-1"}],
     ("post", "/api/v1/devices"): [{"device_id": "pi-9", "group": "g", "tags": ["t"], "secret": "s" * 16}],
     ("patch", "/api/v1/devices/{device_id}"): [{"group": "g", "tags": ["t"]}],
+    ("post", "/api/v1/devices/{device_id}/logs"): [
+        {"lines": 50, "level": "warning", "since": "2026-01-01T00:00:00Z", "max_bytes": 4096}
+    ],
+    ("put", "/api/v1/devices/{device_id}/config"): [
+        {"settings": {"telemetry": {"interval_s": 30}, "log": {"level": "debug"}}}
+    ],
+    ("put", "/api/v1/groups/{group}/config"): [{"settings": {"update": {"probation_s": 60}}}],
     ("post", "/api/v1/rollouts"): [
         {"name": "digits", "version": "1.0.0", "target": {"devices": ["pi-1"]}, "waves": ["1"]},
         {"name": "digits", "version": "1.0.0", "target": {"group": "g"}, "gates": {"soak_s": 1}},

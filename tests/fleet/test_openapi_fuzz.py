@@ -108,7 +108,15 @@ def _seed(fleet: RunningFleet, key: Path) -> dict[str, Any]:
     _ok(fleet.post("/api/v1/deployments", json=deployment, headers=AUTH), 200)
     rollout = {"name": "digits", "version": "2.0.0", "target": {"devices": ["pi-1"]}}
     started = _ok(fleet.post("/api/v1/rollouts", json=rollout, headers=AUTH), 201)
-    return {"name": "digits", "version": "2.0.0", "device_id": "pi-1", "rollout_id": started["id"]}
+    asked = _ok(fleet.post("/api/v1/devices/pi-1/logs", json={"lines": 10}, headers=AUTH), 202)
+    return {
+        "name": "digits",
+        "version": "2.0.0",
+        "device_id": "pi-1",
+        "rollout_id": started["id"],
+        "request_id": asked["request_id"],
+        "group": "lab",
+    }
 
 
 def _config() -> schemathesis.Config:
