@@ -78,6 +78,10 @@ MEMBER_NAMES: Final[Mapping[str, Mapping[str, str]]] = {
         "drift_psi": "psi",
         "out_of_range_share": "oor",
         "nonfinite_inputs": "nf",
+        "input_drift": "idr",
+        "drift_feature": "idf",
+        "stuck_features": "stk",
+        "output_drift": "odr",
     },
 }
 """Members of the nested objects -> their compact names. ``errors`` maps error kinds (data, not
