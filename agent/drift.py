@@ -223,7 +223,7 @@ def input_drift(window: FeatureWindow, stats: FeatureStats, baseline_samples: in
         if log10_p > best:
             best, feature = log10_p, index
     stuck = int(np.count_nonzero(constant & (stuck_log10 - math.log10(tests) >= STUCK_LEVEL)))
-    return InputDrift(round(_corrected(best, tests), 2), feature, stuck)
+    return InputDrift(round(_corrected(best, tests), 1), feature, stuck)
 
 
 def _chi2_log10_sf(statistic: float, df: int) -> float:
@@ -260,4 +260,4 @@ def output_drift(
     statistic = float(
         np.sum((observed[used] - n * p) ** 2 / (n * p) + (base[used] - big_n * p) ** 2 / (big_n * p))
     )
-    return round(min(MAX_SIGNIFICANCE, _chi2_log10_sf(statistic, int(used.sum()) - 1)), 2)
+    return round(min(MAX_SIGNIFICANCE, _chi2_log10_sf(statistic, int(used.sum()) - 1)), 1)

@@ -28,7 +28,8 @@ def upgrade() -> None:
     for name, kind in COLUMNS:
         op.add_column("telemetry", sa.Column(name, kind, nullable=True))
         op.add_column("device_latest", sa.Column(name, kind, nullable=True))
-        op.add_column("telemetry_hourly", sa.Column(f"{name}_max", kind, nullable=True))
+        # Rollups of gauges are floats whatever the raw column (``fleet.storage.schema``).
+        op.add_column("telemetry_hourly", sa.Column(f"{name}_max", sa.Float(), nullable=True))
 
 
 def downgrade() -> None:
