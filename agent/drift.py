@@ -80,8 +80,8 @@ def _corrected(log10_p: float, tests: int) -> float:
 
 @dataclass(frozen=True)
 class FeatureBatch:
-    """One request's first input as summary features (``protocol.features``): centred on the
-    baseline mean (so variances do not cancel far from zero), and each feature's decile bin."""
+    """One request's first input as summary features (``protocol.features``), centred on the
+    baseline mean, and each feature's decile bin."""
 
     centred: npt.NDArray[np.float64]
     bins: npt.NDArray[np.intp]
@@ -91,10 +91,9 @@ class FeatureBatch:
 
 @dataclass
 class FeatureWindow:
-    """One window's running sums of the summary features, and their bin counts."""
+    """One window's summary features: their range (a stuck feature has none) and bin counts."""
 
     count: int
-    sums: npt.NDArray[np.float64]
     low: npt.NDArray[np.float64]
     high: npt.NDArray[np.float64]
     bins: npt.NDArray[np.int64]
@@ -104,7 +103,6 @@ class FeatureWindow:
         size = batch.centred.shape[1]
         window = cls(
             0,
-            np.zeros(size),
             np.full(size, np.inf),
             np.full(size, -np.inf),
             np.zeros((size, batch.width), np.int64),
@@ -118,7 +116,6 @@ class FeatureWindow:
     def add(self, batch: FeatureBatch) -> None:
         centred = batch.centred
         self.count += len(centred)
-        self.sums += centred.sum(axis=0)
         np.minimum(self.low, centred.min(axis=0), out=self.low)
         np.maximum(self.high, centred.max(axis=0), out=self.high)
         size, width = self.bins.shape
@@ -192,7 +189,7 @@ def input_drift(window: FeatureWindow, stats: FeatureStats, baseline_samples: in
     instances, or a window that does not match the statistics)."""
     n = window.count
     mean = np.asarray(stats.mean)
-    if n < MIN_INPUT_SAMPLES or window.sums.shape != mean.shape:
+    if n < MIN_INPUT_SAMPLES or window.low.shape != mean.shape:
         return None
     std, mode, share = np.asarray(stats.std), np.asarray(stats.mode), np.asarray(stats.mode_share)
     big_n = max(baseline_samples, 2)

@@ -226,7 +226,7 @@ def shift_rows(
                 flags = [fires(run_window(pool, draw(size), baseline), rules) for _ in range(2)]
                 hits += any(f[0] for f in flags)
                 old_hits += any(f[1] for f in flags)
-            rates[size] = (hits / trials, old_hits / trials)
+            rates[size] = (round(hits / trials, 3), round(old_hits / trials, 3))
             cells.append(f"{hits / trials:>5.2f}/{old_hits / trials:<5.2f}")
         print(f"{shift.name:<24} {cost:>+9.1f} " + " ".join(cells))
         figures[shift.name] = {
