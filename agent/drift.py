@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
+from protocol.features import bin_of
 from protocol.manifest import FeatureStats
 
 PSI_FLOOR = 1e-4
@@ -78,48 +79,69 @@ def _corrected(log10_p: float, tests: int) -> float:
     return min(MAX_SIGNIFICANCE, max(0.0, log10_p - math.log10(max(1, tests))))
 
 
+FOLD_ROWS = 256
+"""Instances a window holds as they came before folding them into its counts at once: a request
+then costs a list append, and the binning runs vectorised over many rows (bounded memory)."""
+
+
 @dataclass(frozen=True)
 class FeatureBatch:
-    """One request's first input as summary features (``protocol.features``), centred on the
-    baseline mean, and each feature's decile bin."""
+    """One request's first input as summary features (``protocol.features``), with the baseline's
+    means and padded decile edges it is judged against (the serving model's, shared, not copied)."""
 
-    centred: npt.NDArray[np.float64]
-    bins: npt.NDArray[np.intp]
-    width: int
-    """Bins per feature in the window's count table (the most any feature has)."""
+    summary: npt.NDArray[np.float64]
+    mean: npt.NDArray[np.float64]
+    edges: npt.NDArray[np.float64]
 
 
 @dataclass
 class FeatureWindow:
-    """One window's summary features: their range (a stuck feature has none) and bin counts."""
+    """One window's summary features: their range (a stuck feature has none) and decile-bin counts."""
 
-    count: int
+    mean: npt.NDArray[np.float64]
+    edges: npt.NDArray[np.float64]
     low: npt.NDArray[np.float64]
     high: npt.NDArray[np.float64]
     bins: npt.NDArray[np.int64]
+    count: int = 0
+    pending: list[npt.NDArray[np.float64]] = field(default_factory=list)
+    pending_rows: int = 0
 
     @classmethod
     def of(cls, batch: FeatureBatch) -> FeatureWindow:
-        size = batch.centred.shape[1]
+        size, width = batch.edges.shape[0], batch.edges.shape[1] + 1
         window = cls(
-            0,
+            batch.mean,
+            batch.edges,
             np.full(size, np.inf),
             np.full(size, -np.inf),
-            np.zeros((size, batch.width), np.int64),
+            np.zeros((size, width), np.int64),
         )
         window.add(batch)
         return window
 
     def fits(self, batch: FeatureBatch) -> bool:
-        return self.bins.shape == (batch.centred.shape[1], batch.width)
+        """Judged against the same baseline (the model did not change mid-window)."""
+        return batch.edges is self.edges and batch.mean is self.mean
 
     def add(self, batch: FeatureBatch) -> None:
-        centred = batch.centred
-        self.count += len(centred)
+        self.pending.append(batch.summary)
+        self.pending_rows += len(batch.summary)
+        self.count += len(batch.summary)
+        if self.pending_rows >= FOLD_ROWS:
+            self.fold()
+
+    def fold(self) -> None:
+        """Count the held rows: range and bins."""
+        if not self.pending:
+            return
+        rows = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+        self.pending, self.pending_rows = [], 0
+        centred = rows - self.mean
         np.minimum(self.low, centred.min(axis=0), out=self.low)
         np.maximum(self.high, centred.max(axis=0), out=self.high)
         size, width = self.bins.shape
-        flat = (np.arange(size) * width + batch.bins).ravel()
+        flat = (np.arange(size) * width + bin_of(rows, self.edges)).ravel()
         self.bins += np.bincount(flat, minlength=size * width).reshape(size, width)
 
 
@@ -187,6 +209,7 @@ def _joint_test(z: npt.NDArray[np.float64], stats: FeatureStats) -> float | None
 def input_drift(window: FeatureWindow, stats: FeatureStats, baseline_samples: int) -> InputDrift | None:
     """Per-feature tests of one window against the baseline's feature statistics (None: too few
     instances, or a window that does not match the statistics)."""
+    window.fold()
     n = window.count
     mean = np.asarray(stats.mean)
     if n < MIN_INPUT_SAMPLES or window.low.shape != mean.shape:

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from agent.drift import FeatureBatch
 from agent.errors import BadInputError, VerifyError
 from agent.store import StoredModel
-from protocol.features import bin_of, padded_edges, summarize
+from protocol.features import padded_edges, summarize
 from protocol.manifest import Manifest, TaskKind, TensorSpec
 from protocol.samples import SmokeSamples
 from protocol.schema import ModelRef
@@ -193,9 +193,7 @@ class ActiveModel:
         if first_input.dtype.kind != "f":
             return None
         summary = summarize(first_input, baseline.input_features.values)
-        if summary is None:
-            return None
-        return FeatureBatch(summary - mean, bin_of(summary, edges), edges.shape[1] + 1)
+        return None if summary is None else FeatureBatch(summary, mean, edges)
 
     def output_counts(self, result: PredictResult) -> npt.NDArray[np.int64] | None:
         """Regression/forecast: the primary output's first value counted over the baseline's

@@ -76,7 +76,7 @@ class _Window:
     out_of_range: int = 0
     nonfinite_inputs: int = 0
     features: FeatureWindow | None = None
-    """The first input's summary features, centred on the baseline mean (``ActiveModel.features``)."""
+    """The first input's summary features (``ActiveModel.input_features``)."""
 
 
 class RequestMetrics:
@@ -114,7 +114,7 @@ class RequestMetrics:
             w.latency.record(latency_ms)
             w.instances += instances
             w.out_of_range += out_of_range
-            if features is not None and len(features.centred):
+            if features is not None and len(features.summary):
                 if w.features is None or not w.features.fits(features):
                     w.features = FeatureWindow.of(features)  # first, or the model changed mid-window
                 else:

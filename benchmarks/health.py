@@ -152,7 +152,7 @@ def run_window(pool: Pool, rows: npt.NDArray[np.intp], baseline: BaselineStats) 
             out_of_range=int(pool.out_of_range[i]),
             features=None
             if features is None
-            else FeatureBatch(features.centred[i : i + 1], features.bins[i : i + 1], features.width),
+            else FeatureBatch(features.summary[i : i + 1], features.mean, features.edges),
         )
     return prediction_health(metrics.take(), baseline)
 

@@ -17,7 +17,7 @@ from agent.telemetry import RequestMetrics, encode_window, prediction_health
 from converter.baseline import input_feature_stats
 from fleet.alerts import AlertRules
 from protocol.errors import MessageError
-from protocol.features import MAX_SUMMARY_FEATURES, bin_of, padded_edges, summarize
+from protocol.features import MAX_SUMMARY_FEATURES, padded_edges, summarize
 from protocol.manifest import BaselineStats, FeatureStats
 from protocol.messages import ResourceUsage, TelemetryWindow, parse_message
 from tests.support.agent import Bundles
@@ -40,13 +40,19 @@ def _batch(x: npt.NDArray[np.float32], stats: FeatureStats) -> FeatureBatch:
     """What ``ActiveModel.input_features`` hands the metrics for these rows."""
     summary = summarize(x, stats.values)
     assert summary is not None
-    edges = padded_edges(stats.edges)
-    return FeatureBatch(summary - np.asarray(stats.mean), bin_of(summary, edges), edges.shape[1] + 1)
+    return FeatureBatch(summary, MEANS[id(stats)], EDGES[id(stats)])
+
+
+MEANS: dict[int, npt.NDArray[np.float64]] = {}
+EDGES: dict[int, npt.NDArray[np.float64]] = {}
+"""Per statistics, the arrays a loaded model shares between requests (``ActiveModel``)."""
 
 
 def _window(x: npt.NDArray[np.float32], baseline: BaselineStats) -> RequestMetrics:
     stats = baseline.input_features
     assert stats is not None
+    MEANS.setdefault(id(stats), np.asarray(stats.mean))
+    EDGES.setdefault(id(stats), padded_edges(stats.edges))
     metrics = RequestMetrics()
     for row in range(len(x)):  # one instance per request, as devices mostly send
         metrics.record_success(1.0, instances=1, features=_batch(x[row : row + 1], stats))

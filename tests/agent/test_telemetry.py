@@ -230,7 +230,7 @@ def _busy_window(tmp_path: Path) -> tuple[Telemetry, ListSink, ModelRef]:
     from agent.drift import FeatureBatch
     from agent.resources import sample_resources
     from converter.baseline import input_feature_stats
-    from protocol.features import bin_of, padded_edges
+    from protocol.features import padded_edges
     from protocol.manifest import BaselineStats, FeatureRange
 
     rng = np.random.default_rng(7)
@@ -238,7 +238,7 @@ def _busy_window(tmp_path: Path) -> tuple[Telemetry, ListSink, ModelRef]:
     model = ModelRef(name="warehouse-classifier", version="12.3.0", sha256="0123456789abcdef" * 4)
     features = input_feature_stats(rng.random((500, 40)).astype(np.float32))  # > 32: no joint test
     assert features is not None
-    edges = padded_edges(features.edges)
+    edges, mean = padded_edges(features.edges), np.asarray(features.mean)
     inputs = rng.random((6_000, 40)) * 1.3  # drifted: every drift member is set, with its widest value
     for n in range(6_000):
         row = inputs[n : n + 1]
@@ -249,7 +249,7 @@ def _busy_window(tmp_path: Path) -> tuple[Telemetry, ListSink, ModelRef]:
             confidences=rng.uniform(0.2, 1.0, size=1).astype(np.float32),
             instances=1,
             out_of_range=int(n % 41 == 0),
-            features=FeatureBatch(row - np.asarray(features.mean), bin_of(row, edges), edges.shape[1] + 1),
+            features=FeatureBatch(row, mean, edges),
         )
     for n in range(23):
         metrics.record_error("bad_request", nonfinite=n < 5)
