@@ -237,6 +237,7 @@ class _Handler(FastHandler):
             out_of_range=len(result.out_of_range),
             invoke_ms=result.invoke_ms,
             cpu_ms=result.cpu_ms,
+            features=model.input_features(arrays[0]),
         )
         self._respond(form, model, result, top_k)
 

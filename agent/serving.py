@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from agent.drift import FeatureBatch
 from agent.errors import BadInputError, VerifyError
 from agent.store import StoredModel
+from protocol.features import padded_edges, summarize
 from protocol.manifest import Manifest, TaskKind, TensorSpec
 from protocol.samples import SmokeSamples
 from protocol.schema import ModelRef
@@ -119,6 +121,10 @@ class ActiveModel:
         default=None, repr=False
     )
     """The first input's per-feature bounds (baseline range plus margin), flattened features."""
+    feature_mean: npt.NDArray[np.float64] | None = field(default=None, repr=False, compare=False)
+    """The baseline's summary-feature means (``protocol.features``); None: no input drift tests."""
+    feature_edges: npt.NDArray[np.float64] | None = field(default=None, repr=False, compare=False)
+    """The baseline's decile edges per summary feature, padded (``protocol.features.padded_edges``)."""
     turn: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     """One request at a time at the interpreter. Requests wait here, outside the invoke timer,
     so the invoke time is the model's and not the queue's (the runtime's own lock, taken inside
@@ -163,6 +169,8 @@ class ActiveModel:
             dynamic_batch=dynamic,
             preprocess=tuple(InputTransform.of(manifest.preprocessing.get(s.name)) for s in manifest.inputs),
             input_bounds=_bounds(manifest),
+            feature_mean=_feature_mean(manifest),
+            feature_edges=_feature_edges(manifest),
         )
 
     def out_of_range_instances(self, first_input: npt.NDArray[Any]) -> list[int]:
@@ -174,6 +182,18 @@ class ActiveModel:
         width = flat.shape[1]
         outside = (flat < low[:width]) | (flat > high[:width])
         return [int(i) for i in np.flatnonzero(outside.any(axis=1))]
+
+    def input_features(self, first_input: npt.NDArray[Any]) -> FeatureBatch | None:
+        """The first input's summary features for the window's drift tests (None without feature
+        statistics, or for an input they do not describe)."""
+        baseline = self.manifest.baseline
+        edges, mean = self.feature_edges, self.feature_mean
+        if edges is None or mean is None or baseline is None or baseline.input_features is None:
+            return None
+        if first_input.dtype.kind != "f":
+            return None
+        summary = summarize(first_input, baseline.input_features.values)
+        return None if summary is None else FeatureBatch(summary, mean, edges)
 
     def output_counts(self, result: PredictResult) -> npt.NDArray[np.int64] | None:
         """Regression/forecast: the primary output's first value counted over the baseline's
@@ -238,6 +258,20 @@ class ActiveModel:
             confidences = outputs[np.arange(len(outputs)), classes].astype(np.float32)
             return PredictResult(names, tensors, primary, classes, confidences, self.labels, out_of_range)
         return PredictResult(names, tensors, primary, out_of_range=out_of_range)
+
+
+def _feature_mean(manifest: Manifest) -> npt.NDArray[np.float64] | None:
+    baseline = manifest.baseline
+    if baseline is None or baseline.input_features is None:
+        return None
+    return np.asarray(baseline.input_features.mean, dtype=np.float64)
+
+
+def _feature_edges(manifest: Manifest) -> npt.NDArray[np.float64] | None:
+    baseline = manifest.baseline
+    if baseline is None or baseline.input_features is None:
+        return None
+    return padded_edges(baseline.input_features.edges)
 
 
 def _bounds(manifest: Manifest) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None:

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import psutil
 
-from agent.drift import confidence_p05, psi
+from agent.drift import FeatureBatch, FeatureWindow, confidence_p05, input_drift, output_drift, psi
 from agent.resources import guarded, sample_resources, sample_temperature
 from agent.store import write_json
 from agent.usage import INVOKE_EDGES_MS, LATENCY_EDGES_MS, LatencyHistogram, ModelUsage, RecentHistogram
@@ -75,6 +75,8 @@ class _Window:
     instances: int = 0
     out_of_range: int = 0
     nonfinite_inputs: int = 0
+    features: FeatureWindow | None = None
+    """The first input's summary features (``ActiveModel.input_features``)."""
 
 
 class RequestMetrics:
@@ -101,8 +103,10 @@ class RequestMetrics:
         out_of_range: int = 0,
         invoke_ms: float | None = None,
         cpu_ms: float | None = None,
+        features: FeatureBatch | None = None,
     ) -> None:
-        """``invoke_ms`` and ``cpu_ms``: the model's own time per instance (``PredictResult``)."""
+        """``invoke_ms`` and ``cpu_ms``: the model's own time per instance (``PredictResult``);
+        ``features``: the first input's summary features (``ActiveModel.input_features``)."""
         with self._lock:
             w = self._window
             w.requests += 1
@@ -110,6 +114,11 @@ class RequestMetrics:
             w.latency.record(latency_ms)
             w.instances += instances
             w.out_of_range += out_of_range
+            if features is not None and len(features.summary):
+                if w.features is None or not w.features.fits(features):
+                    w.features = FeatureWindow.of(features)  # first, or the model changed mid-window
+                else:
+                    w.features.add(features)
             if classes is not None and confidences is not None:
                 # Plain Python on .tolist(): for the usual one-instance request, several times
                 # cheaper than numpy calls on one-element arrays.
@@ -185,6 +194,7 @@ def prediction_health(window: _Window, baseline: BaselineStats | None) -> Predic
         output_counts = [int(c) for c in window.output_counts]
         if baseline is not None and baseline.output_histogram is not None:
             drift = psi(output_counts, baseline.output_histogram.counts)
+    tests = _drift_tests(window, counts, output_counts, baseline)
     return PredictionHealth(
         predictions=n,
         mean_confidence=round(window.confidence_sum / n, 3) if n and window.class_counts else None,
@@ -197,7 +207,32 @@ def prediction_health(window: _Window, baseline: BaselineStats | None) -> Predic
         if window.instances and baseline is not None and baseline.input_ranges
         else None,
         nonfinite_inputs=window.nonfinite_inputs,
+        **tests,
     )
+
+
+def _drift_tests(
+    window: _Window, counts: list[int] | None, output_counts: list[int] | None, baseline: BaselineStats | None
+) -> dict[str, float | int | None]:
+    """The window's drift tests against the baseline (``agent.drift``): only the members measured."""
+    if baseline is None:
+        return {}
+    tests: dict[str, float | int | None] = {}
+    if counts is not None and baseline.class_frequencies:
+        tests["output_drift"] = output_drift(counts, baseline.class_frequencies, baseline.samples)
+    elif output_counts is not None and baseline.output_histogram is not None:
+        tests["output_drift"] = output_drift(
+            output_counts, baseline.output_histogram.counts, baseline.samples
+        )
+    if window.features is not None and baseline.input_features is not None:
+        found = input_drift(window.features, baseline.input_features, baseline.samples)
+        if found is not None:
+            tests |= {
+                "input_drift": found.significance,
+                "drift_feature": found.feature,
+                "stuck_features": found.stuck,
+            }
+    return tests
 
 
 def encode_window(message: TelemetryWindow) -> bytes:

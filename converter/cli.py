@@ -113,6 +113,7 @@ def register(commands: Any) -> None:
     )
     convert.add_argument("--out", type=Path, required=True, metavar="OUT.bundle", help="the bundle to write")
     convert.add_argument("--force", action="store_true", help="replace an existing --out")
+    convert.add_argument("--no-input-stats", dest="input_stats", action="store_false", help=NO_INPUT_STATS)
     convert.add_argument(
         "--runtime",
         choices=RUNTIMES,
@@ -164,6 +165,7 @@ def _register_bundle(commands: Any) -> None:
     bundle.add_argument("--key", type=Path, required=True, metavar="PRIVATE.key", help="operator signing key")
     bundle.add_argument("--out", type=Path, required=True, metavar="OUT.bundle", help="the bundle to write")
     bundle.add_argument("--force", action="store_true", help="replace an existing --out")
+    bundle.add_argument("--no-input-stats", dest="input_stats", action="store_false", help=NO_INPUT_STATS)
     bundle.add_argument("--runtime", choices=RUNTIMES, default="tflite-runtime")
     bundle.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS")
     bundle.add_argument("--report-json", type=Path, metavar="PATH", help="also write the report as JSON")
@@ -248,12 +250,17 @@ def _keys_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+NO_INPUT_STATS = (
+    "leave the inputs' feature statistics out of the baseline: a bundle for agents that predate "
+    "input drift tests (they refuse a manifest that carries them)"
+)
+
 # Options `convert` and `bundle` share, by their argparse destination.
 _SHARED_FIELDS = (
     "model", "evaluation", "mode", "name", "version", "task", "labels", "description",
     "key", "out", "force", "runtime", "timeout", "smoke_samples", "preprocessing", "preprocess_mean",
     "preprocess_std", "preprocess_min", "preprocess_max", "preprocess_scale", "preprocess_offset",
-    "preprocessing_file", "channel_order",
+    "preprocessing_file", "channel_order", "input_stats",
 )  # fmt: skip
 
 

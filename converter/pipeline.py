@@ -89,7 +89,9 @@ def convert(request: ConversionRequest, progress: Progress = quiet) -> Conversio
     if request.mode == "auto":
         notes.append(explain_choice(request, chosen, candidates, plan.gates))
     assert chosen.validation is not None and chosen.model is not None
-    baseline = baseline_stats(request.task, inputs.caller_evaluation.x, chosen.primary_eval())
+    baseline = baseline_stats(
+        request.task, inputs.caller_evaluation.x, chosen.primary_eval(), input_features=request.input_stats
+    )
     _check_accuracy(request.task, chosen.validation, warn)
     notes.extend(output.facts.get("changes", []))
     conversion = conversion_report(

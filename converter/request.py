@@ -86,6 +86,10 @@ class ConversionRequest(PreprocessingOptions):
     labels: Path | None = Field(default=None, description="labels.txt, one class name per line.")
     description: str = ""
     force: bool = Field(default=False, description="Replace an existing output file.")
+    input_stats: bool = Field(
+        default=True,
+        description="Record the inputs' feature statistics in the baseline (older agents refuse them).",
+    )
     runtime: RuntimeRequirement = Field(
         default="tflite-runtime", description="The runtime the model must load in ('any': at least one)."
     )

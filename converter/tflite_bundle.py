@@ -77,6 +77,7 @@ class BundleRequest(PreprocessingOptions):
     labels: Path | None = None
     description: str = ""
     force: bool = False
+    input_stats: bool = True
     runtime: RuntimeRequirement = "tflite-runtime"
     timeout: float = Field(default=300.0, gt=0)
     smoke_samples: int = Field(default=8, ge=1, le=1000)
@@ -140,7 +141,9 @@ def bundle_tflite(request: BundleRequest, progress: Progress = quiet) -> Convers
             request.task, None, candidate.primary_eval(), targets, candidate.primary.info.name
         )
         # The baseline's input ranges are the raw values callers send (the agent checks them so).
-        baseline = baseline_stats(request.task, raw[0], candidate.primary_eval())
+        baseline = baseline_stats(
+            request.task, raw[0], candidate.primary_eval(), input_features=request.input_stats
+        )
     if labels is not None and primary_spec.shape[-1] != len(labels):
         raise InputError(
             f"{request.labels} holds {len(labels)} labels "

@@ -38,13 +38,27 @@ from protocol.update_state import UpdateState
 
 log = logging.getLogger(__name__)
 
-RuleName = Literal["offline", "latency_p95", "error_rate", "drift_psi", "out_of_range_share"]
+RuleName = Literal[
+    "offline",
+    "latency_p95",
+    "error_rate",
+    "drift_psi",
+    "out_of_range_share",
+    "input_drift",
+    "stuck_features",
+    "output_drift",
+    "low_confidence_share",
+]
 THRESHOLDS: dict[str, str] = {
     "offline": "offline_minutes",
     "latency_p95": "latency_p95_ms",
     "error_rate": "error_rate",
     "drift_psi": "drift_psi",
     "out_of_range_share": "out_of_range_share",
+    "input_drift": "input_drift",
+    "stuck_features": "stuck_features",
+    "output_drift": "output_drift",
+    "low_confidence_share": "low_confidence_share",
 }
 UPDATING = frozenset(
     {
@@ -81,9 +95,28 @@ class AlertRules(BaseModel):
 
     offline_minutes: float | None = Field(10, gt=0, description="device offline (or silent) longer than this")
     latency_p95_ms: float | None = Field(None, gt=0, description="a window's p95 latency above this")
-    drift_psi: float | None = Field(0.25, ge=0, description="a window's drift PSI above this")
+    drift_psi: float | None = Field(
+        None,
+        ge=0,
+        description="a window's drift PSI above this (no sample-size rule: noisy in small windows)",
+    )
     out_of_range_share: float | None = Field(
-        None, ge=0, le=1, description="a window's share of inputs outside the baseline's range above this"
+        0.3, ge=0, le=1, description="a window's share of inputs outside the baseline's range above this"
+    )
+    input_drift: float | None = Field(
+        5.0, ge=0, description="a window's input-feature drift significance (-log10 p, corrected) above this"
+    )
+    stuck_features: float | None = Field(
+        0, ge=0, description="more than this many input features stuck at one value over a window"
+    )
+    output_drift: float | None = Field(
+        4.0, ge=0, description="a window's output drift significance (-log10 p of the chi-square) above this"
+    )
+    low_confidence_share: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="a window's share of predictions under the confidence threshold above this",
     )
     error_rate: float | None = Field(0.05, ge=0, le=1, description="a window's failed share above this")
     rollback: bool = Field(True, description="an agent rolled a model back")
@@ -157,6 +190,10 @@ def window_values(window: store.WindowObs) -> dict[str, float | None]:
         "error_rate": rate,
         "drift_psi": window.drift_psi,
         "out_of_range_share": window.out_of_range_share,
+        "input_drift": window.input_drift,
+        "stuck_features": window.stuck_features,
+        "output_drift": window.output_drift,
+        "low_confidence_share": window.low_confidence_share,
     }
 
 
@@ -168,6 +205,10 @@ def describe(rule: str, device_id: str, value: float, threshold: float) -> Findi
         "error_rate": f"{device_id} error rate {value:.1%} > {threshold:.1%}",
         "drift_psi": f"{device_id} drift PSI {value:.2f} > {threshold:g}",
         "out_of_range_share": f"{device_id} inputs out of range {value:.1%} > {threshold:.1%}",
+        "input_drift": f"{device_id} input drift significance {value:.1f} > {threshold:g}",
+        "stuck_features": f"{device_id} {value:.0f} input features stuck (> {threshold:g})",
+        "output_drift": f"{device_id} output drift significance {value:.1f} > {threshold:g}",
+        "low_confidence_share": f"{device_id} low-confidence predictions {value:.1%} > {threshold:.1%}",
     }[rule]
     return Finding(rule, device_id, severity, text, value)
 

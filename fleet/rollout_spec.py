@@ -90,6 +90,20 @@ class Gates(Spec):
     max_error_rate: float = Field(0.02, ge=0, le=1, description="failed requests / requests")
     max_drift_psi: float = Field(0.25, ge=0, description="mean drift PSI against the manifest baseline")
     max_low_confidence_share: float = Field(0.3, ge=0, le=1, description="mean low-confidence share")
+    max_out_of_range_share: float = Field(
+        0.3, ge=0, le=1, description="mean share of inputs outside the baseline's per-feature range"
+    )
+    drift_significance: float = Field(
+        5.0,
+        ge=0,
+        description="a window whose input or output drift significance (-log10 p) is above this drifted",
+    )
+    max_drifted_share: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="share of windows that drifted (above drift_significance, or a stuck feature)",
+    )
     max_offline_share: float = Field(0.2, ge=0, le=1, description="share of the wave's devices offline")
     max_rollbacks: int = Field(
         0, ge=0, description="failed devices tolerated (agent rollbacks, refused or timed-out installs)"

@@ -194,6 +194,40 @@ class FeatureRange(WireModel):
     mean: float
 
 
+class FeatureStats(WireModel):
+    """The first input's summary features (``protocol.features``) over the evaluation inputs: what
+    the agent tests each window's inputs against (``agent.drift``)."""
+
+    values: int = Field(ge=1)
+    """Flattened values per instance the summary was taken from; other shapes are not tested."""
+    mean: list[float] = Field(min_length=1)
+    std: list[float]
+    mode: list[float]
+    """The most common value of each feature, and its share: how likely a constant window is."""
+    mode_share: list[float]
+    edges: list[list[float]]
+    """Per feature, the distinct deciles of the baseline: a value goes to the bin of the edges at
+    or below it (``len(edges[i]) + 1`` bins)."""
+    shares: list[list[float]]
+    """Per feature, the baseline's share in each of those bins."""
+    precision_cholesky: list[float] | None = None
+    """Lower triangle (row by row) of L with L Lᵀ = the inverse covariance of the features: the
+    joint test of all means. Only for at most ``MAX_JOINT_FEATURES`` features."""
+
+    @model_validator(mode="after")
+    def _same_lengths(self) -> FeatureStats:
+        size = len(self.mean)
+        if any(len(v) != size for v in (self.std, self.mode, self.mode_share, self.edges, self.shares)):
+            raise ValueError(
+                "feature statistics need one mean, std, mode, share, edges and shares per feature"
+            )
+        if any(len(s) != len(e) + 1 for e, s in zip(self.edges, self.shares, strict=True)):
+            raise ValueError("each feature needs one share more than it has edges")
+        if self.precision_cholesky is not None and len(self.precision_cholesky) != size * (size + 1) // 2:
+            raise ValueError(f"precision_cholesky needs {size * (size + 1) // 2} values for {size} features")
+        return self
+
+
 class BaselineStats(WireModel):
     """What healthy predictions look like, for the agent's prediction-health checks."""
 
@@ -206,6 +240,8 @@ class BaselineStats(WireModel):
     """Classification: histogram of the top-class probability, edges over [0, 1]."""
     input_ranges: list[FeatureRange] = Field(default_factory=list)
     """Per flattened input feature; capped by the converter for large inputs."""
+    input_features: FeatureStats | None = None
+    """The first input's summary features; absent in bundles converted before input drift."""
 
 
 class SmokeTest(WireModel):

@@ -77,6 +77,17 @@ class PredictionHealth(WireModel):
     out_of_range_share: float | None = None
     """Share of inputs with any feature outside the baseline's per-feature range."""
     nonfinite_inputs: int = 0
+    input_drift: float | None = Field(default=None, ge=0)
+    """Significance (-log10 p, Bonferroni-corrected) of the strongest test of the first input's
+    summary features against the baseline: a mean, a spread or a stuck value. None: no feature
+    statistics in the baseline, or too few instances in the window."""
+    drift_feature: int | None = Field(default=None, ge=0)
+    """The summary feature of that strongest test."""
+    stuck_features: int | None = Field(default=None, ge=0)
+    """Features constant over the window where the baseline makes that improbable (dead sensors)."""
+    output_drift: float | None = Field(default=None, ge=0)
+    """Significance (-log10 p) of a chi-square test of the output counts against the baseline's;
+    None below five predictions per class (or histogram bin)."""
 
 
 class TelemetryWindow(VersionedMessage):

@@ -34,6 +34,11 @@ class WaveHealth:
     """Window p95s of the same devices on the model they ran before the rollout."""
     drift_psi: list[float] = field(default_factory=list)
     low_confidence_share: list[float] = field(default_factory=list)
+    out_of_range_share: list[float] = field(default_factory=list)
+    drift_tested: int = 0
+    """Windows that carried a drift test (input or output significance, or stuck features)."""
+    drifted: int = 0
+    """Of those, the windows above ``Gates.drift_significance`` or with a stuck feature."""
 
     @property
     def sample(self) -> str:
@@ -69,7 +74,21 @@ def health(
         baseline_p95=baseline_p95,
         drift_psi=[w.drift_psi for w in counted if w.drift_psi is not None],
         low_confidence_share=[w.low_confidence_share for w in counted if w.low_confidence_share is not None],
+        out_of_range_share=[w.out_of_range_share for w in counted if w.out_of_range_share is not None],
+        drift_tested=sum(_tested(w) for w in counted),
+        drifted=sum(_drifted(gates, w) for w in counted),
     )
+
+
+def _tested(window: WindowFigures) -> bool:
+    return any(v is not None for v in (window.input_drift, window.output_drift, window.stuck_features))
+
+
+def _drifted(gates: Gates, window: WindowFigures) -> bool:
+    significant = any(
+        v is not None and v > gates.drift_significance for v in (window.input_drift, window.output_drift)
+    )
+    return significant or bool(window.stuck_features)
 
 
 def too_little(gates: Gates, wave: WaveHealth, *, waited_out: bool = False) -> str | None:
@@ -140,6 +159,8 @@ def evaluate(gates: Gates, wave: WaveHealth, failures: list[str]) -> list[GateRe
         ("drift_psi", "mean drift PSI", wave.drift_psi, gates.max_drift_psi),
         ("low_confidence_share", "mean low-confidence share", wave.low_confidence_share,
          gates.max_low_confidence_share),
+        ("out_of_range_share", "mean out-of-range share", wave.out_of_range_share,
+         gates.max_out_of_range_share),
     ):  # fmt: skip
         if values:
             mean = statistics.fmean(values)
@@ -156,7 +177,26 @@ def evaluate(gates: Gates, wave: WaveHealth, failures: list[str]) -> list[GateRe
                     detail=f"not judged: no window reported it ({wave.windows:,} windows counted)",
                 )
             )
+    results.append(_drift(gates, wave))
     return results
+
+
+def _drift(gates: Gates, wave: WaveHealth) -> GateResult:
+    limit = gates.max_drifted_share
+    if not wave.drift_tested:
+        detail = f"not judged: no window carried a drift test ({wave.windows:,} windows counted)"
+        return GateResult(gate="drifted_share", ok=True, value=None, limit=limit, detail=detail)
+    share = wave.drifted / wave.drift_tested
+    ok = share <= limit
+    return GateResult(
+        gate="drifted_share",
+        ok=ok,
+        value=share,
+        limit=limit,
+        detail=f"{_verdict(ok, 'drifted window share', f'{share:.2f}', f'{limit:.2f}')} ({wave.drifted} of "
+        f"{wave.drift_tested} tested windows above significance {gates.drift_significance:g} or with a "
+        f"stuck feature) {wave.sample}",
+    )
 
 
 def _latency(gates: Gates, wave: WaveHealth) -> GateResult:

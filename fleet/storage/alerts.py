@@ -43,6 +43,10 @@ class WindowObs:
     latency_p95: float | None
     drift_psi: float | None
     out_of_range_share: float | None
+    input_drift: float | None = None
+    stuck_features: int | None = None
+    output_drift: float | None = None
+    low_confidence_share: float | None = None
 
 
 def _view(row: Any) -> AlertView:
@@ -124,6 +128,10 @@ _WINDOW_COLUMNS = (
     telemetry.c.latency_p95,
     telemetry.c.drift_psi,
     telemetry.c.out_of_range_share,
+    telemetry.c.input_drift,
+    telemetry.c.stuck_features,
+    telemetry.c.output_drift,
+    telemetry.c.low_confidence_share,
 )
 
 
@@ -137,6 +145,10 @@ def _obs(row: Any) -> WindowObs:
         row.latency_p95,
         row.drift_psi,
         row.out_of_range_share,
+        row.input_drift,
+        row.stuck_features,
+        row.output_drift,
+        row.low_confidence_share,
     )
 
 

@@ -76,6 +76,16 @@ def _out_of_range(window: TelemetryWindow) -> float | None:
     return window.prediction.out_of_range_share if window.prediction else None
 
 
+def _health(name: str) -> Callable[[TelemetryWindow], float | int | None]:
+    """A prediction-health member, None when the window has no prediction block."""
+
+    def read(window: TelemetryWindow) -> float | int | None:
+        value: float | int | None = getattr(window.prediction, name) if window.prediction else None
+        return value
+
+    return read
+
+
 METRICS: tuple[Metric, ...] = (
     # Counters: summed per hour; their series (throughput, error rate) are derived in storage.series.
     Metric("requests", True, False, lambda w: w.requests, (Rollup.SUM,)),
@@ -179,6 +189,38 @@ METRICS: tuple[Metric, ...] = (
         (Rollup.AVG,),
         series="out_of_range_share",
         series_rollup=Rollup.AVG,
+        health=True,
+    ),
+    # The drift tests (``agent.drift``): significances, -log10 p; hours keep their maxima, since
+    # one drifted window is the news and an average would hide it.
+    Metric(
+        "input_drift",
+        False,
+        True,
+        _health("input_drift"),
+        (Rollup.MAX,),
+        series="input_drift",
+        series_rollup=Rollup.MAX,
+        health=True,
+    ),
+    Metric(
+        "stuck_features",
+        True,
+        True,
+        _health("stuck_features"),
+        (Rollup.MAX,),
+        series="stuck_features",
+        series_rollup=Rollup.MAX,
+        health=True,
+    ),
+    Metric(
+        "output_drift",
+        False,
+        True,
+        _health("output_drift"),
+        (Rollup.MAX,),
+        series="output_drift",
+        series_rollup=Rollup.MAX,
         health=True,
     ),
 )

@@ -87,6 +87,10 @@ class WindowFigures:
     latency_p95: float | None
     drift_psi: float | None
     low_confidence_share: float | None
+    out_of_range_share: float | None = None
+    input_drift: float | None = None
+    output_drift: float | None = None
+    stuck_features: int | None = None
 
 
 @dataclass(frozen=True)

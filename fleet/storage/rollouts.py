@@ -156,6 +156,10 @@ def wave_windows(
             telemetry.c.latency_p95,
             telemetry.c.drift_psi,
             telemetry.c.low_confidence_share,
+            telemetry.c.out_of_range_share,
+            telemetry.c.input_drift,
+            telemetry.c.output_drift,
+            telemetry.c.stuck_features,
         ).where(telemetry.c.device_id.in_(device_ids), on_model, telemetry.c.received_at >= started)
     ).all()
     for w in windows:
@@ -166,6 +170,10 @@ def wave_windows(
                 latency_p95=w.latency_p95,
                 drift_psi=w.drift_psi,
                 low_confidence_share=w.low_confidence_share,
+                out_of_range_share=w.out_of_range_share,
+                input_drift=w.input_drift,
+                output_drift=w.output_drift,
+                stuck_features=w.stuck_features,
             )
         )
     baseline = (

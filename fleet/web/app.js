@@ -248,7 +248,8 @@ function devicePage(id) {
           draw("Memory", [{ name: "system", values: s.memory_used_percent }], "%"),
           draw("Process RSS", [{ name: "rss", values: s.process_rss_mib }], "MiB"),
           draw("Temperature", [{ name: "temperature", values: s.temperature_c }], "°C"),
-          draw("Prediction health", [{ name: "drift PSI", values: s.drift_psi }, { name: "low-confidence share", values: s.low_confidence_share }], ""));
+          draw("Prediction health", [{ name: "drift PSI", values: s.drift_psi }, { name: "low-confidence share", values: s.low_confidence_share }, { name: "out-of-range share", values: s.out_of_range_share }], ""),
+          draw("Drift tests", [{ name: "input drift", values: s.input_drift }, { name: "output drift", values: s.output_drift }, { name: "stuck features", values: s.stuck_features }], "-log10 p"));
         const rows = history.slice(0, 20).map((e) => el("tr", {}, cell(ago(e.ts)), cell(e.state, e.ok ? "" : "fail"), cell(modelText(e.target)), cell(e.reason || "")));
         events.replaceChildren(table("events", ["When", "State", "Target", "Reason"], rows, "No update event yet."));
       };

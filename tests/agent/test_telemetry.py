@@ -227,13 +227,21 @@ def _mqtt_bytes_per_day(topic: str, payload: int, interval_s: float = 60, keepal
 def _busy_window(tmp_path: Path) -> tuple[Telemetry, ListSink, ModelRef]:
     """The real agent telemetry after a busy minute: a 10-class classifier with every
     prediction-health field set, several error kinds, dropped messages, a temperature sensor."""
+    from agent.drift import FeatureBatch
     from agent.resources import sample_resources
+    from converter.baseline import input_feature_stats
+    from protocol.features import padded_edges
     from protocol.manifest import BaselineStats, FeatureRange
 
     rng = np.random.default_rng(7)
     metrics = RequestMetrics()
     model = ModelRef(name="warehouse-classifier", version="12.3.0", sha256="0123456789abcdef" * 4)
+    features = input_feature_stats(rng.random((500, 40)).astype(np.float32))  # > 32: no joint test
+    assert features is not None
+    edges, mean = padded_edges(features.edges), np.asarray(features.mean)
+    inputs = rng.random((6_000, 40)) * 1.3  # drifted: every drift member is set, with its widest value
     for n in range(6_000):
+        row = inputs[n : n + 1]
         metrics.record_success(
             float(rng.lognormal(1.5, 0.6)),
             model.sha256,
@@ -241,6 +249,7 @@ def _busy_window(tmp_path: Path) -> tuple[Telemetry, ListSink, ModelRef]:
             confidences=rng.uniform(0.2, 1.0, size=1).astype(np.float32),
             instances=1,
             out_of_range=int(n % 41 == 0),
+            features=FeatureBatch(row, mean, edges),
         )
     for n in range(23):
         metrics.record_error("bad_request", nonfinite=n < 5)
@@ -250,6 +259,7 @@ def _busy_window(tmp_path: Path) -> tuple[Telemetry, ListSink, ModelRef]:
         samples=1000,
         class_frequencies=[0.1] * 10,
         input_ranges=[FeatureRange(min=0.0, max=1.0, mean=0.5)],
+        input_features=features,
     )
 
     def resources(state_dir: Path) -> ResourceUsage:
@@ -355,13 +365,16 @@ def test_a_half_compact_window_is_refused_by_name(document: dict[str, object], p
 def test_every_window_member_has_one_compact_name() -> None:
     """A member added to the schema without a compact name would fail to encode: caught here."""
     from protocol.messages import LatencySummary, PredictionHealth
-    from protocol.telemetry_wire import COMPACT_NAMES, MEMBER_NAMES
+    from protocol.telemetry_wire import COMPACT_NAMES, DRIFT, DRIFT_ORDER, MEMBER_NAMES
 
     assert set(COMPACT_NAMES) == set(TelemetryWindow.model_fields) - {"schema_version", "kind"}
     nested = {"model": ModelRef, "latency_ms": LatencySummary, "resources": ResourceUsage,
               "prediction": PredictionHealth}  # fmt: skip
     for member, model_type in nested.items():
-        assert set(MEMBER_NAMES[member]) == set(model_type.model_fields), member
+        # The prediction's drift members travel as one array (``dr``), the rest by short name.
+        extra = set(DRIFT_ORDER) if member == "prediction" else set()
+        assert set(MEMBER_NAMES[member]) | extra == set(model_type.model_fields), member
+        assert DRIFT not in MEMBER_NAMES[member].values(), member
         assert len(set(MEMBER_NAMES[member].values())) == len(MEMBER_NAMES[member]), member
     short = set(COMPACT_NAMES.values())
     assert len(short) == len(COMPACT_NAMES) and not short & set(TelemetryWindow.model_fields)

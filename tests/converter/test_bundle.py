@@ -39,6 +39,7 @@ def test_bundle_with_evaluation_data(
         str(digits_model / "evaluation.npz"),
         "--labels",
         str(digits_model / "labels.txt"),
+        "--no-input-stats",  # for agents that predate the input drift tests
     ]
     run = cli_capture(_argv(ready_tflite, signing_keys[0], out, *extra, "--report-json", str(report)))
     assert run.code == 0, run.stderr
@@ -48,6 +49,7 @@ def test_bundle_with_evaluation_data(
     assert manifest.tools.tensorflow is None and manifest.runtimes["tflite-runtime"].loads
     assert manifest.validation is not None and manifest.validation.metrics["accuracy"] > 0.9
     assert manifest.baseline is not None and manifest.baseline.class_frequencies is not None
+    assert manifest.baseline.input_features is None and len(manifest.baseline.input_ranges) == 64
     assert manifest.labels == [str(d) for d in range(10)]
     assert json.loads(report.read_text())["validation"]["samples"] == 450
     assert "accuracy" in run.stdout and "F1 (macro)" in run.stdout

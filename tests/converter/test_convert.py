@@ -42,6 +42,13 @@ def test_int8_bundle_verifies_with_the_operator_key(
     assert baseline.confidence_histogram is not None and sum(baseline.confidence_histogram.counts) == 450
     assert len(baseline.input_ranges) == 64
     assert all(0.0 <= r.min <= r.mean <= r.max <= 1.0 for r in baseline.input_ranges)
+    # The inputs' feature statistics the agent's drift tests read: every pixel of the 8x8 image.
+    features = baseline.input_features
+    assert features is not None and features.values == 64 and len(features.mean) == 64
+    assert all(0.0 <= m <= 1.0 for m in features.mean) and max(features.std) > 0.2
+    assert all(sum(shares) == pytest.approx(1.0, abs=1e-5) for shares in features.shares)
+    assert features.mode[0] == 0.0 and features.mode_share[0] == 1.0  # a border pixel: always blank
+    assert features.precision_cholesky is None  # 64 features: no joint test (bounded manifest)
     assert manifest.smoke.samples == 8
 
 
@@ -138,3 +145,6 @@ def test_float16_regression(
         baseline is not None and baseline.output_histogram is not None and baseline.class_frequencies is None
     )
     assert len(baseline.input_ranges) == 10 and manifest.labels is None and manifest.smoke.samples == 4
+    features = baseline.input_features
+    assert features is not None and len(features.mean) == 10
+    assert features.precision_cholesky is not None and len(features.precision_cholesky) == 55

@@ -173,3 +173,45 @@ def test_summary_topics_homeassistant_and_metrics(
     assert 'edgefleet_devices_by_model{model="digits",version="1.0.0"} 1.0' in text
     assert 'edgefleet_ingest_dead_lettered_total{reason="malformed-json"} 1.0' in text
     assert "edgefleet_ingest_stored_total 3.0" in text
+
+
+def test_input_drift_windows_are_stored_and_alerted_every_one(
+    fleet: RunningFleet, device: TestClient
+) -> None:
+    """The agent's drift tests travel in its compact form through the broker; every window is
+    judged as stored: one drifted window between two clean ones still opens the alerts (by the
+    default rules), which the next clean window resolves. A window without the new members (an
+    older agent) is read."""
+    from agent.telemetry import encode_window
+    from protocol.messages import PredictionHealth, TelemetryWindow, parse_message
+
+    engine = fleet.server.alerts
+    engine.clock = lambda: datetime.now(UTC)
+    engine.evaluate()  # the engine follows the table from here on
+    device.publish(TOPICS.status("cam-4"), status("cam-4"), retain=True)
+    healths = (
+        PredictionHealth(
+            predictions=100, input_drift=0.4, drift_feature=3, stuck_features=0, output_drift=0.2
+        ),
+        PredictionHealth(
+            predictions=100, input_drift=12.5, drift_feature=7, stuck_features=2, output_drift=0.3
+        ),
+        PredictionHealth(
+            predictions=100, input_drift=0.1, drift_feature=1, stuck_features=0, output_drift=0.1
+        ),
+        PredictionHealth(predictions=100, drift_psi=0.01),
+    )
+    for seq, health in enumerate(healths):
+        window = parse_message(TelemetryWindow, recent_window("cam-4", seq))
+        device.publish(
+            TOPICS.telemetry("cam-4"), encode_window(window.model_copy(update={"prediction": health}))
+        )
+    wait_for(lambda: fleet.json("/api/v1/stats")["stored"] == 5)
+    latest = fleet.json("/api/v1/devices/cam-4")["telemetry"]
+    assert latest["input_drift"] is None and latest["drift_psi"] == 0.01  # the older agent's window
+    series = fleet.json("/api/v1/devices/cam-4/series?hours=3&points=10")["series"]
+    assert max(v for v in series["input_drift"] if v is not None) == 12.5
+    engine.evaluate()
+    alerts = [a for a in fleet.json("/api/v1/alerts?state=all") if a["device_id"] == "cam-4"]
+    found = {(a["rule"], a["value"], a["resolved_at"] is not None) for a in alerts}
+    assert found == {("input_drift", 12.5, True), ("stuck_features", 2.0, True)}

@@ -97,7 +97,7 @@ class World:
         )
         self.store(TOPICS.status(device_id), message)
 
-    def window(
+    def window(  # noqa: PLR0913 - one window's figures, keyword-only
         self,
         device_id: str,
         model: ModelRef,
@@ -106,6 +106,9 @@ class World:
         errors: int = 0,
         drift: float = 0.05,
         low_conf: float = 0.05,
+        oor: float = 0.0,
+        input_drift: float = 0.5,
+        stuck: int = 0,
         end: datetime | None = None,
     ) -> None:
         seq = self.seq.get(device_id, 0)
@@ -127,7 +130,14 @@ class World:
                 memory_available_bytes=1 << 30,
             ),
             uptime_s=1000,
-            prediction=PredictionHealth(predictions=100, drift_psi=drift, low_confidence_share=low_conf),
+            prediction=PredictionHealth(
+                predictions=100,
+                drift_psi=drift,
+                low_confidence_share=low_conf,
+                out_of_range_share=oor,
+                input_drift=input_drift,
+                stuck_features=stuck,
+            ),
         )
         self.store(TOPICS.telemetry(device_id), message)
 
@@ -276,6 +286,9 @@ def test_slow_model_is_rolled_back_at_the_first_wave(world: World) -> None:
         ({"errors": 10}, "error_rate"),
         ({"drift": 0.6}, "drift_psi"),
         ({"low_conf": 0.7}, "low_confidence_share"),
+        ({"oor": 0.5}, "out_of_range_share"),
+        ({"input_drift": 12.0}, "drifted_share"),
+        ({"stuck": 1}, "drifted_share"),
     ],
 )
 def test_each_health_gate_halts(world: World, window: dict[str, float], gate: str) -> None:
