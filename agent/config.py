@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 from pydantic.fields import FieldInfo
 
+from agent.capture_config import CaptureConfig
 from agent.config_env import env_overrides, merge
 from agent.credentials import PASSWORD_FILE_HELP, password_from_file
 from agent.errors import ConfigError
@@ -309,6 +310,7 @@ class AgentConfig(_Section):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig, description="Telemetry windows.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="The inference runtime.")
     update: UpdateConfig = Field(default_factory=UpdateConfig, description="The update state machine.")
+    capture: CaptureConfig = Field(default_factory=CaptureConfig, description="Data capture for retraining.")
 
 
 def _field_at(path: tuple[int | str, ...]) -> tuple[type[BaseModel] | None, FieldInfo | None]:

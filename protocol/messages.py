@@ -8,6 +8,7 @@ from typing import Literal, TypeVar
 
 from pydantic import Field, ValidationError, model_validator
 
+from protocol.capture import CapturePolicy
 from protocol.errors import MessageError
 from protocol.rollback import SignedRollbackGrant
 from protocol.schema import DeviceId, ModelRef, Sha256Hex, VersionedMessage, WireModel
@@ -157,6 +158,9 @@ class DesiredState(VersionedMessage):
     """The operator's signed permission to move to ``model`` although it is older than the model
     the device runs (``protocol.rollback``); the device refuses such a move without one, except one
     step back to its previous model."""
+    capture: CapturePolicy | None = None
+    """Data capture set by an operator for this device or its group (``protocol.capture``);
+    absent: the device's own ``[capture]`` section decides."""
 
 
 _M = TypeVar("_M", bound=VersionedMessage)

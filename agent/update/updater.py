@@ -29,7 +29,7 @@ from agent.update.policy import UpdatePolicy
 from agent.update.record import RecordFile, UpdateRecord
 from agent.update.runner import StepRunner, interruptible_wait, make_runner
 from agent.usage import ModelUsage
-from protocol.messages import DesiredModel, UpdateEvent
+from protocol.messages import DesiredModel, DesiredState, UpdateEvent
 from protocol.rollback import SignedRollbackGrant
 from protocol.schema import ModelRef
 from protocol.update_state import FAILED_INSTALL_STATES
@@ -73,6 +73,8 @@ class Updater:
         self.machine = Machine(records, report=self._report, stopping=stopping, faults=faults)
         self._busy = threading.Lock()
         self._again = threading.Event()
+        self.on_desired: Callable[[DesiredState], None] | None = None
+        """Told every desired state read (the agent's capture follows its ``capture`` member)."""
 
     @property
     def store(self) -> ModelStore:
@@ -151,6 +153,8 @@ class Updater:
         except UpdateError as exc:
             log.warning("%s", exc)
             return
+        if self.on_desired is not None:
+            self.on_desired(desired)
         target = desired.model
         failed = self.record.failed_sha256
         if failed is not None and (target is None or target.sha256 != failed):

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from fleet.api import (
     audit,
+    capture,
     deployments,
     devices,
     errors,
@@ -33,7 +34,8 @@ def create_app(context: FleetContext) -> FastAPI:
     )
     app.state.fleet = context
     errors.install(app)
-    routers = (system, session, models, grants, deployments, devices, identity, rollouts, audit, metrics, web)
+    routers = [system, session, models, grants, deployments, devices, capture]
+    routers += [identity, rollouts, audit, metrics, web]
     for module in routers:
         app.include_router(module.router)
     openapi.install(app)

@@ -108,7 +108,8 @@ def _seed(fleet: RunningFleet, key: Path) -> dict[str, Any]:
     _ok(fleet.post("/api/v1/deployments", json=deployment, headers=AUTH), 200)
     rollout = {"name": "digits", "version": "2.0.0", "target": {"devices": ["pi-1"]}}
     started = _ok(fleet.post("/api/v1/rollouts", json=rollout, headers=AUTH), 201)
-    return {"name": "digits", "version": "2.0.0", "device_id": "pi-1", "rollout_id": started["id"]}
+    seeded = {"name": "digits", "version": "2.0.0", "device_id": "pi-1", "rollout_id": started["id"]}
+    return {**seeded, "group": "line-1"}
 
 
 def _config() -> schemathesis.Config:
