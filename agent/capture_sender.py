@@ -3,7 +3,8 @@
 A batch leaves the store only when the fleet answered with a receipt (``ack``), so a fleet
 outage, a lost answer or an agent restart loses nothing: what was not acknowledged is sent
 again, and the fleet stores each sample's uid once. A batch the fleet refuses as invalid (a
-4xx that is not about credentials or load) would be refused again: it is dropped and counted.
+4xx that is not about credentials or load) would be refused again: its samples are then sent one
+by one, and a sample refused alone is dropped and counted.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class CaptureSender:
         self._stopped = threading.Event()
         self._kick = threading.Event()
         self._thread: threading.Thread | None = None
+        self._isolate = 0  # after a refused batch: send this many samples one by one
 
     def start(self, store: CaptureStore) -> None:
         if self._thread is not None:
@@ -103,7 +105,7 @@ class CaptureSender:
         store = self.store
         if store is None:
             return 0, False
-        rows = store.oldest(self.config.batch_size)
+        rows = store.oldest(1 if self._isolate else self.config.batch_size)
         if not rows:
             return 0, False
         room = self._room()
@@ -137,10 +139,16 @@ class CaptureSender:
             self.uploader.send(compressed)
         except UploadRefused as exc:
             self._sent.append((self.monotonic(), len(compressed)))
-            log.error("capture: %s; the batch of %d sample(s) is dropped", exc, len(ids))
-            store.drop(ids)
+            if len(ids) > 1:  # one bad sample must not cost the others: find it
+                log.warning("capture: %s; sending the %d samples one by one", exc, len(ids))
+                self._isolate = len(ids)
+            else:
+                log.error("capture: %s; the sample is dropped", exc)
+                self._isolate = max(0, self._isolate - 1)
+                store.drop(ids)
             return 0, True
         self._sent.append((self.monotonic(), len(compressed)))
+        self._isolate = max(0, self._isolate - len(ids))
         store.ack(ids)
         self.sent_samples += len(ids)
         return len(ids), len(rows) == len(taken) and len(store) > 0

@@ -42,6 +42,44 @@ def _wait_count(fleet: FleetProcess, expected: int, timeout_s: float = 60) -> No
     wait_until(lambda: _count(fleet) == expected or None, f"{expected} samples at the fleet", timeout_s, 0.2)
 
 
+def _deploy(fleet: FleetProcess, bundle: Path) -> None:
+    pushed = requests.post(
+        f"{fleet.url}/api/v1/models",
+        data=bundle.read_bytes(),
+        headers={"Content-Type": "application/octet-stream"},
+        timeout=30,
+    )
+    assert pushed.status_code == 201, pushed.text
+    deployed = requests.post(
+        f"{fleet.url}/api/v1/deployments",
+        json={"name": "digits", "version": "1.0.0", "device_id": None},
+        timeout=10,
+    )
+    assert deployed.status_code == 200, deployed.text
+
+
+def _export_and_convert(
+    fleet: FleetProcess, tmp_path: Path, served: np.ndarray[Any, Any], digits_model: Path, key: Path
+) -> None:
+    """Exported in capture order, exactly what was served; convert takes it as calibration."""
+    out = tmp_path / "captured.npz"
+    run_edgefleet(["capture", "export", "digits", "1.0.0", "--out", str(out), "--fleet", fleet.url])
+    with np.load(out) as exported:
+        np.testing.assert_array_equal(exported["x"], served)
+        assert exported["predicted"].shape == (len(served), 10)
+    retrained = tmp_path / "digits-1.1.0.bundle"
+    report = run_edgefleet(
+        ["convert", str(digits_model / "model.keras"),
+         "--calibration", str(out),
+         "--evaluation", str(digits_model / "evaluation.npz"),
+         "--labels", str(digits_model / "labels.txt"),
+         "--mode", "int8", "--task", "classification",
+         "--name", "digits", "--version", "1.1.0",
+         "--key", str(key), "--out", str(retrained)],
+    )  # fmt: skip
+    assert retrained.is_file(), report
+
+
 def test_capture_survives_outages_exports_and_converts(
     tmp_path: Path,
     broker: MosquittoBroker,
@@ -69,19 +107,7 @@ def test_capture_survives_outages_exports_and_converts(
     try:
         fleet.start_and_wait()
         agent.start_and_wait()
-        pushed = requests.post(
-            f"{fleet.url}/api/v1/models",
-            data=bundle.read_bytes(),
-            headers={"Content-Type": "application/octet-stream"},
-            timeout=30,
-        )
-        assert pushed.status_code == 201, pushed.text
-        deployed = requests.post(
-            f"{fleet.url}/api/v1/deployments",
-            json={"name": "digits", "version": "1.0.0", "device_id": None},
-            timeout=10,
-        )
-        assert deployed.status_code == 200, deployed.text
+        _deploy(fleet, bundle)
         agent.wait_for_version("1.0.0")
 
         _predict(agent, batches(20, 2))
@@ -105,23 +131,7 @@ def test_capture_survives_outages_exports_and_converts(
         assert summary["dropped"] == {"dev-1": 0}
         assert summary["models"][0]["reasons"] == {"uniform": 150}
 
-        # Exported in capture order, exactly what was served; convert takes it as calibration.
-        out = tmp_path / "captured.npz"
-        run_edgefleet(["capture", "export", "digits", "1.0.0", "--out", str(out), "--fleet", fleet.url])
-        with np.load(out) as exported:
-            np.testing.assert_array_equal(exported["x"], np.concatenate(sent))
-            assert exported["predicted"].shape == (150, 10)
-        retrained = tmp_path / "digits-1.1.0.bundle"
-        report = run_edgefleet(
-            ["convert", str(digits_model / "model.keras"),
-             "--calibration", str(out),
-             "--evaluation", str(digits_model / "evaluation.npz"),
-             "--labels", str(digits_model / "labels.txt"),
-             "--mode", "int8", "--task", "classification",
-             "--name", "digits", "--version", "1.1.0",
-             "--key", str(key), "--out", str(retrained)],
-        )  # fmt: skip
-        assert retrained.is_file(), report
+        _export_and_convert(fleet, tmp_path, np.concatenate(sent), digits_model, key)
 
         # The fleet's policy switches capture off on this device; removing it brings agent.toml's back.
         off = requests.put(f"{fleet.url}/api/v1/devices/dev-1/capture", json={"enabled": False}, timeout=5)

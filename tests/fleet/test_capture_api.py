@@ -49,9 +49,8 @@ def test_a_batch_is_stored_once_and_exports_as_calibration_data(api: InProcessFl
     assert first.json() == {"stored": 8, "duplicates": 0}
     # The answer was lost: the device sends the batch again, with more samples; gzip this time.
     body = gzip.compress(json.dumps(_batch(samples, dropped=3)).encode())
-    again = api.client.post(
-        "/api/v1/capture", content=body, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
-    )
+    headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    again = api.client.post("/api/v1/capture", content=body, headers=headers)
     assert again.json() == {"stored": 4, "duplicates": 8}
     summary = api.client.get("/api/v1/capture").json()
     assert summary["models"][0]["samples"] == 12 and summary["models"][0]["reasons"] == {"uniform": 12}
