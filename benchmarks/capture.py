@@ -200,8 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"{'figure':<40}{'value':>30}")
     for name, shown in figures.items():
-        value: Any = shown
-        print(f"{name:<40}{json.dumps(value) if isinstance(value, list) else str(value):>30}")
+        print(f"{name:<40}{json.dumps(shown) if isinstance(shown, list) else str(shown):>30}")
     print(json.dumps({"benchmark": "capture", "figures": figures}))
     return 0
 
