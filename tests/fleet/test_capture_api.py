@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from converter.data import load_data
+from fleet.auth import parse_tokens
 from protocol.capture import CaptureTensor
 from tests.support.fleet import InProcessFleet
 
@@ -123,3 +124,23 @@ def test_a_capture_policy_reaches_the_desired_state_device_over_group(api: InPro
     assert client.delete("/api/v1/groups/line-2/capture").status_code == 204
     assert client.delete("/api/v1/groups/line-2/capture").status_code == 404
     assert "capture" not in client.get(f"/api/v1/devices/{DEVICE}/desired").json()
+
+
+def test_with_tokens_only_the_device_itself_uploads_its_samples(api: InProcessFleet) -> None:
+    api.context.tokens = parse_tokens("admin ada admin-token-0123456789\n")
+    admin = {"Authorization": "Bearer admin-token-0123456789"}
+    client = api.client
+    made = client.post("/api/v1/devices", json={"device_id": DEVICE}, headers=admin)
+    assert made.status_code == 201, made.text
+    secret = made.json()["secret"]
+    other = client.post("/api/v1/devices", json={"device_id": "cap-2"}, headers=admin).json()["secret"]
+    batch = _batch([_sample(np.ones(5, dtype=np.float32))])
+    assert client.post("/api/v1/capture", json=batch).status_code == 401
+    assert client.post("/api/v1/capture", json=batch, headers=admin).status_code == 403
+    assert client.post("/api/v1/capture", json=batch, auth=("cap-2", other)).status_code == 403
+    assert client.post("/api/v1/capture", json=batch, auth=(DEVICE, "wrong-secret-000000")).status_code == 401
+    assert client.post("/api/v1/capture", json=batch, auth=(DEVICE, secret)).json() == {
+        "stored": 1,
+        "duplicates": 0,
+    }
+    assert client.get("/api/v1/capture", auth=(DEVICE, secret)).status_code == 401  # operators only
