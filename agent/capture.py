@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 from agent.capture_config import CaptureConfig
 from agent.capture_store import CaptureStore
+from agent.errors import AgentError
 from agent.serving import ActiveModel, PredictResult
 from protocol.capture import MAX_TENSOR_BYTES, CapturePolicy, CaptureReason, CaptureTensor
 from protocol.schema import ModelRef
@@ -170,7 +171,11 @@ class Capture:
                 return self
             if not (self.policy.enabled or self.store_path.exists()):
                 return self
-            self.store = CaptureStore(self.store_path, self.config.max_disk_bytes)
+            try:
+                self.store = CaptureStore(self.store_path, self.config.max_disk_bytes)
+            except AgentError as exc:  # capture must never keep the agent from serving
+                log.error("capture stays off: %s", exc)
+                return self
             self._thread = threading.Thread(target=self._write_loop, name="capture-writer", daemon=True)
             self._thread.start()
         for callback in self.on_store:
