@@ -3,11 +3,12 @@
 Runs the real chain (Mosquitto, the fleet, two agents as processes, the digits CNN converted to
 int8 by the real converter). One agent has capture off, the other captures every instance
 (``rate = 1.0``, the worst case); both serve the same model, and the p50 of one
-``POST /v1/predict`` (JSON, one instance, keep-alive) is measured on each in alternating rounds
-so that both see the same noise; the ratio is the median of the rounds' ratios. Then, with the fleet stopped so that samples stay on the device:
-the capture store's bytes on disk per sample (SQLite pages in use, after a checkpoint) and the
-upload's bytes per sample on the wire (gzip-compressed batches of ``batch_size``). Last, the
-cost of ``Capture.offer`` itself, in this process, on the same model.
+``POST /v1/predict`` (JSON, one instance, keep-alive) is measured on each, request by request
+in turn, in rounds; the ratio is the median of the rounds' ratios. Then, with the fleet stopped
+so that samples stay on the device: the capture store's bytes on disk per sample (SQLite pages
+in use, after a checkpoint) and the upload's bytes per sample on the wire (gzip-compressed
+batches of ``batch_size``). Last, the cost of ``Capture.offer`` itself, in this process, on the
+same model.
 
 Prints a table and, last, one line of JSON: ``{"benchmark": "capture", "figures": {...}}``.
 
