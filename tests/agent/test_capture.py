@@ -70,6 +70,21 @@ def test_capture_keeps_what_its_triggers_pick(model: ActiveModel, tmp_path: Path
     assert samples[0].model.name == model.manifest.name and samples[0].outputs
 
 
+def test_the_drift_trigger_follows_the_last_telemetry_window(model: ActiveModel, tmp_path: Path) -> None:
+    x = _inputs(model, 6)
+    result = model.predict(x)
+    capture = Capture(CaptureConfig(enabled=True, rate=0.0, drift_above=0.25), tmp_path / "c.sqlite").start()
+    capture.observe_drift(0.1)
+    capture.offer(model, [x], result)
+    capture.observe_drift(0.4)  # a window above the threshold: every instance is kept
+    capture.offer(model, [x], result)
+    capture.observe_drift(None)  # a window without predictions: off again
+    capture.offer(model, [x], result)
+    capture.stop()
+    assert capture.store is not None
+    assert [s.reason.value for s in _stored(capture.store)] == ["drift"] * 6
+
+
 def test_capture_off_keeps_nothing_and_opens_no_store(model: ActiveModel, tmp_path: Path) -> None:
     x = _inputs(model, 4)
     capture = Capture(CaptureConfig(), tmp_path / "c.sqlite").start()
