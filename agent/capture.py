@@ -21,9 +21,10 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,7 +60,7 @@ class _Offer:
 class Capture:
     """Owns the writer thread; the store is opened when capture is first on (or has samples)."""
 
-    def __init__(self, config: CaptureConfig, store_path: Any) -> None:
+    def __init__(self, config: CaptureConfig, store_path: Path) -> None:
         self.config = config
         self.store_path = store_path
         self.store: CaptureStore | None = None
@@ -75,7 +76,8 @@ class Capture:
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self.on_store: list[Any] = []  # called with the store once it is open (the sender)
+        self.on_store: list[Callable[[CaptureStore], None]] = []
+        """Called with the store once it is open (the sender starts there)."""
 
     # -- the serving path --------------------------------------------------------------------
     def offer(self, model: ActiveModel, inputs: Sequence[npt.NDArray[Any]], result: PredictResult) -> None:

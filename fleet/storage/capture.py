@@ -97,7 +97,6 @@ def capture_counts(conn: Connection) -> list[dict[str, Any]]:
             c.model_version,
             c.reason,
             func.count().label("samples"),
-            func.count(c.device_id.distinct()).label("devices"),
             func.max(c.captured_at).label("last"),
         )
         .group_by(c.model_name, c.model_version, c.reason)
