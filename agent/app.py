@@ -14,6 +14,9 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from agent.capture import Capture
+from agent.capture_sender import CaptureSender
+from agent.capture_setup import LIVE_KEYS, build_capture
 from agent.config import AgentConfig
 from agent.errors import AgentError
 from agent.http_api import InferenceAPI
@@ -33,6 +36,7 @@ from agent.update import UpdatePolicy, Updater, build_updater
 from agent.update.faults import Faults
 from agent.update.machine import State
 from protocol.bundle import MANIFEST
+from protocol.capture import CapturePolicy
 from protocol.manifest import BaselineStats
 from protocol.messages import DesiredState, UpdateEvent
 from protocol.schema import ModelRef
@@ -67,6 +71,8 @@ class Agent:
         self.api: InferenceAPI | None = None
         self.mqtt: MqttLink | None = None
         self.telemetry: Telemetry | None = None
+        self.capture: Capture | None = None
+        self._capture_sender: CaptureSender | None = None
         self._check_job: IntervalJob | None = None
         self._telemetry_job: IntervalJob | None = None
         self.stopping = threading.Event()
@@ -143,9 +149,11 @@ class Agent:
             session=self.session,  # None: each heavy step in a worker process
             faults=Faults.from_environ(os.environ),
         )
+        self.capture, self._capture_sender = build_capture(cfg, user_agent)
         self.updater.on_desired = self._on_desired
         # A crash after the switch is settled here, before anything serves.
         self.updater.start_up()
+        self.capture.start()
         api = InferenceAPI(
             cfg.api.host,
             cfg.api.port,
@@ -159,6 +167,7 @@ class Agent:
         )
         if cfg.api.metrics:
             api.metrics_page = self._metrics_sources().page
+        api.capture = self.capture
         self.api = api.start()
         self.mqtt.start()
         self.telemetry = Telemetry(
@@ -216,7 +225,8 @@ class Agent:
             self.mqtt.publish(topic, payload, qos, retain)
 
     def _on_desired(self, desired: DesiredState) -> None:
-        """The update check read the desired state: judge its config section."""
+        """The update check read the desired state: judge its config section, follow its capture policy."""
+        self._capture_follow(desired.capture)
         if self.remote.judge(self.local_config, desired.config, self._apply) and self.mqtt is not None:
             self.mqtt.publish_status()
 
@@ -240,12 +250,15 @@ class Agent:
             self._telemetry_job.set_interval(config.telemetry.interval_s)
         if self.updater is not None:
             self.updater.reload(UpdatePolicy.from_config(config.update))
+        if self.capture is not None:
+            self.capture.reload(config.capture)
         live = {
             "fleet": {"poll_interval_s"},
             "telemetry": {"interval_s"},
             "update": None,
             "log": {"level"},
             "remote": None,
+            "capture": LIVE_KEYS,
         }
         ignored = []
         for section, value in config.model_dump().items():
@@ -261,7 +274,13 @@ class Agent:
 
     def _publish_telemetry(self) -> None:
         if self.telemetry is not None:
-            self.telemetry.publish_window()
+            window = self.telemetry.publish_window()
+            if self.capture is not None:
+                self.capture.observe_drift(window.prediction.drift_psi if window.prediction else None)
+
+    def _capture_follow(self, policy: CapturePolicy | None) -> None:
+        if self.capture is not None:
+            self.capture.apply_remote(policy)
 
     def request_check(self) -> None:
         """Check for an update now, off the caller's thread (paho's network thread, usually)."""
@@ -277,6 +296,10 @@ class Agent:
                 job.stop(timeout_s=1.0)  # an update in progress stops at its next wait
         if self.api is not None:
             self.api.stop()
+        if self.capture is not None:  # what the last requests queued goes to disk
+            self.capture.stop()
+        if self._capture_sender is not None:
+            self._capture_sender.stop()
         if self.telemetry is not None and self.mqtt is not None:
             try:
                 self.telemetry.publish_window()

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 from pydantic.fields import FieldInfo
 
+from agent.capture_config import CaptureConfig
 from agent.config_env import env_overrides, merge
 from agent.config_sections import LogConfig, RemoteAccessConfig
 from agent.credentials import PASSWORD_FILE_HELP, password_from_file
@@ -315,6 +316,7 @@ class AgentConfig(_Section):
     remote: RemoteAccessConfig = Field(
         default_factory=RemoteAccessConfig, description="What the fleet may do from afar."
     )
+    capture: CaptureConfig = Field(default_factory=CaptureConfig, description="Data capture for retraining.")
 
 
 def _field_at(path: tuple[int | str, ...]) -> tuple[type[BaseModel] | None, FieldInfo | None]:

@@ -33,6 +33,7 @@ from http.server import HTTPServer
 from pathlib import Path
 from typing import Any
 
+from agent.capture import Capture
 from agent.errors import BadInputError
 from agent.http_base import FastHandler
 from agent.http_limits import (
@@ -239,6 +240,8 @@ class _Handler(FastHandler):
             cpu_ms=result.cpu_ms,
             features=model.input_features(arrays[0]),
         )
+        if api.capture is not None:
+            api.capture.offer(model, arrays, result)
         self._respond(form, model, result, top_k)
 
     def _inference_failed(self, model: ActiveModel, exc: Exception) -> None:
@@ -290,6 +293,7 @@ class InferenceAPI:
         self.health = health or ServingHealth()
         self.update_state = update_state
         self.metrics_page: Callable[[], tuple[str, bytes]] | None = None  # GET /metrics; off: 404
+        self.capture: Capture | None = None  # told of every served request; keeps what it wants
         self.unix_socket = unix_socket
         self.limits = limits or HttpLimits()
         self.budget = ByteBudget(self.limits.max_inflight_bytes)

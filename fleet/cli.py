@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from fleet import operator_cli, remote_cli, rollback_cli
+from fleet import capture_cli, operator_cli, remote_cli, rollback_cli
 from protocol.topics import DEFAULT_PREFIX
 from protocol.validation import describe_first_error
 
@@ -24,6 +24,7 @@ def register(commands: Any) -> None:
     _add_device(commands, fleet_url)
     _add_rollout(commands, fleet_url)
     operator_cli.add_audit(commands, fleet_url)
+    capture_cli.add_parser(commands, fleet_url)
 
 
 def _add_serve(commands: Any) -> None:

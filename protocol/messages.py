@@ -8,6 +8,7 @@ from typing import Literal, TypeVar
 
 from pydantic import Field, ValidationError, model_validator
 
+from protocol.capture import CapturePolicy
 from protocol.errors import MessageError
 from protocol.remote import ConfigReport, LogRequest, RemoteConfig
 from protocol.rollback import SignedRollbackGrant
@@ -182,6 +183,9 @@ class DesiredState(VersionedMessage):
     step back to its previous model."""
     config: RemoteConfig | None = None
     """Settings the operator changed from afar (``protocol.remote``); None: agent.toml alone."""
+    capture: CapturePolicy | None = None
+    """Data capture set by an operator for this device or its group (``protocol.capture``);
+    absent: the device's own ``[capture]`` section decides."""
 
 
 _M = TypeVar("_M", bound=VersionedMessage)

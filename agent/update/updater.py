@@ -68,7 +68,7 @@ class Updater:
         """Swapped whole by ``reload``; read once at the start of each run of the machine."""
         self.emit = emit
         self.on_desired: Callable[[DesiredState], None] = lambda desired: None
-        """Sees every desired state read (the app judges its config section here)."""
+        """Sees every desired state read (the app judges its config section and its capture policy)."""
         self.stopping = stopping
         self.wall = wall
         records = RecordFile(serving.store.root / "update.json")

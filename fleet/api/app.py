@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from fleet.api import (
     audit,
+    capture,
     deployments,
     devices,
     errors,
@@ -43,6 +44,7 @@ def create_app(context: FleetContext) -> FastAPI:
         devices,
         identity,
         remote,
+        capture,
         rollouts,
         audit,
         metrics,

@@ -16,6 +16,7 @@ from fleet.errors import ConflictError, NotFoundError
 from fleet.names import DeviceId
 from fleet.provision import DeviceAddRequest, DeviceLabels, Provisioned, provision
 from fleet.storage import repository
+from fleet.storage.capture import policy_for as capture_policy_for
 from fleet.views import DeviceView, EventRow, TelemetryRow
 from protocol.messages import DesiredState
 
@@ -90,6 +91,10 @@ def get_device(device_id: DeviceIdPath, context: Context, _who: Viewer) -> Devic
 def get_desired(device_id: DeviceIdPath, context: Context, _who: DeviceOrViewer) -> DesiredState:
     """Any valid device id may ask: a device not yet seen gets the fleet-wide default."""
     state = desired_state(context.engine, device_id, context.base_url)
+    with context.engine.begin() as conn:
+        capture = capture_policy_for(conn, device_id)
+    if capture is not None:
+        state = state.model_copy(update={"capture": capture})
     if state.model is None:
         return state
     model = state.model  # with the operator's rollback grant for it, when one covers this device

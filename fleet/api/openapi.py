@@ -107,6 +107,14 @@ ERRORS: dict[str, tuple[int, ...]] = {
     "POST /api/v1/rollouts/{rollout_id}/resume": (404, 409),
     "POST /api/v1/rollouts/{rollout_id}/abort": (404, 409),
     "POST /api/v1/rollouts/{rollout_id}/rollback": (404, 409),
+    "POST /api/v1/capture": (400, 409, 413, 503),
+    "GET /api/v1/capture": (),
+    "GET /api/v1/capture/{name}/{version}/export": (400, 404),
+    "GET /api/v1/devices/{device_id}/capture": (),
+    "PUT /api/v1/devices/{device_id}/capture": (),
+    "DELETE /api/v1/devices/{device_id}/capture": (404,),
+    "PUT /api/v1/groups/{group}/capture": (),
+    "DELETE /api/v1/groups/{group}/capture": (404,),
 }
 """What each operation's handler (not its authentication, not request validation) can answer
 besides success: ``fleet.api.errors.STATUS`` maps the raised ``FleetError`` to these."""
@@ -233,7 +241,25 @@ def _metrics(operation: dict[str, Any]) -> None:
     }
 
 
+def _capture_upload(operation: dict[str, Any]) -> None:
+    operation["requestBody"] = {
+        "required": True,
+        "description": "a CaptureBatch as JSON, plain or with Content-Encoding: gzip",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+
+
+def _capture_export(operation: dict[str, Any]) -> None:
+    operation["responses"]["200"] = {
+        "description": "the samples: an .npz archive (x or x_0, x_1, ...; predicted, reason, device, "
+        "captured_at), or CSV with a header row",
+        "content": {"application/octet-stream": _BINARY, "text/csv": {"schema": {"type": "string"}}},
+    }
+
+
 FRAGMENTS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "POST /api/v1/capture": _capture_upload,
+    "GET /api/v1/capture/{name}/{version}/export": _capture_export,
     "POST /api/v1/models": _upload,
     "GET /api/v1/models/{name}/{version}/bundle": _bundle_download,
     "GET /metrics": _metrics,

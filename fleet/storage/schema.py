@@ -357,3 +357,42 @@ log_requests = Table(
     Column("body", LargeBinary, nullable=True),
     Index("ix_log_requests_requested", "requested_at"),
 )
+
+capture_samples = Table(
+    "capture_samples",
+    metadata,
+    # Instances devices kept for retraining (``fleet.storage.capture``); ``uid`` is the device's id
+    # for the sample, stored once however often a batch is sent.
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("uid", String(32), nullable=False),
+    Column("device_id", String(64), nullable=False),
+    Column("model_name", String(64), nullable=False),
+    Column("model_version", String(128), nullable=False),
+    Column("model_sha256", String(64), nullable=True),
+    Column("reason", String(16), nullable=False),
+    Column("captured_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("raw", Boolean, nullable=False),  # every input in real values (not already quantized)
+    Column("data", LargeBinary, nullable=False),  # compressed .npz: in/<name>, out/<name>
+    UniqueConstraint("uid", name="uq_capture_samples_uid"),
+    Index("ix_capture_samples_model", "model_name", "model_version", "id"),
+)
+
+capture_drops = Table(
+    "capture_drops",
+    metadata,
+    # Samples each device's capture store dropped: a running total per store (``stream``).
+    Column("device_id", String(64), primary_key=True),
+    Column("stream", String(32), primary_key=True),
+    Column("dropped", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+capture_policies = Table(
+    "capture_policies",
+    metadata,
+    # The capture policy an operator set: ``target`` is ``device:<id>`` or ``group:<name>``.
+    Column("target", String(80), primary_key=True),
+    Column("policy", JSON, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)

@@ -132,6 +132,7 @@ def test_an_offline_device_gets_the_model_when_it_returns(
         return states if "all waves passed" in (view["reason"] or "") else None
 
     wait_until(waiting_for_one, "the rollout to pass on the two online devices", 90, 0.3)
+
     # The last wave can pass while a device still finishes its probation: done follows its commit.
     def committed_online() -> dict[str, str] | None:
         states = _states(fleet, rollout_id)
