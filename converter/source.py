@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from converter.errors import InputError, UnsupportedModelError
+from converter.extras import ONNX_MODULES, SKLEARN_MODULES, require
 
 
 class SourceKind(StrEnum):
@@ -27,13 +28,30 @@ class SourceKind(StrEnum):
     """A TensorFlow SavedModel directory (``saved_model.pb`` inside)."""
     FACTORY = "factory"
     """``module:function`` or ``file.py:function`` returning a Keras model."""
+    ONNX = "onnx"
+    """An ONNX model file (converted with onnx2tf after the ONNX-ML ops are rewritten)."""
+    SKLEARN = "sklearn"
+    """A pickled or joblib'd scikit-learn estimator or Pipeline (exported with skl2onnx)."""
 
 
-SUPPORTED_KINDS = {".keras": SourceKind.KERAS, ".h5": SourceKind.H5, ".hdf5": SourceKind.H5}
+SUPPORTED_KINDS = {
+    ".keras": SourceKind.KERAS,
+    ".h5": SourceKind.H5,
+    ".hdf5": SourceKind.H5,
+    ".onnx": SourceKind.ONNX,
+    ".joblib": SourceKind.SKLEARN,
+    ".pkl": SourceKind.SKLEARN,
+    ".pickle": SourceKind.SKLEARN,
+}
 SUPPORTED_DESCRIPTION = (
-    "a Keras model archive (.keras), a Keras HDF5 file (.h5), a SavedModel directory, or a "
-    "factory module:function / file.py:function returning a Keras model"
+    "a Keras model archive (.keras), a Keras HDF5 file (.h5), a SavedModel directory, a "
+    "factory module:function / file.py:function returning a Keras model, an ONNX model (.onnx), "
+    "or a scikit-learn estimator or Pipeline saved with joblib or pickle (.joblib, .pkl)"
 )
+_EXTRA = {
+    SourceKind.ONNX: ("converter-onnx", ONNX_MODULES, "ONNX models"),
+    SourceKind.SKLEARN: ("converter-sklearn", SKLEARN_MODULES, "scikit-learn models"),
+}
 _FACTORY = re.compile(r"^(?P<target>[\w.]+|.+\.py):(?P<function>[A-Za-z_]\w*)$")
 
 
@@ -74,6 +92,9 @@ def inspect_source(path: Path) -> SourceModel:
         what = f"a {path.suffix or 'suffix-less'} file"
         hint = "; for a ready-made TFLite model use edgefleet bundle" if path.suffix == ".tflite" else ""
         raise UnsupportedModelError(f"{path} is {what}; the converter reads {SUPPORTED_DESCRIPTION}{hint}")
+    if kind in _EXTRA:
+        require(*_EXTRA[kind])
+        return SourceModel(path=path, kind=kind, input_shapes=None)
     if kind is SourceKind.H5:
         with open(path, "rb") as handle:
             if handle.read(8) != b"\x89HDF\r\n\x1a\n":

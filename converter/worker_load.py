@@ -52,11 +52,15 @@ class Loaded:
     def predict(self, x: Any) -> Any:
         return np.asarray(self._predict(x), dtype=np.float32)
 
+    def replace_reference(self, predict: Callable[[Any], Any]) -> None:
+        """Validate against ``predict`` (the source framework itself) instead of the TF model."""
+        self._predict = predict
+
 
 def load(job: dict[str, Any], keras: Any, tf: Any, data_shape: tuple[int, ...]) -> Loaded:
     kind = job["kind"]
     if kind == "saved_model":
-        return _load_saved_model(job["model"], tf)
+        return load_saved_model(job["model"], tf)
     if kind == "factory":
         model = _call_factory(job["model"], keras)
     else:
@@ -212,7 +216,7 @@ def _rebuild(model: Any, keras: Any, input_shape: list[int | None], unroll: bool
     return rebuilt
 
 
-def _load_saved_model(path: str, tf: Any) -> Loaded:
+def load_saved_model(path: str, tf: Any) -> Loaded:
     try:
         loaded = tf.saved_model.load(path)
         signature = loaded.signatures["serving_default"]
