@@ -111,6 +111,14 @@ def register(commands: Any) -> None:
         "calibrating Keras 3 RNN loops) or keep them as a loop",
     )
     convert.add_argument(
+        "--sklearn-scaler",
+        choices=("preprocessing", "graph"),
+        default="preprocessing",
+        help="a scikit-learn Pipeline that starts with StandardScaler/MinMaxScaler/MaxAbsScaler: record "
+        "it as the bundle's preprocessing (default; devices scale raw values in float32, int8 inputs "
+        "then hold scaled features) or keep it in the graph",
+    )
+    convert.add_argument(
         "--image-preprocessing",
         choices=("scale01", "minus1to1", "raw"),
         help="a --calibration folder of images: pixels 0..255 become x/255 (scale01, the default), "
@@ -302,6 +310,7 @@ def _convert(args: argparse.Namespace) -> int:
         io_type=args.io_type,
         max_drop=args.max_drop,
         rnn=args.rnn,
+        sklearn_scaler=args.sklearn_scaler,
         float_layers=[name.strip() for name in args.float_layers.split(",") if name.strip()],
         image_preprocessing=args.image_preprocessing,
     )

@@ -66,6 +66,7 @@ def worker_job(request: ConversionRequest, source: SourceModel, work: Path) -> d
         "rnn": request.rnn,
         "float_layers": request.float_layers,
         "work": str(work),
+        "strip_head": source.strip_head,
     }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ def train(example: str, out_dir: Path, seed: int = 0) -> float:
     import joblib
     from sklearn.datasets import load_breast_cancer, load_diabetes
     from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import train_test_split
     from sklearn.neural_network import MLPRegressor
     from sklearn.pipeline import make_pipeline
@@ -47,9 +49,12 @@ def train(example: str, out_dir: Path, seed: int = 0) -> float:
         (out_dir / "labels.txt").write_text("malignant\nbenign\n")
     x = x.astype(np.float32)
     x_train, x_eval, y_train, y_eval = train_test_split(x, y, test_size=0.25, random_state=seed)
-    model.fit(x_train, y_train)
+    with warnings.catch_warnings():  # the MLP stops at max_iter, converged or not: same model each run
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(x_train, y_train)
     np.savez(out_dir / "calibration.npz", x=x_train)
-    np.savez(out_dir / "evaluation.npz", x=x_eval, y=y_eval.astype(np.float32 if example.startswith("diabetes") else np.int64))
+    regression = TASKS[example] == "regression"
+    np.savez(out_dir / "evaluation.npz", x=x_eval, y=y_eval.astype(np.float32 if regression else np.int64))
     if example == "cancer-onnx":
         from skl2onnx import to_onnx
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ from converter.measure import (
 from converter.package import estimated_sample_bytes, package, smoke_count
 from converter.plan import inspect_request
 from converter.request import ConversionRequest, Progress, quiet
+from converter.sklearn_head import adopt_head_scaler
 from converter.results import Candidate, ConversionResult
 from protocol.manifest import Preprocessing, QuantizationMode, TaskKind, ValidationReport
 
@@ -59,6 +61,8 @@ def convert(request: ConversionRequest, progress: Progress = quiet) -> Conversio
         f"checking inputs for {request.name} {request.version} ({request.task.value}, mode {request.mode})"
     )
     plan = inspect_request(request)
+    request, source = adopt_head_scaler(request, plan.source, notes.append)
+    plan = replace(plan, source=source)
     inputs = load_inputs(request, plan.source, plan.calibrated, warn)
     seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="edgefleet-convert-") as tmp:

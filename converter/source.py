@@ -61,6 +61,9 @@ class SourceModel:
     kind: SourceKind
     input_shapes: list[list[int | None]] | None
     """Declared input shapes, batch first, when the file declares them; None if unknown."""
+    strip_head: bool = False
+    """scikit-learn: convert the Pipeline without its first step (a scaler that became the
+    recorded preprocessing, ``converter.sklearn_head``)."""
 
     @property
     def reference(self) -> str:

@@ -39,10 +39,12 @@ def load_foreign(job: dict[str, Any], tf: Any, data: npt.NDArray[np.float32]) ->
     normalization: list[str] = []
     if job["kind"] == "sklearn":
         estimator = _unpickle(path)
+        if job.get("strip_head"):  # its scaler is the recorded preprocessing: data arrive scaled
+            estimator = estimator[1:]
         model = _to_onnx(estimator, data)
         reference = _sklearn_predict(estimator)
         steps = getattr(estimator, "steps", None)
-        if steps and type(steps[0][1]).__name__ in SCALERS:
+        if steps and len(steps) > 1 and type(steps[0][1]).__name__ in SCALERS:
             normalization.append(f"{type(steps[0][1]).__name__} (the pipeline's first step, kept in the graph)")
     else:
         try:
