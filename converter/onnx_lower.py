@@ -85,7 +85,9 @@ def lower(model: Any) -> Any:
         # the op's other outputs (class labels) were pruned unless something reads them
         add("Identity", [result], {}, output=node.output[-1] if len(node.output) > 1 else node.output[0])
         if len(node.output) > 1 and _used(graph, node.output[0]):
-            raise LoweringError(f"{node.op_type} ({node.name}): its label output is used; only scores convert")
+            raise LoweringError(
+                f"{node.op_type} ({node.name}): its label output is used; only scores convert"
+            )
     del graph.node[:]
     graph.node.extend(new_nodes)
     _prune(graph)
@@ -96,7 +98,7 @@ def lower(model: Any) -> Any:
     return onnx.shape_inference.infer_shapes(model)
 
 
-def _lower_node(  # noqa: PLR0911 (one branch per op)
+def _lower_node(
     node: Any,
     attrs: dict[str, Any],
     shapes: dict[str, list[int | None]],
@@ -127,7 +129,9 @@ def _lower_node(  # noqa: PLR0911 (one branch per op)
     if node.op_type == "OneHotEncoder":
         categories = attrs.get("cats_int64s")
         if categories is None:
-            raise LoweringError(f"OneHotEncoder ({node.name}) on string categories: TFLite inputs are numbers")
+            raise LoweringError(
+                f"OneHotEncoder ({node.name}) on string categories: TFLite inputs are numbers"
+            )
         as_float = add("Cast", [source], {"to": _FLOAT})
         expanded = add("Unsqueeze", [as_float, const(np.asarray([-1], np.int64))], {})
         hits = add("Equal", [expanded, const(np.asarray(categories, np.float32))], {})
@@ -136,7 +140,9 @@ def _lower_node(  # noqa: PLR0911 (one branch per op)
         rows = len(attrs.get("intercepts") or []) or int(attrs.get("targets", 1))
         coefficients = np.asarray(attrs["coefficients"], np.float32).reshape(rows, -1)
         intercepts = np.asarray(attrs.get("intercepts") or [0.0] * len(coefficients), np.float32)
-        scores = add("Add", [add("MatMul", [source, const(coefficients.T.copy())], {}), const(intercepts)], {})
+        scores = add(
+            "Add", [add("MatMul", [source, const(coefficients.T.copy())], {}), const(intercepts)], {}
+        )
         labels = attrs.get("classlabels_ints") or attrs.get("classlabels_strings") or []
         if node.op_type == "LinearClassifier" and len(coefficients) == 1 and len(labels) == 2:
             scores = add("Concat", [add("Neg", [scores], {}), scores], {"axis": 1})

@@ -50,54 +50,21 @@ def lower_tree_ensemble(
     """Emit the rewrite for ``node`` (its first input ``node.input[0]``) through ``add`` (op type,
     inputs, attributes -> output name) and ``const`` (array -> initializer name); return the name
     of the float scores tensor (N, K) as the original op's score output computes it."""
-    classifier = node.op_type == "TreeEnsembleClassifier"
-    prefix = "class_" if classifier else "target_"
     forest = _forest(attrs)
-    leaf_index = {key: i for i, key in enumerate(forest.leaf_keys)}
     inner, leaves = len(forest.features), len(forest.leaf_keys)
     if inner * leaves > MAX_MATRIX_ENTRIES:
         raise TreeLoweringError(
             f"{node.op_type} with {forest.trees} trees, {inner} split nodes and {leaves} leaves is too large "
-            f"to rewrite for TFLite (nodes x leaves over {MAX_MATRIX_ENTRIES:,}); train fewer or shallower trees"
+            f"to rewrite for TFLite (nodes x leaves over {MAX_MATRIX_ENTRIES:,}); "
+            "train fewer or shallower trees"
         )
-    ids = [int(v) for v in attrs[prefix + "ids"]]
-    if classifier:
-        labels = attrs.get("classlabels_int64s") or attrs.get("classlabels_strings") or []
-        outputs = len(labels)
-    else:
-        outputs = int(attrs.get("n_targets", max(ids, default=0) + 1))
-    binary = classifier and outputs == 2 and all(i == 0 for i in ids)
-    width = 1 if binary else outputs
-    weights = np.zeros((max(leaves, 1), width), np.float32)
-    for tree, leaf, target, weight in zip(
-        attrs[prefix + "treeids"], attrs[prefix + "nodeids"], ids, attrs[prefix + "weights"], strict=True
-    ):
-        key = (int(tree), int(leaf))
-        if key not in leaf_index:
-            raise TreeLoweringError(f"{node.op_type}: a weight names node {key}, which is not a leaf")
-        weights[leaf_index[key], int(target)] += float(weight)
-    aggregate = str(attrs.get("aggregate_function", "SUM"))
-    if aggregate == "AVERAGE":
-        weights /= max(forest.trees, 1)
-    elif aggregate != "SUM":
-        raise TreeLoweringError(f"{node.op_type} aggregate_function {aggregate} is not supported (SUM, AVERAGE)")
+    weights, outputs, binary = _leaf_weights(node, attrs, forest)
+    width = weights.shape[1]
     base = np.asarray(attrs.get("base_values") or [0.0] * width, np.float32)
     if base.size not in (width, outputs) and base.size != 0:
         raise TreeLoweringError(f"{node.op_type}: {base.size} base values for {width} outputs")
 
-    select = np.zeros((n_features, max(inner, 1)), np.float32)
-    for column, feature in enumerate(forest.features):
-        if feature >= n_features:
-            raise TreeLoweringError(f"{node.op_type} splits on feature {feature} of {n_features}")
-        select[feature, column] = 1.0
-    thresholds = np.asarray(forest.thresholds or [0.0], np.float32)
-    paths = np.zeros((max(inner, 1), max(leaves, 1)), np.float32)
-    depth_true = np.zeros(max(leaves, 1), np.float32)
-    for leaf, path in enumerate(forest.paths):
-        for column, sign in path.items():
-            paths[column, leaf] = sign
-        depth_true[leaf] = sum(1 for sign in path.values() if sign > 0)
-
+    select, thresholds, paths, depth_true = _matrices(node, forest, n_features)
     chosen = add("MatMul", [node.input[0], const(select)], {})
     decisions = add("Cast", [add("LessOrEqual", [chosen, const(thresholds)], {})], {"to": 1})
     agreement = add("MatMul", [decisions, const(paths)], {})
@@ -109,11 +76,64 @@ def lower_tree_ensemble(
         # onnxruntime's binary case: one score s becomes [1 - s, s] when every weight is a
         # probability share (random forest), [-s, s] otherwise (a logit: gradient boosting).
         positive = bool(np.all(weights >= 0))
-        first = add("Sub", [const(np.ones(1, np.float32)), scores], {}) if positive else add("Neg", [scores], {})
+        first = (
+            add("Sub", [const(np.ones(1, np.float32)), scores], {}) if positive else add("Neg", [scores], {})
+        )
         scores = add("Concat", [first, scores], {"axis": 1})
         if base.size == outputs and np.any(base != 0):
             scores = add("Add", [scores, const(base)], {})
     return scores
+
+
+def _leaf_weights(
+    node: Any, attrs: dict[str, Any], forest: Forest
+) -> tuple[npt.NDArray[np.float32], int, bool]:
+    """Per leaf, its contribution to each output; the output count; whether it is onnxruntime's
+    binary case (two classes, one score column)."""
+    classifier = node.op_type == "TreeEnsembleClassifier"
+    prefix = "class_" if classifier else "target_"
+    leaf_index = {key: i for i, key in enumerate(forest.leaf_keys)}
+    ids = [int(v) for v in attrs[prefix + "ids"]]
+    if classifier:
+        labels = attrs.get("classlabels_int64s") or attrs.get("classlabels_strings") or []
+        outputs = len(labels)
+    else:
+        outputs = int(attrs.get("n_targets", max(ids, default=0) + 1))
+    binary = classifier and outputs == 2 and all(i == 0 for i in ids)
+    weights = np.zeros((max(len(forest.leaf_keys), 1), 1 if binary else outputs), np.float32)
+    for tree, leaf, target, weight in zip(
+        attrs[prefix + "treeids"], attrs[prefix + "nodeids"], ids, attrs[prefix + "weights"], strict=True
+    ):
+        key = (int(tree), int(leaf))
+        if key not in leaf_index:
+            raise TreeLoweringError(f"{node.op_type}: a weight names node {key}, which is not a leaf")
+        weights[leaf_index[key], int(target)] += float(weight)
+    aggregate = str(attrs.get("aggregate_function", "SUM"))
+    if aggregate == "AVERAGE":
+        weights /= max(forest.trees, 1)
+    elif aggregate != "SUM":
+        raise TreeLoweringError(
+            f"{node.op_type} aggregate_function {aggregate} is not supported (SUM, AVERAGE)"
+        )
+    return weights, outputs, binary
+
+
+def _matrices(node: Any, forest: Forest, n_features: int) -> tuple[npt.NDArray[np.float32], ...]:
+    """Feature selection (F, I), thresholds (I), leaf paths (I, L), true-branch depth (L)."""
+    inner, leaves = max(len(forest.features), 1), max(len(forest.leaf_keys), 1)
+    select = np.zeros((n_features, inner), np.float32)
+    for column, feature in enumerate(forest.features):
+        if feature >= n_features:
+            raise TreeLoweringError(f"{node.op_type} splits on feature {feature} of {n_features}")
+        select[feature, column] = 1.0
+    thresholds = np.asarray(forest.thresholds or [0.0], np.float32)
+    paths = np.zeros((inner, leaves), np.float32)
+    depth_true = np.zeros(leaves, np.float32)
+    for leaf, path in enumerate(forest.paths):
+        for column, sign in path.items():
+            paths[column, leaf] = sign
+        depth_true[leaf] = sum(1 for sign in path.values() if sign > 0)
+    return select, thresholds, paths, depth_true
 
 
 def _forest(attrs: dict[str, Any]) -> Forest:
@@ -149,7 +169,9 @@ def _forest(attrs: dict[str, Any]) -> Forest:
             column = len(forest.features)
             forest.features.append(features[row])
             forest.thresholds.append(float(threshold))
-            leq, other = (false_ids[row], true_ids[row]) if _TRUE_WHEN_LEQ[mode] else (true_ids[row], false_ids[row])
+            leq, other = (
+                (false_ids[row], true_ids[row]) if _TRUE_WHEN_LEQ[mode] else (true_ids[row], false_ids[row])
+            )
             stack.append((leq, {**path, column: 1}))
             stack.append((other, {**path, column: -1}))
     return forest

@@ -40,8 +40,8 @@ from converter.measure import (
 from converter.package import estimated_sample_bytes, package, smoke_count
 from converter.plan import inspect_request
 from converter.request import ConversionRequest, Progress, quiet
-from converter.sklearn_head import adopt_head_scaler
 from converter.results import Candidate, ConversionResult
+from converter.sklearn_head import adopt_head_scaler
 from protocol.manifest import Preprocessing, QuantizationMode, TaskKind, ValidationReport
 
 __all__ = ["ConversionRequest", "ConversionResult", "convert"]

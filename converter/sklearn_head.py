@@ -54,7 +54,9 @@ def head_scaler(estimator: Any) -> dict[str, Any] | None:
 
 def read_head_scaler(request: ConversionRequest, work: Path) -> dict[str, Any] | None:
     """Run the probe for ``request.model``; raise ``InputError`` when the file does not load."""
-    outcome = run_module("converter.sklearn_head", {"model": str(request.model.resolve())}, work, request.timeout)
+    outcome = run_module(
+        "converter.sklearn_head", {"model": str(request.model.resolve())}, work, request.timeout
+    )
     result = outcome.result
     if result is None:
         raise InputError(f"{request.model} could not be read: {outcome.last_words or 'no result'}")
@@ -64,7 +66,9 @@ def read_head_scaler(request: ConversionRequest, work: Path) -> dict[str, Any] |
     return head
 
 
-def adopt_head_scaler(request: ConversionRequest, source: SourceModel, note: Callable[[str], None]) -> tuple[ConversionRequest, SourceModel]:
+def adopt_head_scaler(
+    request: ConversionRequest, source: SourceModel, note: Callable[[str], None]
+) -> tuple[ConversionRequest, SourceModel]:
     """For a Pipeline that starts with a scaler (``--sklearn-scaler preprocessing``, the default, and
     no preprocessing given): the request with the scaler as its recorded preprocessing, and the
     source marked to convert the pipeline without it."""

@@ -45,7 +45,9 @@ def load_foreign(job: dict[str, Any], tf: Any, data: npt.NDArray[np.float32]) ->
         reference = _sklearn_predict(estimator)
         steps = getattr(estimator, "steps", None)
         if steps and len(steps) > 1 and type(steps[0][1]).__name__ in SCALERS:
-            normalization.append(f"{type(steps[0][1]).__name__} (the pipeline's first step, kept in the graph)")
+            normalization.append(
+                f"{type(steps[0][1]).__name__} (the pipeline's first step, kept in the graph)"
+            )
     else:
         try:
             model = onnx.load(str(path))
@@ -65,7 +67,9 @@ def load_foreign(job: dict[str, Any], tf: Any, data: npt.NDArray[np.float32]) ->
     kept = lowered.graph.output[0].name
     dims = lowered.graph.input[0].type.tensor_type.shape.dim
     declared = [d.dim_value if d.HasField("dim_value") else None for d in list(dims)[1:]]
-    if len(declared) != data.ndim - 1 or any(d is not None and d != a for d, a in zip(declared, data.shape[1:], strict=False)):
+    if len(declared) != data.ndim - 1 or any(
+        d is not None and d != a for d, a in zip(declared, data.shape[1:], strict=False)
+    ):
         shown = ", ".join("?" if d is None else str(d) for d in declared)
         raise InputProblemError(f"evaluation x has shape {data.shape} but the model takes (N, {shown})")
     saved = _onnx2tf(lowered, Path(job["work"]) / "onnx2tf", data.shape[1:])
@@ -96,7 +100,9 @@ def _unpickle(path: Path) -> Any:
     try:
         estimator = joblib.load(path)
     except Exception as exc:
-        raise InputProblemError(f"{path} cannot be loaded with joblib/pickle: {type(exc).__name__}: {exc}") from exc
+        raise InputProblemError(
+            f"{path} cannot be loaded with joblib/pickle: {type(exc).__name__}: {exc}"
+        ) from exc
     if not hasattr(estimator, "predict"):
         raise InputProblemError(f"{path} holds a {type(estimator).__name__}, not a scikit-learn estimator")
     return estimator

@@ -154,7 +154,9 @@ def test_convert_help_lists_every_accepted_model_and_the_pickle_warning(
 
 
 @pytest.fixture(scope="module")
-def foreign(tmp_path_factory: pytest.TempPathFactory, signing_keys: tuple[Path, Path]) -> dict[str, Converted]:
+def foreign(
+    tmp_path_factory: pytest.TempPathFactory, signing_keys: tuple[Path, Path]
+) -> dict[str, Converted]:
     converted = convert_foreign(tmp_path_factory.mktemp("foreign"), signing_keys[0])
     return {name: run for name, (_, run) in converted.items()}
 
@@ -178,7 +180,9 @@ def test_the_worked_examples_convert_within_budget(
     assert diabetes["conversion"]["source"] == "sklearn"
     # The pipeline's StandardScaler is the recorded preprocessing: int8 inputs hold scaled
     # features, and int8 stays inside the 2 % MAE budget (auto's pick).
-    manifest = read_bundle(foreign["diabetes-pipeline"].bundle).verify(TrustedKeys.from_paths([signing_keys[1]]))
+    manifest = read_bundle(foreign["diabetes-pipeline"].bundle).verify(
+        TrustedKeys.from_paths([signing_keys[1]])
+    )
     assert manifest.preprocessing["X"].method == "standardize"
     assert any("StandardScaler became the recorded preprocessing" in n for n in diabetes["notes"])
     mae = diabetes["validation"]["metrics"]

@@ -59,14 +59,18 @@ def test_sklearn_and_onnx_models_deployed_to_an_agent_answer_as_the_runtime_does
         x = np.load(folder / "evaluation.npz")["x"].astype(np.float32)
         with requests.Session() as session:
             # raw rows: the agent applies the recorded preprocessing (the pipeline's scaler)
-            ask_and_compare(session, agent.url, manifest, bundle.members["model.tflite"], [x[:3]], runtime=runtime)
+            ask_and_compare(
+                session, agent.url, manifest, bundle.members["model.tflite"], [x[:3]], runtime=runtime
+            )
             answer = session.post(f"{agent.url}/v1/predict", json={"inputs": x[:40].tolist()}, timeout=30)
         assert answer.status_code == 200, answer.text
         served = np.asarray(answer.json()["outputs"], np.float32)
         assert served.shape[0] == 40
         source = _source_predictions(name, folder, x[:40])
         span = max(float(np.ptp(source)), 1e-6)
-        assert float(np.max(np.abs(served.reshape(source.shape) - source))) <= SOURCE_TOLERANCE[name] * span, name
+        assert (
+            float(np.max(np.abs(served.reshape(source.shape) - source))) <= SOURCE_TOLERANCE[name] * span
+        ), name
         if manifest.task.value == "classification":
             agreement = float(np.mean(served.argmax(1) == source.argmax(1)))
             assert agreement >= 0.97, (name, agreement)
