@@ -22,8 +22,17 @@ from pathlib import Path
 import numpy as np
 
 EXAMPLES = ("cancer-gb", "diabetes-pipeline", "cancer-onnx")
-TASKS = {"cancer-gb": "classification", "diabetes-pipeline": "regression", "cancer-onnx": "classification"}
-MODEL_FILES = {"cancer-gb": "model.joblib", "diabetes-pipeline": "model.joblib", "cancer-onnx": "model.onnx"}
+VARIANTS = ("cancer-gb-scaled",)
+"""Measured by benchmarks.converter: the cancer classifier behind a StandardScaler (which becomes
+the recorded preprocessing), to show what int8 does to trees on scaled inputs."""
+TASKS = {
+    "cancer-gb": "classification", "diabetes-pipeline": "regression", "cancer-onnx": "classification",
+    "cancer-gb-scaled": "classification",
+}  # fmt: skip
+MODEL_FILES = {
+    "cancer-gb": "model.joblib", "diabetes-pipeline": "model.joblib", "cancer-onnx": "model.onnx",
+    "cancer-gb-scaled": "model.joblib",
+}  # fmt: skip
 
 
 def train(example: str, out_dir: Path, seed: int = 0) -> float:
@@ -46,6 +55,8 @@ def train(example: str, out_dir: Path, seed: int = 0) -> float:
     else:
         x, y = load_breast_cancer(return_X_y=True)
         model = GradientBoostingClassifier(n_estimators=60, max_depth=3, random_state=seed)
+        if example == "cancer-gb-scaled":
+            model = make_pipeline(StandardScaler(), model)
         (out_dir / "labels.txt").write_text("malignant\nbenign\n")
     x = x.astype(np.float32)
     x_train, x_eval, y_train, y_eval = train_test_split(x, y, test_size=0.25, random_state=seed)
@@ -110,7 +121,7 @@ def worked_example(example: str, argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m converter.examples_foreign", description=__doc__)
-    parser.add_argument("example", choices=EXAMPLES)
+    parser.add_argument("example", choices=EXAMPLES + VARIANTS)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
