@@ -35,7 +35,12 @@ MODEL_KINDS_EPILOG = f"""accepted models:
                                 WARNING: loading a pickle or joblib file runs code from it. It is
                                 loaded in the conversion's subprocess, and only the file named
                                 here: convert only files you trust.
-PyTorch: export the module to ONNX (torch.onnx.export) and convert the .onnx file.
+  torch:pkg.module:fn,          PyTorch: a function with no arguments returning (nn.Module, example
+  torch:file.py:fn              input tensor); exported to ONNX with torch.onnx.export in its own
+                                subprocess, validated against the module's own outputs;
+                                needs: {install_command("converter-torch")}
+  (a .pt/.pth checkpoint is not read: export the module to ONNX with torch.onnx.export, or give
+  the factory above)
 """
 
 
@@ -64,7 +69,8 @@ def register(commands: Any) -> None:
         "model",
         type=Path,
         help="the source model: .keras, .h5, a SavedModel directory, module:function / file.py:function "
-        "(Keras), .onnx, or a scikit-learn .joblib/.pkl (see below; loading a pickle runs its code)",
+        "(Keras), .onnx, a scikit-learn .joblib/.pkl, or torch:module:function (see below; loading a "
+        "pickle runs its code)",
     )
     convert.add_argument(
         "--calibration",

@@ -18,10 +18,11 @@ it is installed without dependencies instead (it runs on the TensorFlow already 
 
 ONNX_MODULES = ("onnx", "onnxruntime", "onnx2tf", "onnx_graphsurgeon", "sng4onnx", "tf_keras")
 SKLEARN_MODULES = (*ONNX_MODULES, "skl2onnx", "joblib")
+TORCH_MODULES = (*ONNX_MODULES, "torch", "onnxscript")
 
 
 def install_command(extra: str) -> str:
-    """The exact commands that install ``extra`` (converter-onnx or converter-sklearn)."""
+    """The exact commands that install ``extra`` (converter-onnx, converter-sklearn, converter-torch)."""
     return f"pip install 'edgefleet[{extra}]' && pip install --no-deps {TF_KERAS_PIN}"
 
 

@@ -42,6 +42,8 @@ from converter.plan import inspect_request
 from converter.request import ConversionRequest, Progress, quiet
 from converter.results import Candidate, ConversionResult
 from converter.sklearn_head import adopt_head_scaler
+from converter.source import SourceKind
+from converter.torch_run import export_torch
 from protocol.manifest import Preprocessing, QuantizationMode, TaskKind, ValidationReport
 
 __all__ = ["ConversionRequest", "ConversionResult", "convert"]
@@ -68,6 +70,8 @@ def convert(request: ConversionRequest, progress: Progress = quiet) -> Conversio
     with tempfile.TemporaryDirectory(prefix="edgefleet-convert-") as tmp:
         work = Path(tmp)
         write_worker_arrays(inputs, work)
+        if plan.source.kind is SourceKind.TORCH:
+            export_torch(request, plan.source, work, progress)
         output = convert_modes(request, plan.source, inputs, plan.modes, work=work, progress=progress)
         _write_validation_arrays(request, inputs, output, work, notes.append)
         seconds["convert"] = round(output.seconds, 2)

@@ -47,7 +47,7 @@ TensorFlow, so the tests can check how a crash, a hang or an exception at this p
 surfaces in the parent, in milliseconds instead of a real TensorFlow failure."""
 
 DEBUG_WORST_LAYERS = 8
-FOREIGN_KINDS = ("onnx", "sklearn")
+FOREIGN_KINDS = ("onnx", "sklearn", "torch")
 
 
 def model_file(mode: str) -> str:

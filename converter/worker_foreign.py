@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def load_foreign(job: dict[str, Any], tf: Any, data: npt.NDArray[np.float32]) ->
     """``data``: evaluation inputs, to check that the SavedModel computes what the source does."""
     import onnx
 
-    from converter.onnx_lower import LoweringError, lower, run_onnx
+    from converter.onnx_lower import run_onnx
 
     path = Path(job["model"])
     normalization: list[str] = []
@@ -48,6 +49,8 @@ def load_foreign(job: dict[str, Any], tf: Any, data: npt.NDArray[np.float32]) ->
             normalization.append(
                 f"{type(steps[0][1]).__name__} (the pipeline's first step, kept in the graph)"
             )
+    elif job["kind"] == "torch":
+        return _from_torch_export(job, tf, data)
     else:
         try:
             model = onnx.load(str(path))
@@ -55,16 +58,35 @@ def load_foreign(job: dict[str, Any], tf: Any, data: npt.NDArray[np.float32]) ->
         except Exception as exc:
             raise InputProblemError(f"{path} is not a valid ONNX model: {exc}") from exc
 
+        floats = [o.name for o in model.graph.output if o.type.tensor_type.elem_type == 1]
+        kept = floats[0] if floats else None  # the output the rewrite keeps (none: it refuses)
+
         def reference(x: Any) -> Any:
             return _batched(lambda part: run_onnx(model, part, kept), x)
 
+    what = "scikit-learn estimator exported with skl2onnx, " if job["kind"] == "sklearn" else ""
+    return from_onnx(model, reference, job, tf, data, normalization, what)
+
+
+def from_onnx(
+    model: Any,
+    reference: Callable[[Any], Any],
+    job: dict[str, Any],
+    tf: Any,
+    data: npt.NDArray[np.float32],
+    normalization: list[str],
+    what: str,
+) -> Loaded:
+    """The ONNX graph rewritten, converted by onnx2tf and checked against ``reference``."""
+    from converter.onnx_lower import LoweringError, lower
+
+    path = Path(job["model"])
     if len(model.graph.input) != 1:
         raise InputProblemError(f"the ONNX model has {len(model.graph.input)} inputs; one is supported")
     try:
         lowered = lower(model)
     except LoweringError as exc:
         raise InputProblemError(f"{path}: {exc}") from exc
-    kept = lowered.graph.output[0].name
     dims = lowered.graph.input[0].type.tensor_type.shape.dim
     declared = [d.dim_value if d.HasField("dim_value") else None for d in list(dims)[1:]]
     if len(declared) != data.ndim - 1 or any(
@@ -88,10 +110,30 @@ def load_foreign(job: dict[str, Any], tf: Any, data: npt.NDArray[np.float32]) ->
     loaded.normalization = normalization
     loaded.float32_weight_bytes = sum(int(np.prod(i.dims)) * 4 for i in lowered.graph.initializer)
     loaded.changes.append(
-        f"{'scikit-learn estimator exported with skl2onnx, ' if job['kind'] == 'sklearn' else ''}"
-        f"ONNX graph of {len(lowered.graph.node)} standard ops converted with onnx2tf"
+        f"{what}ONNX graph of {len(lowered.graph.node)} standard ops converted with onnx2tf"
     )
     return loaded
+
+
+def _from_torch_export(job: dict[str, Any], tf: Any, data: npt.NDArray[np.float32]) -> Loaded:
+    """The ONNX file ``converter.torch_export`` wrote, checked against the module's own outputs
+    on the evaluation set (which that child also wrote; torch never loads in this process)."""
+    import onnx
+
+    from converter.onnx_lower import run_onnx
+    from converter.torch_export import ONNX_FILE, REFERENCE_FILE
+
+    work = Path(job["work"])
+    model = onnx.load(str(work / ONNX_FILE))
+    module_outputs = np.load(work / REFERENCE_FILE)
+
+    def reference(x: Any) -> Any:
+        # the evaluation rows (or their head): the module's outputs; anything else: its export
+        if len(x) <= len(data) and np.array_equal(x, data[: len(x)]):
+            return module_outputs[: len(x)]
+        return _batched(lambda part: run_onnx(model, part), x)
+
+    return from_onnx(model, reference, job, tf, data, [], "PyTorch module exported to ONNX, ")
 
 
 def _unpickle(path: Path) -> Any:

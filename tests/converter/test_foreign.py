@@ -18,7 +18,7 @@ from converter import extras
 from protocol.bundle import read_bundle
 from protocol.signing import TrustedKeys
 from tests.support.converter import Converted, run_cli
-from tests.support.foreign import convert_foreign, needs_foreign
+from tests.support.foreign import convert_foreign, convert_torch, needs_foreign, needs_torch
 
 
 def _estimators() -> dict[str, tuple[Any, Any, Any]]:
@@ -127,10 +127,16 @@ def test_a_missing_extra_gives_the_exact_install_command(
     monkeypatch.setattr(extras.importlib.util, "find_spec", lambda n, *a: None if n == "onnx2tf" else real(n))
     (tmp_path / "model.onnx").write_bytes(b"not read: the extra is checked first")
     np.savez(tmp_path / "data.npz", x=np.zeros((4, 3), np.float32), y=np.zeros(4, np.float32))
-    for model, extra in (("model.onnx", "converter-onnx"), ("model.joblib", "converter-sklearn")):
-        (tmp_path / model).write_bytes(b"x")
+    models = (
+        ("model.onnx", "converter-onnx"), ("model.joblib", "converter-sklearn"),
+        ("torch:converter.examples_torch:forecaster", "converter-torch"),
+    )  # fmt: skip
+    for model, extra in models:
+        if not model.startswith("torch:"):
+            (tmp_path / model).write_bytes(b"x")
         run = run_cli(capsys, [
-            "convert", str(tmp_path / model), "--calibration", str(tmp_path / "data.npz"),
+            "convert", model if model.startswith("torch:") else str(tmp_path / model),
+            "--calibration", str(tmp_path / "data.npz"),
             "--evaluation", str(tmp_path / "data.npz"), "--mode", "none", "--name", "m", "--version", "1.0.0",
             "--task", "regression", "--key", str(signing_keys[0]), "--out", str(tmp_path / "m.bundle"),
         ])  # fmt: skip
@@ -148,7 +154,8 @@ def test_convert_help_lists_every_accepted_model_and_the_pickle_warning(
     with pytest.raises(SystemExit):
         run_cli(capsys, ["convert", "--help"])
     text = capsys.readouterr().out
-    for kind in (".keras", ".h5", "SavedModel", "module:fn", ".onnx", ".joblib", ".pkl", "torch.onnx.export"):
+    kinds = (".keras", ".h5", "SavedModel", "module:fn", ".onnx", ".joblib", ".pkl", "torch:pkg.module:fn")
+    for kind in kinds:
         assert kind in text, kind
     assert "loading a pickle or joblib file runs code" in text
 
@@ -191,3 +198,20 @@ def test_the_worked_examples_convert_within_budget(
     onnx = foreign["cancer-onnx"].report
     assert onnx["conversion"]["source"] == "onnx" and onnx["mode"] == "float16"
     assert onnx["validation"]["metrics"]["accuracy"] == pytest.approx(metrics["accuracy_source"], abs=0.01)
+
+
+@needs_torch
+@pytest.mark.slow
+def test_a_pytorch_forecaster_converts_validated_against_the_module(
+    tmp_path: Path, signing_keys: tuple[Path, Path]
+) -> None:
+    converted = convert_torch(tmp_path, signing_keys[0])
+    report = converted.report
+    assert report["conversion"]["source"] == "torch"
+    rows = {row["mode"]: row for row in report["conversion"]["candidates"]}
+    assert rows["none"]["ok"] and rows["int8"]["model_size"] < rows["none"]["model_size"]
+    metrics = report["validation"]["metrics"]
+    assert metrics["mae"] <= metrics["mae_source"] * 1.03
+    # the source metric is the module's own: a forecaster this small is within ~20 sunspots
+    assert 5.0 < metrics["mae_source"] < 30.0
+    assert any("PyTorch module exported to ONNX" in note for note in report["notes"])

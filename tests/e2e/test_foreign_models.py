@@ -15,11 +15,13 @@ import requests
 
 from protocol.bundle import read_bundle
 from protocol.signing import TrustedKeys
-from tests.support.foreign import convert_foreign, needs_foreign
+from tests.support.foreign import convert_foreign, convert_torch, needs_foreign, needs_torch
 from tests.support.processes import AgentProcess, FleetProcess
 from tests.support.serving_requests import ask_and_compare
 
 pytestmark = [pytest.mark.slow, needs_foreign]
+TORCH_TOLERANCE = 0.05
+"""The PyTorch forecaster (int8 chosen by auto) against the module's own outputs, relative to range."""
 
 SOURCE_TOLERANCE = {"cancer-gb": 0.15, "diabetes-pipeline": 0.05, "cancer-onnx": 0.15}
 """Largest difference from the source's predictions, relative to the output's range on these rows:
@@ -86,3 +88,59 @@ def _source_predictions(name: str, folder: Path, x: np.ndarray) -> np.ndarray:
     if hasattr(estimator, "predict_proba"):
         return np.asarray(estimator.predict_proba(x), np.float32)
     return np.asarray(estimator.predict(x), np.float32).reshape(-1, 1)
+
+
+@needs_torch
+def test_a_pytorch_forecaster_deployed_to_an_agent_answers_as_the_runtime_does(
+    tmp_path: Path,
+    quick_stack: tuple[FleetProcess, AgentProcess],
+    signing_keys: tuple[Path, Path],
+) -> None:
+    fleet, agent = quick_stack
+    key, public = signing_keys
+    runtime = agent.settings.get("runtime", {}).get("kind", "auto")
+    converted = convert_torch(tmp_path / "torch", key)
+    bundle = read_bundle(converted.bundle)
+    manifest = bundle.verify(TrustedKeys.from_paths([public]))
+    assert manifest.conversion is not None and manifest.conversion.source == "torch"
+    pushed = requests.post(
+        f"{fleet.url}/api/v1/models", data=converted.bundle.read_bytes(),
+        headers={"Content-Type": "application/octet-stream"}, timeout=30,
+    )  # fmt: skip
+    assert pushed.status_code == 201, pushed.text
+    deployed = requests.post(
+        f"{fleet.url}/api/v1/deployments",
+        json={"name": manifest.name, "version": manifest.version, "device_id": None},
+        timeout=10,
+    )
+    assert deployed.status_code == 200, deployed.text
+    agent.wait_until(lambda: _serving(agent) == (manifest.name, manifest.version), "the forecaster", 120)
+    x = np.load(tmp_path / "torch" / "evaluation.npz")["x"].astype(np.float32)
+    with requests.Session() as session:
+        ask_and_compare(
+            session, agent.url, manifest, bundle.members["model.tflite"], [x[:3]], runtime=runtime
+        )
+        answer = session.post(f"{agent.url}/v1/predict", json={"inputs": x[:40].tolist()}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    served = np.asarray(answer.json()["outputs"], np.float32).reshape(-1, 1)
+    # the module itself, in a subprocess: torch and TensorFlow-era processes stay apart
+    source = _torch_predictions(tmp_path, x[:40])
+    span = max(float(np.ptp(source)), 1e-6)
+    assert float(np.max(np.abs(served - source))) <= TORCH_TOLERANCE * span
+
+
+def _torch_predictions(folder: Path, x: np.ndarray) -> np.ndarray:
+    import subprocess
+    import sys
+
+    np.save(folder / "rows.npy", x)
+    code = (
+        "import sys, numpy as np, torch\n"
+        "from converter.examples_torch import forecaster\n"
+        "module, _ = forecaster()\n"
+        "x = torch.from_numpy(np.load(sys.argv[1]))\n"
+        "with torch.no_grad(): np.save(sys.argv[2], module(x).numpy())\n"
+    )
+    out = folder / "module.npy"
+    subprocess.run([sys.executable, "-c", code, str(folder / "rows.npy"), str(out)], check=True, timeout=300)
+    return np.load(out).reshape(-1, 1)

@@ -34,3 +34,27 @@ def convert_foreign(folder: Path, key: Path) -> dict[str, tuple[Path, Converted]
         assert run.code == 0, run.stderr
         converted[name] = (model, Converted(run, out, json.loads(report.read_text())))
     return converted
+
+
+needs_torch = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in (*FOREIGN_MODULES, "torch", "onnxscript")),
+    reason="the converter-torch extra is not installed (not in dev: torch brings several GB of CUDA "
+    "libraries; pip install 'edgefleet[converter-torch]')",
+)
+TORCH_FACTORY = "torch:converter.examples_torch:forecaster"
+
+
+def convert_torch(folder: Path, key: Path, mode: str = "auto") -> Converted:
+    """The PyTorch sunspots forecaster (``converter.examples_torch``) converted by the CLI."""
+    from converter.examples_torch import write_data
+
+    write_data(folder)
+    out, report = folder / "sunspots-torch.bundle", folder / "report.json"
+    run = cli_capture([
+        "convert", TORCH_FACTORY, "--calibration", str(folder / "calibration.npz"),
+        "--evaluation", str(folder / "evaluation.npz"), "--mode", mode, "--name", "sunspots-torch",
+        "--version", "1.0.0", "--task", "forecast", "--key", str(key), "--out", str(out),
+        "--report-json", str(report),
+    ])  # fmt: skip
+    assert run.code == 0, run.stderr
+    return Converted(run, out, json.loads(report.read_text()))
