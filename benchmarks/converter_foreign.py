@@ -3,7 +3,8 @@
 ``--mode auto``; per mode, the metric's change against the source framework's own predictions
 (the estimator's ``predict_proba``/``predict``, onnxruntime for the ONNX file), the size ratio to
 the float32 .tflite, the host latency (p50 of one sample) in each runtime, and the conversion
-time. Needs the converter-sklearn extra; without it the rows say so and the rest runs.
+time. Needs the converter-sklearn extra (and converter-torch for the PyTorch forecaster row);
+without it the rows say so and the rest runs.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ RUNS: dict[str, tuple[str, dict[str, Any]]] = {
     "sklearn-pipeline-diabetes-scaler-in-graph": ("diabetes-pipeline", {"sklearn_scaler": "graph"}),
     "onnx-gb-cancer": ("cancer-onnx", {}),
 }
-METRIC = {TaskKind.CLASSIFICATION: "accuracy", TaskKind.REGRESSION: "mae"}
+TORCH_ROW = "torch-forecaster-sunspots"
+"""With the converter-torch extra: the PyTorch forecaster of ``converter.examples_torch``."""
+METRIC = {TaskKind.CLASSIFICATION: "accuracy", TaskKind.REGRESSION: "mae", TaskKind.FORECAST: "mae"}
 RUNTIMES = ("tflite-runtime", "litert")
 
 
@@ -36,19 +39,32 @@ def available() -> bool:
     return all(importlib.util.find_spec(m) for m in ("onnx", "onnx2tf", "skl2onnx", "tf_keras"))
 
 
+def torch_available() -> bool:
+    return all(importlib.util.find_spec(m) for m in ("torch", "onnxscript"))
+
+
 def run_foreign(work: Path, key: Path, progress: Any) -> tuple[dict[str, Any], list[str]]:
     """Figures per row, and the rows whose conversion failed (with the error)."""
     figures: dict[str, Any] = {}
     failures: list[str] = []
-    for name, (example, options) in RUNS.items():
+    runs: list[tuple[str, str, dict[str, Any]]] = [(n, e, o) for n, (e, o) in RUNS.items()]
+    if torch_available():
+        runs.append((TORCH_ROW, "torch", {}))
+    for name, example, options in runs:
         folder = work / example
-        if not (folder / MODEL_FILES[example]).is_file():
-            print(f"training {example}...", file=sys.stderr, flush=True)
-            train(example, folder)
-        task = TaskKind(TASKS[example])
+        if example == "torch":
+            from converter.examples_torch import write_data
+
+            write_data(folder)
+            model, task = Path("torch:converter.examples_torch:forecaster"), TaskKind.FORECAST
+        else:
+            if not (folder / MODEL_FILES[example]).is_file():
+                print(f"training {example}...", file=sys.stderr, flush=True)
+                train(example, folder)
+            model, task = folder / MODEL_FILES[example], TaskKind(TASKS[example])
         print(f"converting {name} with --mode auto...", file=sys.stderr, flush=True)
         request = ConversionRequest(
-            model=folder / MODEL_FILES[example], calibration=folder / "calibration.npz",
+            model=model, calibration=folder / "calibration.npz",
             evaluation=folder / "evaluation.npz", mode="auto", name=example, version="1.0.0",
             task=task, key=key, out=work / f"{name}.bundle", force=True, **options,
         )  # fmt: skip
@@ -101,6 +117,7 @@ def targets(figures: dict[str, Any]) -> dict[str, Any]:
 
     accuracy = {n: int8(n, "accuracy_change") for n in figures if n.startswith(("sklearn-gb", "onnx"))}
     mae = {n: int8(n, "mae_change_pct") for n in figures if "diabetes" in n}
+    forecast = {n: int8(n, "mae_change_pct") for n in figures if n == TORCH_ROW}
     return {
         "foreign_int8_accuracy_drop_max_0.01": {
             "values": accuracy,
@@ -109,6 +126,10 @@ def targets(figures: dict[str, Any]) -> dict[str, Any]:
         "foreign_int8_mae_increase_max_2pct": {
             "values": mae,
             "met": all(v is not None and v <= 2.0 for v in mae.values()),
+        },
+        "torch_int8_mae_increase_max_3pct": {
+            "values": forecast,
+            "met": all(v is not None and v <= 3.0 for v in forecast.values()),
         },
         "foreign_chosen_within_budget": {
             "chosen": {n: f["chosen"] for n, f in figures.items()},

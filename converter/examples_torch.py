@@ -38,25 +38,21 @@ def forecaster() -> tuple[Any, Any]:
     torch.manual_seed(0)
     x_train, y_train, _, _ = windows()
 
-    class Forecaster(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.body = torch.nn.Sequential(
-                torch.nn.Linear(WINDOW, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
-                torch.nn.Linear(32, 1),
-            )  # fmt: skip
-
-        def forward(self, x: Any) -> Any:
-            return self.body(x / SCALE) * SCALE
-
-    module = Forecaster()
+    module: Any = torch.nn.Sequential(
+        torch.nn.Linear(WINDOW, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
+        torch.nn.Linear(32, 1),
+    )  # fmt: skip
     optimizer = torch.optim.Adam(module.parameters(), lr=3e-3)
     inputs, targets = torch.from_numpy(x_train), torch.from_numpy(y_train)
-    for _ in range(600):
+    for _ in range(600):  # on inputs and targets / SCALE: the layers see values near 1
         optimizer.zero_grad()
-        loss = torch.nn.functional.l1_loss(module(inputs), targets)
+        loss: Any = torch.nn.functional.l1_loss(module(inputs / SCALE), targets / SCALE)
         loss.backward()
         optimizer.step()
+    with torch.no_grad():  # then the scaling folded into the first and last layers: raw in, raw out
+        module[0].weight /= SCALE
+        module[4].weight *= SCALE
+        module[4].bias *= SCALE
     return module.eval(), inputs[:1]
 
 
