@@ -13,11 +13,35 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from converter.extras import install_command
+
 MODES = ("auto", "int8", "float16", "dynamic", "none", "int16x8")
 IO_TYPES = ("int8", "uint8", "float")
 TASKS = ("classification", "regression", "forecast")
 RUNTIMES = ("tflite-runtime", "litert", "any")
 PREPROCESSING = ("none", "standardize", "minmax", "scale")
+
+
+MODEL_KINDS_EPILOG = f"""accepted models:
+  model.keras, model.h5         Keras 3 archive, legacy Keras HDF5
+  DIR/ (saved_model.pb)         TensorFlow SavedModel, serving_default with one input
+  pkg.module:fn, file.py:fn     a function with no arguments returning a Keras model
+  model.onnx                    ONNX (standard and ONNX-ML ops), validated against onnxruntime;
+                                needs: {install_command("converter-onnx")}
+  model.joblib, model.pkl       scikit-learn estimator or Pipeline (linear and logistic models,
+                                MLPs, random forests, gradient boosting, scalers, one-hot),
+                                exported with skl2onnx and validated against its own predict_proba /
+                                predict; needs: {install_command("converter-sklearn")}
+                                WARNING: loading a pickle or joblib file runs code from it. It is
+                                loaded in the conversion's subprocess, and only the file named
+                                here: convert only files you trust.
+  torch:pkg.module:fn,          PyTorch: a function with no arguments returning (nn.Module, example
+  torch:file.py:fn              input tensor); exported to ONNX with torch.onnx.export in its own
+                                subprocess, validated against the module's own outputs;
+                                needs: {install_command("converter-torch")}
+  (a .pt/.pth checkpoint is not read: export the module to ONNX with torch.onnx.export, or give
+  the factory above)
+"""
 
 
 def register(commands: Any) -> None:
@@ -35,13 +59,18 @@ def register(commands: Any) -> None:
     convert = commands.add_parser(
         "convert",
         help="convert a model to a validated, signed TFLite bundle",
-        description="Convert a Keras model to quantized TFLite, validate it against the source model in "
-        "the agent's runtimes, record baseline statistics and smoke samples, and write a signed bundle.",
+        description="Convert a Keras, ONNX or scikit-learn model to quantized TFLite, validate it against "
+        "the source model in the agent's runtimes, record baseline statistics and smoke samples, and write "
+        "a signed bundle.",
+        epilog=MODEL_KINDS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     convert.add_argument(
         "model",
         type=Path,
-        help="the source model: .keras, .h5, a SavedModel directory, or module:function / file.py:function",
+        help="the source model: .keras, .h5, a SavedModel directory, module:function / file.py:function "
+        "(Keras), .onnx, a scikit-learn .joblib/.pkl, or torch:module:function (see below; loading a "
+        "pickle runs its code)",
     )
     convert.add_argument(
         "--calibration",
@@ -86,6 +115,14 @@ def register(commands: Any) -> None:
         default="unroll",
         help="LSTM/GRU layers: unroll for the fixed sequence length (default; TF 2.21 crashes "
         "calibrating Keras 3 RNN loops) or keep them as a loop",
+    )
+    convert.add_argument(
+        "--sklearn-scaler",
+        choices=("preprocessing", "graph"),
+        default="preprocessing",
+        help="a scikit-learn Pipeline that starts with StandardScaler/MinMaxScaler/MaxAbsScaler: record "
+        "it as the bundle's preprocessing (default; devices scale raw values in float32, int8 inputs "
+        "then hold scaled features) or keep it in the graph",
     )
     convert.add_argument(
         "--image-preprocessing",
@@ -286,6 +323,7 @@ def _convert(args: argparse.Namespace) -> int:
         io_type=args.io_type,
         max_drop=args.max_drop,
         rnn=args.rnn,
+        sklearn_scaler=args.sklearn_scaler,
         float_layers=[name.strip() for name in args.float_layers.split(",") if name.strip()],
         image_preprocessing=args.image_preprocessing,
     )

@@ -65,6 +65,8 @@ def worker_job(request: ConversionRequest, source: SourceModel, work: Path) -> d
         "io_type": request.io_type,
         "rnn": request.rnn,
         "float_layers": request.float_layers,
+        "work": str(work),
+        "strip_head": source.strip_head,
     }
 
 

@@ -23,6 +23,10 @@ class UnsupportedModelError(InputError):
     """A model file of a kind the converter does not read (yet)."""
 
 
+class MissingExtraError(UnsupportedModelError):
+    """A model kind whose converter packages are not installed; the message has the install command."""
+
+
 class OutputExistsError(InputError):
     """The output file exists and ``--force`` was not given."""
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,9 @@ from converter.package import estimated_sample_bytes, package, smoke_count
 from converter.plan import inspect_request
 from converter.request import ConversionRequest, Progress, quiet
 from converter.results import Candidate, ConversionResult
+from converter.sklearn_head import adopt_head_scaler
+from converter.source import SourceKind
+from converter.torch_run import export_torch
 from protocol.manifest import Preprocessing, QuantizationMode, TaskKind, ValidationReport
 
 __all__ = ["ConversionRequest", "ConversionResult", "convert"]
@@ -59,11 +63,15 @@ def convert(request: ConversionRequest, progress: Progress = quiet) -> Conversio
         f"checking inputs for {request.name} {request.version} ({request.task.value}, mode {request.mode})"
     )
     plan = inspect_request(request)
+    request, source = adopt_head_scaler(request, plan.source, notes.append)
+    plan = replace(plan, source=source)
     inputs = load_inputs(request, plan.source, plan.calibrated, warn)
     seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="edgefleet-convert-") as tmp:
         work = Path(tmp)
         write_worker_arrays(inputs, work)
+        if plan.source.kind is SourceKind.TORCH:
+            export_torch(request, plan.source, work, progress)
         output = convert_modes(request, plan.source, inputs, plan.modes, work=work, progress=progress)
         _write_validation_arrays(request, inputs, output, work, notes.append)
         seconds["convert"] = round(output.seconds, 2)

@@ -103,6 +103,10 @@ class ConversionRequest(PreprocessingOptions):
         default="unroll", description="LSTM/GRU: unroll for the fixed sequence length, or keep the loop."
     )
     float_layers: list[str] = Field(default_factory=list, description="int8: layers to keep in float.")
+    sklearn_scaler: Literal["preprocessing", "graph"] = Field(
+        default="preprocessing",
+        description="A scikit-learn Pipeline's leading scaler: the recorded preprocessing, or in the graph.",
+    )
     layer_report: bool = Field(default=True, description="int8 over budget: run the per-layer debugger.")
     image_preprocessing: ImagePreprocessing | None = Field(
         default=None,

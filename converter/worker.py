@@ -47,6 +47,7 @@ TensorFlow, so the tests can check how a crash, a hang or an exception at this p
 surfaces in the parent, in milliseconds instead of a real TensorFlow failure."""
 
 DEBUG_WORST_LAYERS = 8
+FOREIGN_KINDS = ("onnx", "sklearn", "torch")
 
 
 def model_file(mode: str) -> str:
@@ -86,7 +87,12 @@ def run(job: dict[str, Any], out_dir: Path) -> None:
 
     calibration = np.load(job["calibration"])
     evaluation = np.load(job["evaluation"])
-    loaded = load(job, keras, tf, calibration.shape[1:])
+    if job["kind"] in FOREIGN_KINDS:
+        from converter.worker_foreign import load_foreign
+
+        loaded = load_foreign(job, tf, evaluation.astype(np.float32))
+    else:
+        loaded = load(job, keras, tf, calibration.shape[1:])
     for role, data in (("calibration", calibration), ("evaluation", evaluation)):
         expected = loaded.input_shape[1:]
         if len(expected) != data.ndim - 1 or any(

@@ -52,13 +52,17 @@ class Loaded:
     def predict(self, x: Any) -> Any:
         return np.asarray(self._predict(x), dtype=np.float32)
 
+    def replace_reference(self, predict: Callable[[Any], Any]) -> None:
+        """Validate against ``predict`` (the source framework itself) instead of the TF model."""
+        self._predict = predict
+
 
 def load(job: dict[str, Any], keras: Any, tf: Any, data_shape: tuple[int, ...]) -> Loaded:
     kind = job["kind"]
     if kind == "saved_model":
-        return _load_saved_model(job["model"], tf)
+        return load_saved_model(job["model"], tf)
     if kind == "factory":
-        model = _call_factory(job["model"], keras)
+        model = call_factory(job["model"])
     else:
         try:
             model = keras.models.load_model(job["model"], compile=False)
@@ -73,7 +77,7 @@ def load(job: dict[str, Any], keras: Any, tf: Any, data_shape: tuple[int, ...]) 
     return _prepare_keras(model, keras, tf, job.get("rnn", "unroll"), data_shape)
 
 
-def _call_factory(spec: str, keras: Any) -> Any:
+def call_factory(spec: str) -> Any:
     target, _, function = spec.rpartition(":")
     try:
         if target.endswith(".py"):
@@ -86,7 +90,15 @@ def _call_factory(spec: str, keras: Any) -> Any:
             module = importlib.import_module(target)
         factory = getattr(module, function)
     except (ImportError, AttributeError, SyntaxError) as exc:
-        raise InputProblemError(f"the model factory {spec} cannot be imported: {exc}") from exc
+        hint = ""
+        if isinstance(exc, ImportError) and exc.name == "torch":
+            from converter.extras import install_command
+
+            hint = (
+                "; a PyTorch factory is given as torch:MODULE:FUNCTION and needs the converter-torch "
+                f"extra: {install_command('converter-torch')}"
+            )
+        raise InputProblemError(f"the model factory {spec} cannot be imported: {exc}{hint}") from exc
     try:
         return factory()
     except Exception as exc:
@@ -212,7 +224,7 @@ def _rebuild(model: Any, keras: Any, input_shape: list[int | None], unroll: bool
     return rebuilt
 
 
-def _load_saved_model(path: str, tf: Any) -> Loaded:
+def load_saved_model(path: str, tf: Any) -> Loaded:
     try:
         loaded = tf.saved_model.load(path)
         signature = loaded.signatures["serving_default"]

@@ -97,12 +97,14 @@ def test_bad_input_is_one_line_and_leaves_nothing(
 def test_unsupported_model_kind_names_the_supported_ones(
     case: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    onnx = case["dir"] / "model.onnx"
-    onnx.write_bytes(b"\x08\x07")
+    checkpoint = case["dir"] / "model.pt"
+    checkpoint.write_bytes(b"\x80\x02")
     argv = convert_argv(case["dir"], case["key"], case["out"], "int8")
-    argv[1] = str(onnx)
+    argv[1] = str(checkpoint)
     run = run_cli(capsys, argv)
-    assert run.code == 2 and ".keras" in run.stderr and "a .onnx file" in run.stderr
+    assert run.code == 2 and "a .pt file" in run.stderr
+    for kind in (".keras", ".onnx", ".joblib", "torch.onnx.export"):
+        assert kind in run.stderr, kind
 
 
 def test_existing_out_is_kept_without_force(
