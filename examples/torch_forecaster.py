@@ -19,7 +19,8 @@ from converter.examples_torch import write_data
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
     parser.add_argument("out_dir", type=Path, nargs="?", default=Path("sunspots-torch-example"))
     parser.add_argument("--mode", default="auto", help="quantization mode (default auto: every mode)")
     parser.add_argument("--key", type=Path, help="operator key (default: a new one in OUT_DIR/keys)")
