@@ -53,6 +53,8 @@ class Decoded:
     received_at: datetime
     raw: bytes | None = None
     """The validated payload as received: stored as is, not serialized again."""
+    values: tuple[Any, ...] | None = None
+    """A telemetry window's row (``window_rows.window_values``), built and checked when decoded."""
 
 
 @dataclass(frozen=True)
