@@ -242,11 +242,13 @@ class Ingester:
 
     def _write(self, batch: list[Received]) -> None:
         times = self._times
-        began = time.perf_counter()
+        began, began_cpu = time.perf_counter(), time.thread_time()
         items = [decode(item, self.topics, self.settings.max_payload_bytes) for item in batch]
-        decoded = time.perf_counter()
+        decoded, decoded_cpu = time.perf_counter(), time.thread_time()
         stored, duplicates, letters = self._batches.store(batch, items)
         committed = time.perf_counter()
+        times.store_cpu_s += time.thread_time() - decoded_cpu
+        times.decode_cpu_s += decoded_cpu - began_cpu
         for letter in letters:
             log.warning(
                 "dead-lettered a message on %s (%s): %s", letter.topic, letter.reason.value, letter.detail

@@ -14,8 +14,12 @@ class WriterTimes:
     messages: int = 0
     decode_s: float = 0.0
     """Parsing and validating payloads (pydantic), building and checking the rows."""
+    decode_cpu_s: float = 0.0
     store_s: float = 0.0
     """The transaction: revoked-device check, inserts and updates, commit."""
+    store_cpu_s: float = 0.0
+    """The part of ``store_s`` this thread computed (the rest: the database, or waiting for the
+    interpreter lock while the MQTT thread held it)."""
     ack_s: float = 0.0
     """Handing the QoS 1 acknowledgements to the MQTT client (after the commit)."""
     idle_s: float = 0.0

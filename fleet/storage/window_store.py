@@ -30,12 +30,13 @@ from fleet.storage.window_rows import (
     WINDOW_COLUMNS,
 )
 from protocol.messages import TelemetryWindow
+from protocol.schema import ModelRef
 
 Window = tuple[TelemetryWindow, tuple[Any, ...]]
 """A window and its row (``window_rows.window_values``)."""
 
 _KEYS = "device_id, seq, window_start"
-_METRIC_AT = {name: WINDOW_COLUMNS.index(name) for name in METRIC_NAMES}
+_METRIC_INDEXES = tuple(WINDOW_COLUMNS.index(name) for name in METRIC_NAMES)
 _COLUMNS = ", ".join(WINDOW_COLUMNS)
 _LATEST = ", ".join(LATEST_COLUMNS)
 _LATEST_SET = ", ".join(f"{name} = excluded.{name}" for name in LATEST_COLUMNS if name != "device_id")
@@ -77,7 +78,7 @@ def _per_device(batch: Sequence[Window], touched: set[str]) -> list[tuple[Any, .
     (rows are locked in one order, whichever worker writes): last seen from every window of the
     batch, the model from its newest window that names one."""
     seen: dict[str, datetime] = {}
-    model: dict[str, TelemetryWindow] = {}
+    model: dict[str, tuple[ModelRef, datetime]] = {}
     for window, values in batch:
         device_id = values[0]
         if device_id not in touched:
@@ -86,17 +87,18 @@ def _per_device(batch: Sequence[Window], touched: set[str]) -> list[tuple[Any, .
         if device_id not in seen or received > seen[device_id]:
             seen[device_id] = received
         if window.model is not None:
+            end = values[END]  # in UTC, as SQLite compares the text
             kept = model.get(device_id)
-            if kept is None or window.window_end > kept.window_end:
-                model[device_id] = window
+            if kept is None or end > kept[1]:
+                model[device_id] = (window.model, end)
     out: list[tuple[Any, ...]] = []
     for device_id in sorted(touched):
         newest = model.get(device_id)
-        ref = newest.model if newest is not None else None
-        if newest is None or ref is None:
+        if newest is None:
             out.append((device_id, seen[device_id], None, None, None, None))
         else:
-            out.append((device_id, seen[device_id], ref.name, ref.version, ref.sha256, newest.window_end))
+            ref, end = newest
+            out.append((device_id, seen[device_id], ref.name, ref.version, ref.sha256, end))
     return out
 
 
@@ -117,8 +119,17 @@ _SQLITE_DEVICES = (
 
 
 def sqlite_time(value: datetime) -> str:
-    """A UTC timestamp as SQLAlchemy's SQLite dialect stores it (text that sorts by time)."""
-    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+    """A UTC timestamp as SQLAlchemy's SQLite dialect stores it (text that sorts by time), formatted
+    as it does: half the time of ``isoformat``, and five of these per window."""
+    return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (  # noqa: UP031 - the fastest of the three forms
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond,
+    )
 
 
 def _sqlite_row(values: tuple[Any, ...]) -> list[Any]:
@@ -154,7 +165,7 @@ def _store_sqlite(conn: Connection, batch: Sequence[Window]) -> int:
         if not newest:
             return 0
         latest = [
-            (device_id, telemetry_id, row[END], *[row[_METRIC_AT[name]] for name in METRIC_NAMES])
+            (device_id, telemetry_id, row[END], *[row[at] for at in _METRIC_INDEXES])
             for device_id, (telemetry_id, row) in sorted(newest.items())
         ]
         with _as_sqlalchemy_errors(conn, _SQLITE_LATEST):

@@ -5,7 +5,7 @@ and a driver error is SQLAlchemy's (an unavailable database is retried, never de
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -36,10 +36,19 @@ def engine(db_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-def _window(device_id: str, seq: int, model: ModelRef | None, received_s: float) -> Decoded:
-    """A window decoded as the ingester decodes it (row built and checked there)."""
+def _window(
+    device_id: str, seq: int, model: ModelRef | None, received_s: float, offset_h: int = 0
+) -> Decoded:
+    """A window decoded as the ingester decodes it (row built and checked there); its times written
+    with a UTC offset of ``offset_h`` hours, as a device in another time zone may."""
     window = TelemetryWindow.model_validate_json(telemetry_payload(device_id, seq=seq))
-    payload = window.model_copy(update={"model": model}).model_dump_json().encode()
+    zone = timezone(timedelta(hours=offset_h))
+    changes = {
+        "model": model,
+        "window_start": window.window_start.astimezone(zone),
+        "window_end": window.window_end.astimezone(zone),
+    }
+    payload = window.model_copy(update=changes).model_dump_json().encode()
     received = Received(TOPICS.telemetry(device_id), payload, NOW + timedelta(seconds=received_s))
     item = decode(received, TOPICS, 1 << 20)
     assert isinstance(item, Decoded) and item.values is not None
@@ -95,6 +104,14 @@ def test_a_batch_sets_rows_latest_windows_last_seen_and_the_serving_model(engine
     with engine.begin() as conn:
         assert repository.store_batch(conn, again)[:2] == (1, 1)
     assert _device_row(engine, "pi-1") == (V2.version, serving_at, NOW + timedelta(seconds=50))
+
+    # A newer window from a clock two hours east of UTC: compared and stored as the same instant.
+    east = _window("pi-1", 5, V1, received_s=60, offset_h=2)
+    with engine.begin() as conn:
+        assert repository.store_batch(conn, [east])[:2] == (1, 0)
+    version, serving_at, _ = _device_row(engine, "pi-1")
+    assert isinstance(east.message, TelemetryWindow) and serving_at is not None
+    assert (version, serving_at.replace(tzinfo=UTC)) == (V1.version, east.message.window_end)
 
 
 def test_sqlite_timestamps_are_written_as_sqlalchemy_writes_them() -> None:
