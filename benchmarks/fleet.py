@@ -5,7 +5,11 @@ compare the figures of one run with each other, not with another machine's).
   then drained by (a) a bare paho subscriber that only counts (the ceiling of a paho consumer) and
   (b) the fleet's ingester storing into SQLite and into PostgreSQL with zero loss (every window in
   the database, every message acknowledged after commit). Ratio to the bare subscriber, and devices
-  per core at one 60 s window per device (stored msg/s x 60 / CPU cores the process used).
+  per core at one 60 s window per device (stored msg/s x 60 / CPU cores the process used). Where
+  the time goes, per message: the writer thread's wall time in decoding and validating, the
+  database transaction, handing over the acks and waiting for messages, and the CPU time of each
+  (the MQTT network thread's is the rest of the process's). The two threads share one interpreter
+  lock, so their CPU times add up: on a loaded machine wall exceeds CPU.
 * Zero loss across a SIGKILL of ``fleet serve`` in the middle of a stream, and its restart.
 * A simulated fleet of agents (simulator processes, many devices on one MQTT connection each; real
   MQTT status/events/telemetry and HTTP desired-state polls) through a 4-wave gated rollout of a
@@ -212,7 +216,7 @@ def bare_drain(broker: MosquittoBroker, messages: list[tuple[str, bytes]]) -> fl
 
 def fleet_drain(
     broker: MosquittoBroker, db_url: str, messages: list[tuple[str, bytes]], poison: int = 0
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Drain ``messages`` (``poison`` of them bad) through the ingester; every valid one must be stored
     and every bad one dead-lettered."""
     engine = create_engine_for_url(db_url)
@@ -229,13 +233,43 @@ def fleet_drain(
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu0
     stats = ingester.stats()
+    times = ingester.timings()
     ingester.stop()
     with engine.connect() as conn:
         rows = conn.execute(select(func.count()).select_from(telemetry)).scalar_one()
     engine.dispose()
     if rows != len(messages) - poison or sum(stats.dead_lettered.values()) != poison:
         raise SystemExit(f"benchmark: LOSS: {rows} rows for {len(messages)} messages, {poison} bad ({stats})")
-    return {"rate": rows / elapsed, "cpu_s": cpu, "wall_s": elapsed, "rows": rows}
+    per_message = 1e6 / len(messages)
+    breakdown = {
+        "decode_us": times.decode_s * per_message,
+        "decode_cpu_us": times.decode_cpu_s * per_message,
+        "db_write_us": times.store_s * per_message,
+        "db_write_cpu_us": times.store_cpu_s * per_message,
+        "ack_us": times.ack_s * per_message,
+        "writer_idle_us": times.idle_s * per_message,
+        "writer_cpu_us": times.cpu_s * per_message,
+        "mqtt_thread_cpu_us": max(cpu - times.cpu_s, 0.0) * per_message,
+        "wall_us": elapsed * per_message,
+        "batch_mean": len(messages) / max(times.batches, 1),
+    }
+    return {"rate": rows / elapsed, "cpu_s": cpu, "wall_s": elapsed, "rows": rows, "per_message": breakdown}
+
+
+def time_breakdown(report: Report, name: str, per_message: dict[str, float]) -> dict[str, float]:
+    """Where one message's time went in the ingester (microseconds per message, wall and CPU)."""
+    got = {key: round(value, 1) for key, value in per_message.items()}
+    report.add(
+        f"  where the time goes ({name}), us/msg: wall; writer: decode+validate / DB write / ack / idle",
+        f"{got['wall_us']}; {got['decode_us']} / {got['db_write_us']} / {got['ack_us']} / "
+        f"{got['writer_idle_us']}",
+    )
+    report.add(
+        f"  CPU us/msg ({name}): decode+validate / DB write (Python+driver) / MQTT thread; mean batch",
+        f"{got['decode_cpu_us']} / {got['db_write_cpu_us']} / {got['mqtt_thread_cpu_us']}; "
+        f"{got['batch_mean']:.0f}",
+    )
+    return got
 
 
 WORKER = """
@@ -1061,6 +1095,7 @@ def ingest_figures(
             report.add(f"fleet ingester -> {name}, stored, zero loss (msg/s)", f"{result['rate']:,.0f}")
             report.add(f"  ratio to the bare subscriber ({name})", f"{ratio:.2f}x")
             report.add(f"  devices per core at 60 s windows ({name})", f"{per_core:,.0f}")
+            figures[name]["time_us_per_msg"] = time_breakdown(report, name, result["per_message"])
             poisoned, bad = with_poison(messages, POISON_SHARE)
             if name == "sqlite":
                 poison_url = f"sqlite:///{workdir / 'ingest-poison.db'}"
@@ -1073,6 +1108,9 @@ def ingest_figures(
             report.add(
                 f"  with {POISON_SHARE:.0%} poison ({name}): stored msg/s; ratio to clean",
                 f"{dirty['rate']:,.0f}; {dirty['rate'] / result['rate']:.2f}x",
+            )
+            figures[name]["poisoned_time_us_per_msg"] = time_breakdown(
+                report, f"{name}, poisoned", dirty["per_message"]
             )
             if name == "sqlite":
                 shared_url = f"sqlite:///{workdir / 'ingest-shared.db'}"

@@ -47,21 +47,23 @@ def store_dead_letter(conn: Connection, letter: DeadLetter) -> bool:
     received_at = utc(letter.received_at)
     if remember and _seen_before(conn, letter.digest, received_at):
         return False
-    conn.execute(
-        insert(dead_letters).values(
-            topic=letter.topic,
-            reason=letter.reason.value,
-            detail=letter.detail,
-            payload_prefix=letter.payload_prefix,
-            payload_size=letter.payload_size,
-            received_at=received_at,
-            digest=letter.digest or None,
-        )
-    )
+    conn.execute(insert(dead_letters).values(**dead_letter_row(letter)))
     if remember:
         seen = {"digest": letter.digest, "seen_at": received_at}
         _insert_ignoring_duplicate(conn, dead_letter_digests, seen, ("digest",))
     return True
+
+
+def dead_letter_row(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "topic": letter.topic,
+        "reason": letter.reason.value,
+        "detail": letter.detail,
+        "payload_prefix": letter.payload_prefix,
+        "payload_size": letter.payload_size,
+        "received_at": utc(letter.received_at),
+        "digest": letter.digest or None,
+    }
 
 
 def _seen_before(conn: Connection, digest: str, at: datetime) -> bool:
@@ -137,10 +139,13 @@ def store_batch(
     """
     stored = duplicates = 0
     letters: list[DeadLetter] = []
+    fresh: list[DeadLetter] = []
     windows: list[Window] = []
     for item in items:
         if isinstance(item, DeadLetter):
-            if store_dead_letter(conn, item):
+            if not (item.redelivered and item.digest):
+                fresh.append(item)  # nothing to look up: recorded with the others, in one statement
+            elif store_dead_letter(conn, item):
                 letters.append(item)
         elif isinstance(item.message, TelemetryWindow) and conn.dialect.name in ("sqlite", "postgresql"):
             values = item.values or window_values(item.message, item.received_at, item.raw)
@@ -153,6 +158,9 @@ def store_batch(
         inserted = store_windows(conn, windows)
         stored += inserted
         duplicates += len(windows) - inserted
+    if fresh:
+        conn.execute(insert(dead_letters), [dead_letter_row(letter) for letter in fresh])
+        letters += fresh
     if letters:
         cap_dead_letters(conn, dead_letter_cap)
         if any(letter.redelivered for letter in letters):
