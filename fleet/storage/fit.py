@@ -88,7 +88,7 @@ def _row_problem(table: Table, row: Mapping[str, Any]) -> str | None:
 def window_problem(values: tuple[Any, ...]) -> str | None:
     """Why a window row (``window_rows.window_values``) cannot be stored, or None.
 
-    ``_value_problem`` inlined for the common values (every message of the stream passes here)."""
+    The common cases of ``_value_problem`` inlined: every message of the stream passes here."""
     for column, value in zip(_WINDOW, values, strict=False):
         kind = type(value)
         if kind is float:
@@ -97,12 +97,14 @@ def window_problem(values: tuple[Any, ...]) -> str | None:
         elif kind is int:
             if not column.integer or INT64_MIN <= value <= INT64_MAX:
                 continue
-        elif value is not None or column.nullable:
-            problem = _value_problem(column, value)
-            if problem is None:
+        elif kind is str:
+            if "\x00" not in value and (column.length is None or len(value) <= column.length):
                 continue
+        elif kind is datetime or (value is None and column.nullable):
+            continue
+        problem = _value_problem(column, value)
+        if problem is not None:
             return problem
-        return _value_problem(column, value)
     return None
 
 

@@ -15,8 +15,10 @@ from sqlalchemy.exc import OperationalError
 
 from fleet.ingest.decode import Decoded, Received, decode
 from fleet.storage import create_engine_for_url, repository
+from fleet.storage.fit import window_problem
 from fleet.storage.ingest import status_values
 from fleet.storage.schema import device_latest, devices, telemetry
+from fleet.storage.window_rows import WINDOW_COLUMNS
 from fleet.storage.window_store import sqlite_time
 from protocol.messages import DeviceStatus, Presence, TelemetryWindow
 from protocol.schema import ModelRef
@@ -136,3 +138,20 @@ def test_a_locked_sqlite_database_is_an_operational_error(tmp_path: Path) -> Non
     finally:
         engine.dispose()
         holder.dispose()
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "problem"),
+    [
+        ("seq", 2**63, "seq = 9223372036854775808 does not fit a 64-bit integer column"),
+        ("cpu_percent", float("inf"), "cpu_percent = inf is not a finite number"),
+        ("cpu_percent", None, "cpu_percent is missing (or NaN)"),
+        ("model_name", "digits\x00", "model_name contains a NUL character"),
+        ("model_version", "v" * 129, "model_version is 129 characters long; the column holds 128"),
+    ],
+)
+def test_a_window_value_its_column_cannot_hold_is_named(column: str, value: object, problem: str) -> None:
+    values = _window("pi-1", 0, V1, received_s=0).values
+    assert values is not None and window_problem(values) is None
+    changed = tuple(value if name == column else v for name, v in zip(WINDOW_COLUMNS, values, strict=True))
+    assert window_problem(changed) == problem
