@@ -193,6 +193,17 @@ def park_session(broker: MosquittoBroker, client_id: str, topic: str) -> None:
     client.loop_stop()
 
 
+def forget_session(broker: MosquittoBroker, client_id: str) -> None:
+    """End a parked session (a clean start with no expiry): else the broker keeps queueing the
+    stream for it, and every later run of the benchmark pays for copies nobody reads."""
+    client = _client(client_id)
+    client.connect(broker.host, broker.port, clean_start=True)
+    client.loop_start()
+    wait_until(client.is_connected, f"a clean start of {client_id}", 30, 0.01)
+    client.disconnect()
+    client.loop_stop()
+
+
 def bare_drain(broker: MosquittoBroker, messages: list[tuple[str, bytes]]) -> float:
     client_id = f"bench-bare-{uuid.uuid4().hex[:6]}"
     park_session(broker, client_id, TOPICS.all_devices(DeviceChannel.TELEMETRY))
@@ -212,6 +223,7 @@ def bare_drain(broker: MosquittoBroker, messages: list[tuple[str, bytes]]) -> fl
     wait_until(lambda: count[0] >= len(messages), "the bare subscriber", 600, 0.01)
     client.disconnect()
     client.loop_stop()
+    forget_session(broker, client_id)
     return len(messages) / (last[0] - start)
 
 
@@ -236,6 +248,7 @@ def fleet_drain(
     stats = ingester.stats()
     times = ingester.timings()
     ingester.stop()
+    forget_session(broker, settings.client_id)
     with engine.connect() as conn:
         rows = conn.execute(select(func.count()).select_from(telemetry)).scalar_one()
     engine.dispose()
@@ -331,6 +344,8 @@ def shared_drain(
         acked += json.loads(out.strip().splitlines()[-1])["acked"]
     final = stored()
     engine.dispose()
+    for client_id in ids:
+        forget_session(broker, client_id)
     if final != len(messages):
         raise SystemExit(f"benchmark: LOSS with shared subscriptions: {final} of {len(messages)}")
     return len(messages) / elapsed
