@@ -3,10 +3,11 @@ SQLAlchemy's per-row parameter handling cost more than the database's work.
 
 PostgreSQL: one statement inserts every window (columns passed as arrays, so its text never changes
 and the server keeps it prepared) and upserts the devices' latest windows; one more updates the
-devices. SQLite (in-process, no round trips): one cached INSERT per window, then one executemany
-each for the latest windows and the devices. Statement errors surface as SQLAlchemy's exceptions,
-like every other statement's: an unavailable database is an ``OperationalError`` (the batch is
-retried, not dead-lettered).
+devices. SQLite: one multi-row INSERT per 500 windows (each statement execution lets the MQTT
+thread take the interpreter lock, and one per window cost the writer a wait each), the latest
+windows upserted from the ids it gave, one executemany for the devices. Statement errors surface as
+SQLAlchemy's exceptions, like every other statement's: an unavailable database is an
+``OperationalError`` (the batch is retried, not dead-lettered).
 """
 
 from __future__ import annotations
@@ -104,13 +105,16 @@ def _per_device(batch: Sequence[Window], touched: set[str]) -> list[tuple[Any, .
 
 # ------------------------------------------------------------------------------ SQLite
 
-_SQLITE_INSERT = (
-    f"INSERT INTO telemetry ({_COLUMNS}) VALUES ({', '.join('?' * len(WINDOW_COLUMNS))}) "
-    f"ON CONFLICT ({_KEYS}) DO NOTHING RETURNING id"
-)
+_SQLITE_ROW = f"({', '.join('?' * len(WINDOW_COLUMNS))})"
+_SQLITE_INSERT = f"INSERT INTO telemetry ({_COLUMNS}) VALUES {{rows}} ON CONFLICT ({_KEYS}) DO NOTHING"
+_SQLITE_CHUNK = 500
+"""Rows per INSERT: 500 x 20 parameters stays well under SQLite's limit of 32,766."""
 _SQLITE_LATEST = (
-    f"INSERT INTO device_latest ({_LATEST}) VALUES ({', '.join('?' * len(LATEST_COLUMNS))}) {_LATEST_UPSERT}"
+    f"INSERT INTO device_latest ({_LATEST}) SELECT {_LATEST.replace('telemetry_id', 'id')} FROM telemetry "
+    "WHERE id IN (SELECT max(id) FROM telemetry WHERE id BETWEEN ?1 AND ?2 GROUP BY device_id) "
+    f"{_LATEST_UPSERT}"
 )
+_SQLITE_TOUCHED = "SELECT DISTINCT device_id FROM telemetry WHERE id BETWEEN ?1 AND ?2"
 _SQLITE_PLACES = {"d": "?1", "seen": "?2", "n": "?3", "v": "?4", "sha": "?5", "end": "?6"}
 _SQLITE_DEVICES = (
     f"UPDATE devices SET {_DEVICES_SET.format(**_SQLITE_PLACES)} "
@@ -151,28 +155,33 @@ def _as_sqlalchemy_errors(conn: Connection, statement: str) -> Iterator[None]:
 
 def _store_sqlite(conn: Connection, batch: Sequence[Window]) -> int:
     cursor = conn.connection.cursor()
-    newest: dict[str, tuple[int, list[Any]]] = {}
-    inserted = 0
     try:
-        with _as_sqlalchemy_errors(conn, _SQLITE_INSERT):
-            for _window, values in batch:
-                row = _sqlite_row(values)
-                cursor.execute(_SQLITE_INSERT, row)
-                got = cursor.fetchone()
-                if got is not None:  # ids grow through the batch: the last one stored is the newest
-                    newest[values[0]] = (got[0], row)
-                    inserted += 1
-        if not newest:
+        first = last = None
+        inserted = 0
+        for start in range(0, len(batch), _SQLITE_CHUNK):
+            chunk = batch[start : start + _SQLITE_CHUNK]
+            statement = _SQLITE_INSERT.format(rows=", ".join([_SQLITE_ROW] * len(chunk)))
+            params = [value for _window, values in chunk for value in _sqlite_row(values)]
+            with _as_sqlalchemy_errors(conn, statement):
+                cursor.execute(statement, params)
+                # Rows inserted by one statement in a write transaction take consecutive ids
+                # (INTEGER PRIMARY KEY: the largest plus one); a skipped redelivery takes none.
+                newest, count = cursor.execute("SELECT last_insert_rowid(), changes()").fetchone()
+            if count:
+                first = newest - count + 1 if first is None else first
+                last = newest
+                inserted += count
+        if first is None:
             return 0
-        latest = [
-            (device_id, telemetry_id, row[END], *[row[at] for at in _METRIC_INDEXES])
-            for device_id, (telemetry_id, row) in sorted(newest.items())
-        ]
         with _as_sqlalchemy_errors(conn, _SQLITE_LATEST):
-            cursor.executemany(_SQLITE_LATEST, latest)
+            cursor.execute(_SQLITE_LATEST, (first, last))
+            if inserted == len(batch):
+                touched = {values[0] for _window, values in batch}
+            else:
+                touched = {row[0] for row in cursor.execute(_SQLITE_TOUCHED, (first, last))}
         devices = [
             (device_id, sqlite_time(seen), name, version, sha, None if end is None else sqlite_time(end))
-            for device_id, seen, name, version, sha, end in _per_device(batch, set(newest))
+            for device_id, seen, name, version, sha, end in _per_device(batch, touched)
         ]
         with _as_sqlalchemy_errors(conn, _SQLITE_DEVICES):
             cursor.executemany(_SQLITE_DEVICES, devices)
