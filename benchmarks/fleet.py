@@ -5,7 +5,11 @@ compare the figures of one run with each other, not with another machine's).
   then drained by (a) a bare paho subscriber that only counts (the ceiling of a paho consumer) and
   (b) the fleet's ingester storing into SQLite and into PostgreSQL with zero loss (every window in
   the database, every message acknowledged after commit). Ratio to the bare subscriber, and devices
-  per core at one 60 s window per device (stored msg/s x 60 / CPU cores the process used).
+  per core at one 60 s window per device (stored msg/s x 60 / CPU cores the process used). Where
+  the time goes, per message: the writer thread's wall time in decoding and validating, the
+  database transaction, handing over the acks and waiting for messages, and the CPU time of each
+  (the MQTT network thread's is the rest of the process's). The two threads share one interpreter
+  lock, so their CPU times add up: on a loaded machine wall exceeds CPU.
 * Zero loss across a SIGKILL of ``fleet serve`` in the middle of a stream, and its restart.
 * A simulated fleet of agents (simulator processes, many devices on one MQTT connection each; real
   MQTT status/events/telemetry and HTTP desired-state polls) through a 4-wave gated rollout of a
@@ -41,6 +45,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -188,6 +193,17 @@ def park_session(broker: MosquittoBroker, client_id: str, topic: str) -> None:
     client.loop_stop()
 
 
+def forget_session(broker: MosquittoBroker, client_id: str) -> None:
+    """End a parked session (a clean start with no expiry): else the broker keeps queueing the
+    stream for it, and every later run of the benchmark pays for copies nobody reads."""
+    client = _client(client_id)
+    client.connect(broker.host, broker.port, clean_start=True)
+    client.loop_start()
+    wait_until(client.is_connected, f"a clean start of {client_id}", 30, 0.01)
+    client.disconnect()
+    client.loop_stop()
+
+
 def bare_drain(broker: MosquittoBroker, messages: list[tuple[str, bytes]]) -> float:
     client_id = f"bench-bare-{uuid.uuid4().hex[:6]}"
     park_session(broker, client_id, TOPICS.all_devices(DeviceChannel.TELEMETRY))
@@ -207,12 +223,13 @@ def bare_drain(broker: MosquittoBroker, messages: list[tuple[str, bytes]]) -> fl
     wait_until(lambda: count[0] >= len(messages), "the bare subscriber", 600, 0.01)
     client.disconnect()
     client.loop_stop()
+    forget_session(broker, client_id)
     return len(messages) / (last[0] - start)
 
 
 def fleet_drain(
     broker: MosquittoBroker, db_url: str, messages: list[tuple[str, bytes]], poison: int = 0
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Drain ``messages`` (``poison`` of them bad) through the ingester; every valid one must be stored
     and every bad one dead-lettered."""
     engine = create_engine_for_url(db_url)
@@ -229,13 +246,44 @@ def fleet_drain(
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu0
     stats = ingester.stats()
+    times = ingester.timings()
     ingester.stop()
+    forget_session(broker, settings.client_id)
     with engine.connect() as conn:
         rows = conn.execute(select(func.count()).select_from(telemetry)).scalar_one()
     engine.dispose()
     if rows != len(messages) - poison or sum(stats.dead_lettered.values()) != poison:
         raise SystemExit(f"benchmark: LOSS: {rows} rows for {len(messages)} messages, {poison} bad ({stats})")
-    return {"rate": rows / elapsed, "cpu_s": cpu, "wall_s": elapsed, "rows": rows}
+    per_message = 1e6 / len(messages)
+    breakdown = {
+        "decode_us": times.decode_s * per_message,
+        "decode_cpu_us": times.decode_cpu_s * per_message,
+        "db_write_us": times.store_s * per_message,
+        "db_write_cpu_us": times.store_cpu_s * per_message,
+        "ack_us": times.ack_s * per_message,
+        "writer_idle_us": times.idle_s * per_message,
+        "writer_cpu_us": times.cpu_s * per_message,
+        "mqtt_thread_cpu_us": max(cpu - times.cpu_s, 0.0) * per_message,
+        "wall_us": elapsed * per_message,
+        "batch_mean": len(messages) / max(times.batches, 1),
+    }
+    return {"rate": rows / elapsed, "cpu_s": cpu, "wall_s": elapsed, "rows": rows, "per_message": breakdown}
+
+
+def time_breakdown(report: Report, name: str, per_message: dict[str, float]) -> dict[str, float]:
+    """Where one message's time went in the ingester (microseconds per message, wall and CPU)."""
+    got = {key: round(value, 1) for key, value in per_message.items()}
+    report.add(
+        f"  us/msg ({name}): wall; writer: decode+validate / DB write / ack / idle",
+        f"{got['wall_us']}; {got['decode_us']} / {got['db_write_us']} / {got['ack_us']} / "
+        f"{got['writer_idle_us']}",
+    )
+    report.add(
+        f"  CPU us/msg ({name}): decode+validate / DB write / MQTT thread; batch",
+        f"{got['decode_cpu_us']} / {got['db_write_cpu_us']} / {got['mqtt_thread_cpu_us']}; "
+        f"{got['batch_mean']:.0f}",
+    )
+    return got
 
 
 WORKER = """
@@ -296,6 +344,8 @@ def shared_drain(
         acked += json.loads(out.strip().splitlines()[-1])["acked"]
     final = stored()
     engine.dispose()
+    for client_id in ids:
+        forget_session(broker, client_id)
     if final != len(messages):
         raise SystemExit(f"benchmark: LOSS with shared subscriptions: {final} of {len(messages)}")
     return len(messages) / elapsed
@@ -983,6 +1033,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--messages", type=int, default=20000, help="telemetry messages per ingestion run")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs of the bare subscriber (per database) and of each ingestion run; the best counts",
+    )
     parser.add_argument("--kill-messages", type=int, default=4000, help="messages in the kill/restart run")
     parser.add_argument("--agents", type=int, default=1000, help="simulated agents in the rollout run")
     parser.add_argument("--soak", type=float, default=6.0, help="soak seconds per wave in the rollout run")
@@ -1026,69 +1082,106 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def ingest_figures(
-    report: Report, broker: MosquittoBroker, workdir: Path, messages_n: int, skip_postgres: bool
-) -> None:
-    messages = make_messages(messages_n, 1000)
+def fresh_db(workdir: Path, backend: str, label: str) -> tuple[str, Callable[[], None]]:
+    """An empty database for one run: a new SQLite file, or a new PostgreSQL schema."""
+    if backend == "sqlite":
+        return f"sqlite:///{workdir / f'ingest-{label}-{uuid.uuid4().hex[:6]}.db'}", lambda: None
+    return fresh_pg_url()
+
+
+def best_drain(
+    broker: MosquittoBroker,
+    workdir: Path,
+    backend: str,
+    messages: list[tuple[str, bytes]],
+    poison: int = 0,
+) -> dict[str, Any]:
+    """One ingester run on an empty database; ``best_of`` keeps the fastest."""
+    url, drop = fresh_db(workdir, backend, "poison" if poison else "clean")
+    try:
+        return fleet_drain(broker, url, messages, poison=poison)
+    finally:
+        drop()
+
+
+def _rate(run: dict[str, Any]) -> float:
+    return float(run["rate"])
+
+
+def best_of(runs: int, run: Callable[[], Any], rate: Callable[[Any], float]) -> Any:
+    """The fastest of ``runs`` runs: on shared cores a slow run measures the neighbours."""
+    return max((run() for _ in range(max(runs, 1))), key=rate)
+
+
+def ingest_figures(report: Report, broker: MosquittoBroker, workdir: Path, args: argparse.Namespace) -> None:
+    messages = make_messages(args.messages, 1000)
+    poisoned, bad = with_poison(messages, POISON_SHARE)
     size = statistics.mean(len(p) for _, p in messages)
-    bare = bare_drain(broker, messages)
+    backends = ["sqlite"] if args.skip_postgres else ["sqlite", "postgresql"]
+    bare_runs: list[float] = []
+    clean: dict[str, dict[str, Any]] = {}
+    dirty: dict[str, dict[str, Any]] = {}
+    shared: dict[str, float] = {}
+    for name in backends:
+        # The bare subscriber runs beside each backend's runs, so that a busy spell of the machine
+        # does not favour one side; the best of all its runs is the reference (the harder bar).
+        bare_runs += [bare_drain(broker, messages) for _ in range(max(args.repeat, 1))]
+        clean[name] = best_of(args.repeat, partial(best_drain, broker, workdir, name, messages), _rate)
+        dirty[name] = best_of(
+            args.repeat, partial(best_drain, broker, workdir, name, poisoned, poison=bad), _rate
+        )
+        url, drop = fresh_db(workdir, name, "shared")
+        try:
+            shared[name] = shared_drain(broker, url, messages, 2)
+        finally:
+            drop()
+    bare = max(bare_runs)
     figures: dict[str, Any] = {
         "messages": len(messages),
         "payload_bytes": round(size),
+        "runs_each": args.repeat,
         "bare_paho_msg_s": round(bare),
+        "bare_paho_runs_msg_s": [round(rate) for rate in bare_runs],
     }
     report.figures["ingest"] = figures
     report.add("telemetry payload (bytes, mean)", f"{size:.0f}")
-    report.add("bare paho subscriber, QoS 1 drain (msg/s)", f"{bare:,.0f}")
-    backends = [("sqlite", f"sqlite:///{workdir / 'ingest.db'}")]
-    cleanup: list[Callable[[], None]] = []
-    if not skip_postgres:
-        url, drop = fresh_pg_url()
-        backends.append(("postgresql", url))
-        cleanup.append(drop)
-    try:
-        for name, url in backends:
-            result = fleet_drain(broker, url, messages)
-            ratio = result["rate"] / bare
-            per_core = result["rows"] / result["cpu_s"] * 60
-            figures[name] = {
-                "stored_msg_s": round(result["rate"]),
-                "ratio_to_bare": round(ratio, 3),
-                "cpu_s": round(result["cpu_s"], 2),
-                "devices_per_core_60s": round(per_core),
-                "lost": 0,
-            }
-            report.add(f"fleet ingester -> {name}, stored, zero loss (msg/s)", f"{result['rate']:,.0f}")
-            report.add(f"  ratio to the bare subscriber ({name})", f"{ratio:.2f}x")
-            report.add(f"  devices per core at 60 s windows ({name})", f"{per_core:,.0f}")
-            poisoned, bad = with_poison(messages, POISON_SHARE)
-            if name == "sqlite":
-                poison_url = f"sqlite:///{workdir / 'ingest-poison.db'}"
-            else:
-                poison_url, drop_poison = fresh_pg_url()
-                cleanup.append(drop_poison)
-            dirty = fleet_drain(broker, poison_url, poisoned, poison=bad)
-            figures[name]["poisoned_5pct_stored_msg_s"] = round(dirty["rate"])
-            figures[name]["poisoned_5pct_ratio_to_clean"] = round(dirty["rate"] / result["rate"], 3)
-            report.add(
-                f"  with {POISON_SHARE:.0%} poison ({name}): stored msg/s; ratio to clean",
-                f"{dirty['rate']:,.0f}; {dirty['rate'] / result['rate']:.2f}x",
-            )
-            if name == "sqlite":
-                shared_url = f"sqlite:///{workdir / 'ingest-shared.db'}"
-            else:
-                shared_url, drop_shared = fresh_pg_url()
-                cleanup.append(drop_shared)
-            shared = shared_drain(broker, shared_url, messages, 2)
-            figures[name]["two_workers_shared_msg_s"] = round(shared)
-            figures[name]["two_workers_ratio_to_bare"] = round(shared / bare, 3)
-            report.add(
-                f"  2 ingest workers, $share group ({name}) (msg/s; ratio)",
-                f"{shared:,.0f}; {shared / bare:.2f}x",
-            )
-    finally:
-        for drop in cleanup:
-            drop()
+    report.add(
+        f"bare paho subscriber, QoS 1 drain (msg/s, best of {len(bare_runs)})",
+        f"{bare:,.0f} (runs: {', '.join(f'{rate:,.0f}' for rate in bare_runs)})",
+    )
+    for name in backends:
+        result, poison_run = clean[name], dirty[name]
+        ratio = result["rate"] / bare
+        per_core = result["rows"] / result["cpu_s"] * 60
+        figures[name] = {
+            "stored_msg_s": round(result["rate"]),
+            "ratio_to_bare": round(ratio, 3),
+            "cpu_s": round(result["cpu_s"], 2),
+            "devices_per_core_60s": round(per_core),
+            "lost": 0,
+        }
+        report.add(
+            f"fleet ingester -> {name}, stored, zero loss (msg/s, best of {args.repeat})",
+            f"{result['rate']:,.0f}",
+        )
+        report.add(f"  ratio to the bare subscriber ({name})", f"{ratio:.2f}x")
+        report.add(f"  devices per core at 60 s windows ({name})", f"{per_core:,.0f}")
+        figures[name]["time_us_per_msg"] = time_breakdown(report, name, result["per_message"])
+        figures[name]["poisoned_5pct_stored_msg_s"] = round(poison_run["rate"])
+        figures[name]["poisoned_5pct_ratio_to_clean"] = round(poison_run["rate"] / result["rate"], 3)
+        report.add(
+            f"  with {POISON_SHARE:.0%} poison ({name}): stored msg/s; ratio to clean",
+            f"{poison_run['rate']:,.0f}; {poison_run['rate'] / result['rate']:.2f}x",
+        )
+        figures[name]["poisoned_time_us_per_msg"] = time_breakdown(
+            report, f"{name}, poisoned", poison_run["per_message"]
+        )
+        figures[name]["two_workers_shared_msg_s"] = round(shared[name])
+        figures[name]["two_workers_ratio_to_bare"] = round(shared[name] / bare, 3)
+        report.add(
+            f"  2 ingest workers, $share group ({name}) (msg/s; ratio; one run)",
+            f"{shared[name]:,.0f}; {shared[name] / bare:.2f}x",
+        )
 
 
 def kill_figures(report: Report, broker: MosquittoBroker, key: Path, messages_n: int) -> None:
@@ -1191,7 +1284,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with MosquittoBroker(workdir / "mosquitto", extra_config=BROKER_CONFIG) as broker:
         if "ingest" in only:
-            ingest_figures(report, broker, workdir, args.messages, args.skip_postgres)
+            ingest_figures(report, broker, workdir, args)
         if "kill" in only:
             kill_figures(report, broker, key_pair[1], args.kill_messages)
         if "rollout" in only:

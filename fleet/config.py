@@ -39,7 +39,12 @@ class MqttSettings(BaseModel):
     max_payload_bytes: int = Field(
         MAX_MQTT_PAYLOAD_BYTES, ge=1, description="larger payloads are dead-lettered"
     )
-    batch_size: int = Field(200, ge=1, description="most messages stored in one transaction")
+    batch_size: int = Field(
+        500,
+        ge=1,
+        description="most messages stored in one transaction (half the 1,000 unacknowledged messages "
+        "the broker may send: it goes on sending while a batch is written)",
+    )
     manual_ack: bool = Field(True, description="acknowledge QoS 1 messages only after they are committed")
     username: str | None = Field(None, description="broker user name (the ACL's fleet user)")
     password: str | None = Field(None, repr=False, description="broker password")

@@ -1,5 +1,8 @@
 """The MQTT ingester: the network thread only enqueues; a writer thread validates and stores batches.
 
+Both threads share one interpreter lock, so what each message costs in either is what bounds the
+rate: the hand-over between them is a deque and an event set only when the writer waits.
+
 QoS 1 messages are acknowledged (``manual_ack``) only after the transaction holding them has
 committed, so a crash or a database outage loses nothing: the broker redelivers what was not
 acknowledged when the persistent session (``clean_start=False``) resumes. Redeliveries are
@@ -9,12 +12,10 @@ stored once (unique keys on telemetry windows and update transitions).
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,14 +24,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine
 
 from fleet.config import MqttSettings
+from fleet.ingest.acks import ack_all
 from fleet.ingest.answers import PublishAnswers
-from fleet.ingest.decode import DeadLetter, DeadReason, Decoded, Received, dead_letter, decode
+from fleet.ingest.batch_store import BatchStore
+from fleet.ingest.decode import Received, decode
 from fleet.ingest.routes import Route, attach, subscribe
-from fleet.storage import repository
+from fleet.ingest.timing import WriterTimes
 from fleet.storage.ingest import DEAD_LETTER_CAP
 from fleet.tls import mqtt_client_context
 from fleet.views import IngestStats
@@ -41,7 +43,6 @@ log = logging.getLogger(__name__)
 INGESTED_CHANNELS = (DeviceChannel.STATUS, DeviceChannel.TELEMETRY, DeviceChannel.EVENTS)
 RECEIVE_MAXIMUM = 1000
 """Unacknowledged QoS 1 messages the broker may have in flight to us: bounds the queue."""
-STORE_RETRY_MAX_S = 10.0
 
 
 class _QuietShutdown(logging.Filter):
@@ -67,7 +68,12 @@ class Ingester:
         self.dead_letter_cap = dead_letter_cap
         self.topics = Topics(settings.topic_prefix)
         self._clock = clock
-        self._queue: queue.Queue[Received] = queue.Queue()
+        self._pending: deque[Received] = deque()
+        self._arrived = threading.Event()
+        """Set when a message is queued while the writer may be waiting for one."""
+        self._received = 0
+        """Counted by the network thread alone (no lock: one writer, and readers take a snapshot)."""
+        self._times = WriterTimes()
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
         self._connected = threading.Event()
@@ -77,6 +83,7 @@ class Ingester:
         self._dead: Counter[str] = Counter()
         self._answers = PublishAnswers(settings.username)
         self.routes: list[Route] = []
+        self._batches = BatchStore(engine, dead_letter_cap, self._stop)
         self._client = self._make_client()
 
     # ------------------------------------------------------------ lifecycle
@@ -197,7 +204,7 @@ class Ingester:
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         # Never touch the database here, and never raise: paho would end its network thread.
         try:
-            self._queue.put(
+            self._pending.append(
                 Received(
                     topic=message.topic,
                     payload=bytes(message.payload),
@@ -209,16 +216,20 @@ class Ingester:
                     dup=bool(message.dup),
                 )
             )
-            with self._lock:
-                self._counts["received"] += 1
+            self._received += 1
+            if not self._arrived.is_set():
+                self._arrived.set()
         except Exception:
             log.exception("cannot enqueue a message on %r", getattr(message, "_topic", b""))
 
     # ------------------------------------------------------------ writer thread
 
     def _write_loop(self) -> None:
+        cpu_start = time.thread_time()
         while True:
+            waited = time.perf_counter()
             batch = self._take_batch()
+            self._times.idle_s += time.perf_counter() - waited
             if not batch:
                 if self._stop.is_set():
                     return
@@ -227,23 +238,26 @@ class Ingester:
                 self._write(batch)
             except Exception:  # the ingester never dies; unacked messages come back on reconnect
                 log.exception("ingest batch of %d messages failed", len(batch))
+            self._times.cpu_s = time.thread_time() - cpu_start
 
     def _take_batch(self) -> list[Received]:
-        try:
-            first = self._queue.get(timeout=0.2)
-        except queue.Empty:
-            return []
-        batch = [first]
-        while len(batch) < self.settings.batch_size:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return batch
+        pending = self._pending
+        if not pending:
+            self._arrived.clear()
+            if not pending:  # checked again after the clear: a message queued just before it counts
+                self._arrived.wait(0.2)
+        take = min(len(pending), self.settings.batch_size)
+        return [pending.popleft() for _ in range(take)]
 
     def _write(self, batch: list[Received]) -> None:
+        times = self._times
+        began, began_cpu = time.perf_counter(), time.thread_time()
         items = [decode(item, self.topics, self.settings.max_payload_bytes) for item in batch]
-        stored, duplicates, letters = self._store(batch, items)
+        decoded, decoded_cpu = time.perf_counter(), time.thread_time()
+        stored, duplicates, letters = self._batches.store(batch, items)
+        committed = time.perf_counter()
+        times.store_cpu_s += time.thread_time() - decoded_cpu
+        times.decode_cpu_s += decoded_cpu - began_cpu
         for letter in letters:
             log.warning(
                 "dead-lettered a message on %s (%s): %s", letter.topic, letter.reason.value, letter.detail
@@ -254,100 +268,33 @@ class Ingester:
             for letter in letters:
                 self._dead[letter.reason.value] += 1
         self._ack(batch)
-
-    def _store(
-        self, batch: list[Received], items: list[Decoded | DeadLetter]
-    ) -> tuple[int, int, list[DeadLetter]]:
-        """Store the batch in one transaction; a database outage is retried with backoff (unacked
-        meanwhile); any other failure falls back to one transaction per message."""
-        delay = 0.2
-        retry = False
-        while True:
-            if retry:  # what an interrupted attempt recorded is not recorded twice
-                items = [
-                    replace(item, redelivered=True) if isinstance(item, DeadLetter) else item
-                    for item in items
-                ]
-            try:
-                try:
-                    with self.engine.begin() as conn:
-                        items = _refuse_revoked(conn, batch, items)
-                        return repository.store_batch(conn, items, self.dead_letter_cap)
-                except OperationalError:
-                    raise
-                except Exception as exc:
-                    log.warning(
-                        "storing a batch of %d failed (%s); storing its messages one by one",
-                        len(batch),
-                        exc.__class__.__name__,
-                    )
-                    return self._store_one_by_one(batch, items, retry)
-            except OperationalError as exc:
-                # The database is unavailable or locked: retry the whole batch, unacked meanwhile.
-                if self._stop.is_set():
-                    raise
-                log.warning("database unavailable (%s); retrying the batch in %.1fs", exc.orig, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, STORE_RETRY_MAX_S)
-                retry = True
-
-    def _store_one_by_one(
-        self, batch: list[Received], items: list[Decoded | DeadLetter], retry: bool
-    ) -> tuple[int, int, list[DeadLetter]]:
-        """One transaction per message: the one the database refuses is dead-lettered, the rest stored.
-
-        An OperationalError (the database went away) propagates: the whole batch is retried, and what
-        was already stored is then recognised as duplicates.
-        """
-        stored = duplicates = 0
-        letters: list[DeadLetter] = []
-        for received, item in zip(batch, items, strict=True):
-            try:
-                with self.engine.begin() as conn:
-                    got_stored, got_duplicates, got_letters = repository.store_batch(
-                        conn, [item], self.dead_letter_cap
-                    )
-            except OperationalError:
-                raise
-            except Exception as exc:
-                cause = getattr(exc, "orig", None) or exc  # the database's words, without the SQL
-                letter = dead_letter(
-                    received, DeadReason.STORE_FAILED, f"{exc.__class__.__name__}: {cause}"[:500]
-                )
-                got_stored = got_duplicates = 0
-                got_letters = self._record_letter(replace(letter, redelivered=True) if retry else letter)
-            stored += got_stored
-            duplicates += got_duplicates
-            letters += got_letters
-        return stored, duplicates, letters
-
-    def _record_letter(self, letter: DeadLetter) -> list[DeadLetter]:
-        """Record a dead letter on its own; if even that is refused, log it (it is acknowledged anyway:
-        a message the database can never take must not block the ones behind it)."""
-        try:
-            with self.engine.begin() as conn:
-                return repository.store_batch(conn, [letter], self.dead_letter_cap)[2]
-        except OperationalError:
-            raise
-        except Exception:
-            log.exception("cannot record the dead letter of a message on %s; dropping it", letter.topic)
-            return [letter]
+        times.batches += 1
+        times.messages += len(batch)
+        times.decode_s += decoded - began
+        times.store_s += committed - decoded
+        times.ack_s += time.perf_counter() - committed
 
     def _ack(self, batch: list[Received]) -> None:
         if not self.settings.manual_ack:
             return
         generation = self._generation
-        acked = 0
+        # A message from an earlier connection is redelivered by the broker; its mid may now belong
+        # to another message, so it is never acknowledged on the new connection.
+        mids = [item.mid for item in batch if item.qos == 1 and item.generation == generation]
+        ack_all(self._client, mids)
+        acked = len(mids)
         for item in batch:
-            # A message from an earlier connection is redelivered by the broker; its mid may now
-            # belong to another message, so it is never acknowledged on the new connection.
-            if item.qos > 0 and item.generation == generation:
+            if item.qos == 2 and item.generation == generation:  # subscribed at QoS 1: not expected
                 self._client.ack(item.mid, item.qos)
                 acked += 1
         with self._lock:
             self._counts["acked"] += acked
 
     # ------------------------------------------------------------ commands and stats
+
+    def timings(self) -> WriterTimes:
+        """Where the writer thread's time went since the start (a snapshot)."""
+        return self._times.copy()
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
         """Queue a publish; False (and a log line) when the broker is not connected or refuses it.
@@ -373,28 +320,11 @@ class Ingester:
         with self._lock:
             return IngestStats(
                 connected=self.connected,
-                received=self._counts["received"],
+                received=self._received,
                 stored=self._counts["stored"],
                 duplicates=self._counts["duplicates"],
                 dead_lettered=dict(self._dead),
-                queue_depth=self._queue.qsize(),
+                queue_depth=len(self._pending),
                 acked=self._counts["acked"],
                 manual_ack=self.settings.manual_ack,
             )
-
-
-def _refuse_revoked(
-    conn: Connection, batch: list[Received], items: list[Decoded | DeadLetter]
-) -> list[Decoded | DeadLetter]:
-    """Dead-letter what revoked devices sent: the broker keeps accepting their login until its
-    password file loses their line and reloads (by hand when the operator keeps that file)."""
-    senders = {item.message.device_id for item in items if isinstance(item, Decoded)}
-    revoked = repository.revoked_among(conn, senders)
-    if not revoked:
-        return items
-    return [
-        dead_letter(received, DeadReason.REVOKED, f"device {item.message.device_id} was revoked")
-        if isinstance(item, Decoded) and item.message.device_id in revoked
-        else item
-        for received, item in zip(batch, items, strict=True)
-    ]

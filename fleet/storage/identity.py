@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, String, any_, bindparam, delete, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from fleet.storage.schema import (
     desired,
@@ -38,9 +40,15 @@ def revoked_among(conn: Connection, device_ids: set[str]) -> set[str]:
     """Which of these devices are revoked (one query; none asked, none run)."""
     if not device_ids:
         return set()
-    query = select(device_meta.c.device_id).where(
-        device_meta.c.device_id.in_(sorted(device_ids)), device_meta.c.revoked_at.is_not(None)
-    )
+    asked = sorted(device_ids)
+    among: Any
+    if conn.dialect.name == "postgresql":
+        # One array parameter: the statement's text does not change with the number of devices,
+        # so the server keeps it prepared (an IN list is new text, parsed again, at every batch).
+        among = device_meta.c.device_id == any_(bindparam("ids", asked, type_=ARRAY(String)))
+    else:
+        among = device_meta.c.device_id.in_(asked)
+    query = select(device_meta.c.device_id).where(among, device_meta.c.revoked_at.is_not(None))
     return set(conn.execute(query).scalars())
 
 

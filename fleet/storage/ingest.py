@@ -4,10 +4,10 @@ dead letters with their retention."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Table, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from fleet.storage.engine import RawJson
@@ -22,6 +22,8 @@ from fleet.storage.serving import (
     status_model_columns,
 )
 from fleet.storage.times import utc
+from fleet.storage.window_rows import window_values
+from fleet.storage.window_store import Window, store_windows
 from fleet.views import DeadLetterRow
 from protocol.messages import DeviceStatus, TelemetryWindow, UpdateEvent
 
@@ -45,21 +47,23 @@ def store_dead_letter(conn: Connection, letter: DeadLetter) -> bool:
     received_at = utc(letter.received_at)
     if remember and _seen_before(conn, letter.digest, received_at):
         return False
-    conn.execute(
-        insert(dead_letters).values(
-            topic=letter.topic,
-            reason=letter.reason.value,
-            detail=letter.detail,
-            payload_prefix=letter.payload_prefix,
-            payload_size=letter.payload_size,
-            received_at=received_at,
-            digest=letter.digest or None,
-        )
-    )
+    conn.execute(insert(dead_letters).values(**dead_letter_row(letter)))
     if remember:
         seen = {"digest": letter.digest, "seen_at": received_at}
         _insert_ignoring_duplicate(conn, dead_letter_digests, seen, ("digest",))
     return True
+
+
+def dead_letter_row(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "topic": letter.topic,
+        "reason": letter.reason.value,
+        "detail": letter.detail,
+        "payload_prefix": letter.payload_prefix,
+        "payload_size": letter.payload_size,
+        "received_at": utc(letter.received_at),
+        "digest": letter.digest or None,
+    }
 
 
 def _seen_before(conn: Connection, digest: str, at: datetime) -> bool:
@@ -78,9 +82,13 @@ def _seen_before(conn: Connection, digest: str, at: datetime) -> bool:
 def cap_dead_letters(conn: Connection, keep_at_most: int) -> int:
     """Delete the oldest dead letters beyond the newest ``keep_at_most``; how many went.
 
-    One backward walk of the primary key index to the cap's edge, then a range delete: cheap enough
-    to run after every batch that recorded a dead letter.
+    Ids only grow, so while the newest and the oldest are fewer than ``keep_at_most`` apart there
+    cannot be more (two ends of the primary key index: what a batch with a dead letter pays). Past
+    that, one backward walk of the index to the cap's edge, then a range delete.
     """
+    span = conn.execute(select(func.max(dead_letters.c.id) - func.min(dead_letters.c.id))).scalar()
+    if span is None or span < keep_at_most:
+        return 0
     newest_dropped = conn.execute(
         select(dead_letters.c.id).order_by(dead_letters.c.id.desc()).offset(keep_at_most).limit(1)
     ).scalar()
@@ -124,75 +132,40 @@ def store_batch(
 ) -> tuple[int, int, list[DeadLetter]]:
     """Store a batch in the caller's transaction; returns (stored, duplicates, dead letters recorded).
 
-    Telemetry windows, the bulk of the stream, go in with one multi-row INSERT per batch (statement
-    building, not the database, is what costs per message); status and events keep their order.
-    A redelivered dead letter already recorded is not recorded again, nor returned. When the batch
-    recorded dead letters, the oldest beyond ``dead_letter_cap`` are deleted in the same transaction.
+    Telemetry windows, the bulk of the stream, go in with a fixed number of statements per batch
+    (``window_store``); status and events keep their order. A redelivered dead letter already
+    recorded is not recorded again, nor returned. When the batch recorded dead letters and there
+    may now be more than ``dead_letter_cap``, the oldest beyond it are deleted in the same transaction.
     """
     stored = duplicates = 0
     letters: list[DeadLetter] = []
-    windows: list[tuple[TelemetryWindow, datetime, bytes | None]] = []
+    fresh: list[DeadLetter] = []
+    windows: list[Window] = []
     for item in items:
         if isinstance(item, DeadLetter):
-            if store_dead_letter(conn, item):
+            if not (item.redelivered and item.digest):
+                fresh.append(item)  # nothing to look up: recorded with the others, in one statement
+            elif store_dead_letter(conn, item):
                 letters.append(item)
         elif isinstance(item.message, TelemetryWindow) and conn.dialect.name in ("sqlite", "postgresql"):
-            windows.append((item.message, utc(item.received_at), item.raw))
+            values = item.values or window_values(item.message, item.received_at, item.raw)
+            windows.append((item.message, values))
         elif store_decoded(conn, item):
             stored += 1
         else:
             duplicates += 1
     if windows:
-        inserted = _store_telemetry_many(conn, windows)
+        inserted = store_windows(conn, windows)
         stored += inserted
         duplicates += len(windows) - inserted
+    if fresh:
+        conn.execute(insert(dead_letters), [dead_letter_row(letter) for letter in fresh])
+        letters += fresh
     if letters:
         cap_dead_letters(conn, dead_letter_cap)
         if any(letter.redelivered for letter in letters):
             cap_seen_digests(conn)
     return stored, duplicates, letters
-
-
-def _store_telemetry_many(
-    conn: Connection, windows: list[tuple[TelemetryWindow, datetime, bytes | None]]
-) -> int:
-    """One INSERT ... ON CONFLICT DO NOTHING RETURNING for many windows, then one upsert of the
-    devices' latest windows and one UPDATE per device."""
-    rows = [telemetry_row(window, received_at, raw) for window, received_at, raw in windows]
-    keys = ["device_id", "seq", "window_start"]
-    statement: Any
-    if conn.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        statement = sqlite_insert(telemetry).on_conflict_do_nothing(index_elements=keys)
-    else:
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        statement = pg_insert(telemetry).on_conflict_do_nothing(index_elements=keys)
-    returned = telemetry.c.id, telemetry.c.device_id, telemetry.c.seq, telemetry.c.window_start
-    inserted = conn.execute(statement.returning(*returned), rows).all()
-    by_key = {(row["device_id"], row["seq"], row["window_start"]): row for row in rows}
-    upsert_latest(
-        conn,
-        (
-            {**by_key[(row.device_id, row.seq, utc(row.window_start))], "telemetry_id": row.id}
-            for row in inserted
-        ),
-    )
-    seen: dict[str, datetime] = {}
-    for row in rows:
-        if row["received_at"] > seen.get(row["device_id"], row["received_at"] - timedelta(1)):
-            seen[row["device_id"]] = row["received_at"]
-    touched = {row.device_id for row in inserted}
-    record_window_models(conn, (window for window, _, _ in windows if window.device_id in touched))
-    if touched:
-        conn.execute(
-            update(devices)
-            .where(devices.c.device_id == bindparam("d"), devices.c.last_seen < bindparam("seen"))
-            .values(last_seen=bindparam("seen")),
-            [{"d": device_id, "seen": seen[device_id]} for device_id in sorted(touched)],
-        )
-    return len(inserted)
 
 
 def status_values(status: DeviceStatus, received_at: datetime) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from fleet.views import ModelInfo
 from protocol.messages import DeviceStatus, TelemetryWindow, UpdateEvent
@@ -45,14 +45,16 @@ class DeadLetter:
     recorded only when no dead letter with the same digest exists."""
 
 
-@dataclass(frozen=True)
-class Decoded:
-    """A valid device message, ready to store."""
+class Decoded(NamedTuple):
+    """A valid device message, ready to store (a named tuple: one per message, built at a third of
+    a frozen dataclass's cost)."""
 
     message: DeviceStatus | TelemetryWindow | UpdateEvent
     received_at: datetime
     raw: bytes | None = None
     """The validated payload as received: stored as is, not serialized again."""
+    values: tuple[Any, ...] | None = None
+    """A telemetry window's row (``window_rows.window_values``), built and checked when decoded."""
 
 
 @dataclass(frozen=True)
