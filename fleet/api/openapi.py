@@ -79,7 +79,7 @@ ERRORS: dict[str, tuple[int, ...]] = {
     "GET /api/v1/models/{name}/{version}/bundle": (404, 416, 503),
     "POST /api/v1/models/{name}/{version}/rollback-grants": (400, 404),
     "POST /api/v1/deployments": (404, 409),
-    "GET /api/v1/devices": (),
+    "GET /api/v1/devices": (400,),
     "POST /api/v1/devices": (409, 503),
     "DELETE /api/v1/devices/{device_id}": (404, 503),
     "POST /api/v1/devices/{device_id}/revoke": (404, 503),

@@ -86,6 +86,8 @@ devices = Table(
     Column("committed_version", String(128), nullable=True),
     Column("committed_sha256", String(64), nullable=True),
     Column("committed_at", DateTime(timezone=True), nullable=True),
+    # The device list's last_seen orders page along this index (keyset, see storage.device_page).
+    Index("ix_devices_last_seen", "last_seen", "device_id"),
 )
 
 desired = Table(

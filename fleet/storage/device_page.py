@@ -1,0 +1,237 @@
+"""One page of the device list in one indexed query: the devices that reported (``devices`` with
+their labels, newest window from ``device_latest`` and desired model) UNION ALL the provisioned
+ones that never did, filtered, ordered and cut by keyset (no OFFSET: a page costs the same deep
+in the list), plus one count of the whole filtered list. No telemetry scan, no per-device query."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Select,
+    String,
+    and_,
+    cast,
+    exists,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    union_all,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.sql.elements import ColumnElement
+
+from fleet.device_list import DeviceListQuery, DeviceSort, SortKey, decode_cursor, encode_cursor
+from fleet.storage.device_json import device_json
+from fleet.storage.metrics import METRIC_NAMES, METRICS
+from fleet.storage.schema import FLEET_DEFAULT, desired, device_latest, device_meta, devices
+from fleet.views import NEVER_SEEN, DeviceState
+
+
+@dataclass(frozen=True)
+class DevicePage:
+    """The page's devices as JSON-ready dicts (``DeviceView``'s shape), the filtered total and the
+    cursor of the next page (None on the last)."""
+
+    devices: list[dict[str, Any]]
+    total: int
+    next_cursor: str | None
+
+
+def _has_tag(conn: Connection, tags: Any, tag: str) -> ColumnElement[bool]:
+    if conn.dialect.name == "postgresql":  # the column is JSON, not JSONB: cast to use ``@>``
+        return cast(tags, JSONB).contains([tag])
+    each = func.json_each(tags).table_valued("value")
+    return exists(select(1).select_from(each).where(each.c.value == tag))
+
+
+def _desired_joins(base: Any, device_id: Any) -> tuple[Any, Any, Any]:
+    own = desired.alias("own")
+    fleet = desired.alias("fleet")
+    joined = base.outerjoin(own, own.c.target == device_id).outerjoin(fleet, fleet.c.target == FLEET_DEFAULT)
+    return (
+        joined,
+        func.coalesce(own.c.model_name, fleet.c.model_name).label("desired_name"),
+        func.coalesce(own.c.model_version, fleet.c.model_version).label("desired_version"),
+    )
+
+
+def _seen_arm(conn: Connection, query: DeviceListQuery) -> Select[Any] | None:
+    """Devices that reported, or None when the filters rule every one of them out."""
+    if query.state is DeviceState.PROVISIONED:
+        return None
+    base = devices.outerjoin(device_meta, device_meta.c.device_id == devices.c.device_id).outerjoin(
+        device_latest, device_latest.c.device_id == devices.c.device_id
+    )
+    joined, desired_name, desired_version = _desired_joins(base, devices.c.device_id)
+    arm = select(
+        literal(1).label("seen"),
+        devices.c.device_id,
+        devices.c.presence,
+        devices.c.last_seen,
+        devices.c.first_seen,
+        devices.c.agent_version,
+        devices.c.runtime,
+        devices.c.model_name,
+        devices.c.model_version,
+        devices.c.model_sha256,
+        devices.c.committed_name,
+        devices.c.committed_version,
+        devices.c.committed_sha256,
+        devices.c.update_state,
+        desired_name,
+        desired_version,
+        device_meta.c.group_name,
+        device_meta.c.tags,
+        device_meta.c.revoked_at,
+        device_latest.c.window_end,
+        *(device_latest.c[name] for name in METRIC_NAMES),
+    ).select_from(joined)
+    if query.presence is not None:
+        arm = arm.where(devices.c.presence == query.presence)
+    if query.state is DeviceState.ACTIVE:
+        arm = arm.where(device_meta.c.revoked_at.is_(None))
+    elif query.state is DeviceState.REVOKED:
+        arm = arm.where(device_meta.c.revoked_at.is_not(None))
+    if query.model is not None:
+        arm = arm.where(devices.c.model_name == query.model)
+    if query.version is not None:
+        arm = arm.where(devices.c.model_version == query.version)
+    return _labelled(conn, arm, query, devices.c.device_id)
+
+
+def _unseen_arm(conn: Connection, query: DeviceListQuery) -> Select[Any] | None:
+    """Provisioned devices (a secret was issued) with no ``devices`` row yet, or None when the
+    filters rule them out (they serve nothing and have no presence but ``unknown``)."""
+    if query.state is DeviceState.ACTIVE or query.model is not None or query.version is not None:
+        return None
+    if query.presence not in (None, NEVER_SEEN):
+        return None
+    reported = select(devices.c.device_id).where(devices.c.device_id == device_meta.c.device_id)
+    joined, desired_name, desired_version = _desired_joins(device_meta, device_meta.c.device_id)
+    when = DateTime(timezone=True)
+    arm = (
+        select(
+            literal(0).label("seen"),
+            device_meta.c.device_id,
+            literal(NEVER_SEEN).label("presence"),
+            cast(null(), when).label("last_seen"),
+            cast(null(), when).label("first_seen"),
+            *(cast(null(), String).label(name) for name in _UNSEEN_TEXT),
+            desired_name,
+            desired_version,
+            device_meta.c.group_name,
+            device_meta.c.tags,
+            device_meta.c.revoked_at,
+            cast(null(), when).label("window_end"),
+            *(cast(null(), device_latest.c[m.name].type).label(m.name) for m in METRICS),
+        )
+        .select_from(joined)
+        .where(device_meta.c.secret_hash.is_not(None), ~reported.exists())
+    )
+    if query.state is DeviceState.PROVISIONED:
+        arm = arm.where(device_meta.c.revoked_at.is_(None))
+    elif query.state is DeviceState.REVOKED:
+        arm = arm.where(device_meta.c.revoked_at.is_not(None))
+    return _labelled(conn, arm, query, device_meta.c.device_id)
+
+
+_UNSEEN_TEXT = (
+    "agent_version",
+    "runtime",
+    "model_name",
+    "model_version",
+    "model_sha256",
+    "committed_name",
+    "committed_version",
+    "committed_sha256",
+    "update_state",
+)
+
+
+def _labelled(conn: Connection, arm: Select[Any], query: DeviceListQuery, device_id: Any) -> Select[Any]:
+    """The filters both arms share: id search, group, tag."""
+    if query.q is not None:
+        arm = arm.where(device_id.icontains(query.q, autoescape=True))
+    if query.group is not None:
+        arm = arm.where(device_meta.c.group_name == query.group)
+    if query.tag is not None:
+        arm = arm.where(_has_tag(conn, device_meta.c.tags, query.tag))
+    return arm
+
+
+def _after(arm: Select[Any], sort: DeviceSort, after: SortKey, seen: bool) -> Select[Any] | None:
+    """Keyset: the rows of one arm that come after ``after`` in ``sort`` (None: none of them)."""
+    device_id = devices.c.device_id if seen else device_meta.c.device_id
+    ascending = sort in (DeviceSort.DEVICE_ID, DeviceSort.LAST_SEEN)
+    beyond_id = device_id > after.device_id if ascending else device_id < after.device_id
+    if not sort.by_last_seen:
+        return arm.where(beyond_id)
+    if not seen:  # never-seen devices follow every seen one, by id
+        return arm if after.seen else arm.where(beyond_id)
+    if not after.seen:
+        return None
+    # Both key columns in one direction: the (last_seen, device_id) index delivers either order.
+    last_seen, key = devices.c.last_seen, after.last_seen
+    beyond = last_seen > key if ascending else last_seen < key
+    return arm.where(or_(beyond, and_(last_seen == key, beyond_id)))
+
+
+def _order(sort: DeviceSort, columns: Any) -> list[Any]:
+    if sort is DeviceSort.DEVICE_ID:
+        return [columns.device_id]
+    if sort is DeviceSort.DEVICE_ID_DESC:
+        return [columns.device_id.desc()]
+    if sort is DeviceSort.LAST_SEEN:
+        return [columns.last_seen, columns.device_id]
+    return [columns.last_seen.desc(), columns.device_id.desc()]
+
+
+def _key(row: Any) -> SortKey:
+    if not row.seen:
+        return SortKey(device_id=row.device_id, seen=False)
+    # The stored value as the database returned it: compared again with the same column type.
+    return SortKey(device_id=row.device_id, last_seen=row.last_seen)
+
+
+def _arms(conn: Connection, query: DeviceListQuery) -> list[tuple[Select[Any], bool]]:
+    """The (select, seen) arms the filters leave."""
+    found = ((_seen_arm(conn, query), True), (_unseen_arm(conn, query), False))
+    return [(arm, seen) for arm, seen in found if arm is not None]
+
+
+def _rows(conn: Connection, arms: list[Select[Any]], sort: DeviceSort, wanted: int) -> list[Any]:
+    if sort.by_last_seen:
+        # Seen devices first, then the never-seen ones: one arm after the other, each read in its
+        # index's order, the second only when the first did not fill the page.
+        rows: list[Any] = []
+        for arm in arms:
+            if len(rows) < wanted:
+                ordered = arm.order_by(*_order(sort, arm.selected_columns))
+                rows += conn.execute(ordered.limit(wanted - len(rows)))
+        return rows
+    if not arms:
+        return []
+    compound = union_all(*arms) if len(arms) > 1 else arms[0]  # SQLite merges the two index scans
+    return list(conn.execute(compound.order_by(*_order(sort, compound.selected_columns)).limit(wanted)))
+
+
+def device_page(conn: Connection, query: DeviceListQuery) -> DevicePage:
+    """One page of the filtered, sorted device list (BadCursorError on a foreign cursor)."""
+    after = None if query.cursor is None else decode_cursor(query.cursor, query.sort)
+    arms = _arms(conn, query)
+    if not arms:
+        return DevicePage([], 0, None)
+    counts = [select(func.count()).select_from(arm.subquery()).scalar_subquery() for arm, _ in arms]
+    total = int(conn.execute(select(sum(counts[1:], counts[0]))).scalar_one())
+    paged = [arm if after is None else _after(arm, query.sort, after, seen) for arm, seen in arms]
+    rows = _rows(conn, [arm for arm in paged if arm is not None], query.sort, query.limit + 1)
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    cursor = encode_cursor(query.sort, _key(rows[-1])) if more else None
+    return DevicePage([device_json(row) for row in rows], total, cursor)
