@@ -70,6 +70,7 @@ ERRORS: dict[str, tuple[int, ...]] = {
     "GET /api/v1/alerts": (),
     "GET /api/v1/audit": (),
     "GET /api/v1/summary": (),
+    "GET /api/v1/labels": (),
     "GET /api/v1/whoami": (),
     "GET /metrics": (),
     "POST /api/v1/models": (400, 409, 413, 503),
