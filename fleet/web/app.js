@@ -144,7 +144,7 @@ function overviewPage() {
         const first = pager.shown(page.next);
         const last = first + page.rows.length - 1;
         shown.textContent = page.rows.length
-          ? `Showing ${first}–${last} of ${page.total} ${filtered ? "matching " : ""}device(s).`
+          ? `Showing ${first} to ${last} of ${page.total} ${filtered ? "matching " : ""}device(s).`
           : `Showing 0 of ${page.total} ${filtered ? "matching " : ""}device(s).`;
         devicesBox.replaceChildren(table("devices", ["Device", "State", "Model", "Desired", "Update", "Group", "p50 ms ", "p95 ms ", "p99 ms ", "CPU ", "RSS ", "Memory ", "Last seen"],
           page.rows.map(deviceRow), filtered ? "No device matches the filter." : "No device has reported yet."));
