@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from fleet.errors import FleetError
-from fleet.names import Label
+from fleet.names import DeviceId, Label, ModelName, SemVer
 from fleet.views import DeviceState
 
 DEFAULT_LIMIT = 100
@@ -61,12 +61,8 @@ class DeviceListQuery(BaseModel):
     tag: Label | None = None
     presence: Literal["online", "offline", "unknown"] | None = None
     state: DeviceState | None = None
-    model: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
-        None, description="serves a model of this name"
-    )
-    version: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = Field(
-        None, description="serves this model version"
-    )
+    model: ModelName | None = Field(None, description="serves a model of this name")
+    version: SemVer | None = Field(None, description="serves this model version")
 
 
 class SortKey(BaseModel):
@@ -75,7 +71,7 @@ class SortKey(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    device_id: str
+    device_id: DeviceId  # a forged cursor reaches the query only with a well-formed id
     seen: bool = True
     last_seen: datetime | None = None
 

@@ -90,9 +90,8 @@ def add_device_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state", choices=["provisioned", "active", "revoked"])
     parser.add_argument("--model", metavar="NAME", help="serves a model of this name")
     parser.add_argument("--version", metavar="VERSION", help="serves this model version")
-    parser.add_argument(
-        "--sort", choices=["device_id", "-device_id", "last_seen", "-last_seen"], default="device_id"
-    )
+    parser.add_argument("--sort", choices=["device_id", "last_seen"], default="device_id")
+    parser.add_argument("--reverse", action="store_true", help="descending (last_seen: newest first)")
     parser.add_argument("--limit", type=int, metavar="N", help="at most N devices (default: all)")
 
 
@@ -102,6 +101,8 @@ def device_list(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise FleetError(f"--limit must be at least 1, not {args.limit}")
     filters = {("q" if name == "search" else name): getattr(args, name) for name in DEVICE_FILTERS}
+    if args.reverse:  # a flag, not "--sort -device_id": argparse would read that as an option
+        filters["sort"] = f"-{args.sort}"
     rows = []
     for d in _client(args).devices(filters, most=args.limit):
         model = f"{d['model']['name']} {d['model']['version']}" if d.get("model") else "-"
