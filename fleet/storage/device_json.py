@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fleet.storage.metrics import METRIC_NAMES
@@ -17,33 +18,79 @@ def _ref(name: str | None, version: str | None, sha256: str | None = None) -> di
     return {"name": name, "version": version, "sha256": sha256}
 
 
-def _state(row: Any) -> str:
-    if row.revoked_at is not None:
-        return DeviceState.REVOKED.value
-    return DeviceState.ACTIVE.value if row.seen else DeviceState.PROVISIONED.value
+ROW_COLUMNS = (
+    "seen",
+    "device_id",
+    "presence",
+    "last_seen",
+    "first_seen",
+    "agent_version",
+    "runtime",
+    "model_name",
+    "model_version",
+    "model_sha256",
+    "committed_name",
+    "committed_version",
+    "committed_sha256",
+    "update_state",
+    "desired_name",
+    "desired_version",
+    "group_name",
+    "tags",
+    "revoked_at",
+    "window_end",
+    *METRIC_NAMES,
+)
+"""The columns of a device-list row, in this order (``fleet.storage.device_page`` selects them so):
+the row is unpacked by position, several times faster than by name at 1,000 rows a page."""
 
 
-def device_json(row: Any) -> dict[str, Any]:
+def device_json(row: Sequence[Any]) -> dict[str, Any]:
     """One row of ``fleet.storage.device_page`` as ``DeviceView.model_dump()`` would give it
     (datetimes stay ``datetime``: pydantic_core's encoder writes them as the views do)."""
+    (
+        seen,
+        device_id,
+        presence,
+        last_seen,
+        first_seen,
+        agent_version,
+        runtime,
+        model_name,
+        model_version,
+        model_sha256,
+        committed_name,
+        committed_version,
+        committed_sha256,
+        update_state,
+        desired_name,
+        desired_version,
+        group_name,
+        tags,
+        revoked_at,
+        window_end,
+        *metrics,
+    ) = row
     telemetry = None
-    if row.window_end is not None:
-        mapping = row._mapping
-        telemetry = {"window_end": utc(row.window_end), **{name: mapping[name] for name in METRIC_NAMES}}
-    seen = bool(row.seen)
+    if window_end is not None:
+        telemetry = {"window_end": utc(window_end), **dict(zip(METRIC_NAMES, metrics, strict=True))}
+    if revoked_at is not None:
+        state = DeviceState.REVOKED.value
+    else:
+        state = DeviceState.ACTIVE.value if seen else DeviceState.PROVISIONED.value
     return {
-        "device_id": row.device_id,
-        "state": _state(row),
-        "presence": row.presence if seen else NEVER_SEEN,
-        "last_seen": utc(row.last_seen) if seen else None,
-        "first_seen": utc(row.first_seen) if seen else None,
-        "agent_version": row.agent_version,
-        "runtime": row.runtime,
-        "model": _ref(row.model_name, row.model_version, row.model_sha256),
-        "committed": _ref(row.committed_name, row.committed_version, row.committed_sha256),
-        "desired": _ref(row.desired_name, row.desired_version),
-        "update_state": row.update_state,
+        "device_id": device_id,
+        "state": state,
+        "presence": presence if seen else NEVER_SEEN,
+        "last_seen": utc(last_seen) if seen else None,
+        "first_seen": utc(first_seen) if seen else None,
+        "agent_version": agent_version,
+        "runtime": runtime,
+        "model": _ref(model_name, model_version, model_sha256),
+        "committed": _ref(committed_name, committed_version, committed_sha256),
+        "desired": _ref(desired_name, desired_version),
+        "update_state": update_state,
         "telemetry": telemetry,
-        "group": row.group_name,
-        "tags": list(row.tags or []),
+        "group": group_name,
+        "tags": list(tags or []),
     }
