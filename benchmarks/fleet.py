@@ -764,7 +764,10 @@ def rollout_run(broker: MosquittoBroker, key_pair: tuple[Path, Path], plan: Roll
         sims = SimFleet(specs)
         sims.ask("announce")
         wait_until(
-            lambda: len(requests.get(f"{url}/api/v1/devices", timeout=120).json()) == plan.agents,
+            lambda: (
+                int(requests.get(f"{url}/api/v1/devices?limit=1", timeout=120).headers["X-Total-Count"])
+                == plan.agents
+            ),
             "simulated devices",
             300,
             1.0,
