@@ -1,7 +1,9 @@
 """One page of the device list in one indexed query: the devices that reported (``devices`` with
 their labels, newest window from ``device_latest`` and desired model) UNION ALL the provisioned
 ones that never did, filtered, ordered and cut by keyset (no OFFSET: a page costs the same deep
-in the list), plus one count of the whole filtered list. No telemetry scan, no per-device query."""
+in the list), plus one count of the whole filtered list. In the ``last_seen`` orders the two
+sources are read one after the other instead (never-seen devices last), each along its index.
+No telemetry scan, no per-device query."""
 
 from __future__ import annotations
 
