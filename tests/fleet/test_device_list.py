@@ -5,15 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 import requests
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, event, insert
 
 from fleet.__main__ import main as fleet_main
+from fleet.device_list import DeviceListQuery
 from fleet.storage import create_engine_for_url, repository
+from fleet.storage.device_page import page_rows
 from fleet.storage.metrics import METRIC_NAMES
 from fleet.storage.schema import FLEET_DEFAULT, device_latest, devices
 from tests.support.fleet import RunningFleet
@@ -228,3 +231,41 @@ def test_the_cli_lists_every_page_and_passes_the_filters(
     assert code == 0 and len(capsys.readouterr().out.splitlines()) == 1 + 1001
     code = fleet_main(["device", "list", "--fleet", fleet.url, "--limit", "0"])
     assert code != 0 and "--limit must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("params", "index"),
+    [
+        ({}, "sqlite_autoindex_devices_1"),
+        ({"sort": "-device_id", "presence": "online"}, "sqlite_autoindex_devices_1"),
+        ({"sort": "-last_seen"}, "ix_devices_last_seen"),
+        ({"sort": "last_seen", "presence": "online"}, "ix_devices_last_seen"),
+    ],
+)
+def test_a_page_reads_devices_along_an_index_without_sorting(
+    tmp_path: Path, params: dict[str, Any], index: str
+) -> None:
+    """SQLite's plan of each page statement: ``devices`` along the index of the order, the other
+    tables by key, no sort step, no telemetry."""
+    engine = create_engine_for_url(f"sqlite:///{tmp_path / 'fleet.db'}")
+    reported(engine, [f"d-{n:03d}" for n in range(300)])
+    statements: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().startswith("SELECT"):
+            statements.append((statement, parameters))
+
+    with engine.begin() as conn:
+        event.listen(engine, "before_cursor_execute", record)
+        rows, total, cursor = page_rows(conn, DeviceListQuery(limit=50, **params))
+        assert total == 300
+        event.remove(engine, "before_cursor_execute", record)
+        assert len(rows) == 50 and cursor is not None
+        pages = [(s, p) for s, p in statements if "count(" not in s]
+        assert pages
+        for statement, parameters in pages:
+            explained = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            plan = " | ".join(row[-1] for row in explained)
+            assert f"devices USING INDEX {index}" in plan or f"USING COVERING INDEX {index}" in plan, plan
+            assert "TEMP B-TREE" not in plan and "telemetry" not in plan, plan
+    engine.dispose()
