@@ -232,7 +232,12 @@ def _add_device(commands: Any, fleet_url: argparse.ArgumentParser) -> None:
         "telemetry), revoke or delete them and rotate their secrets.",
     )
     device_commands = device.add_subparsers(dest="device_command", metavar="COMMAND", required=True)
-    devices = device_commands.add_parser("list", parents=[fleet_url], help="list devices and their health")
+    devices = device_commands.add_parser(
+        "list",
+        parents=[fleet_url],
+        help="list devices and their health (every page; filters are applied by the fleet)",
+    )
+    operator_cli.add_device_filters(devices)
     devices.set_defaults(handler=operator_cli.device_list)
     add = device_commands.add_parser(
         "add",

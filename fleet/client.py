@@ -14,6 +14,8 @@ from fleet.errors import FleetError, FleetUnreachableError
 FLEET_URL_ENV = "EDGEFLEET_FLEET_URL"
 TOKEN_ENV = "EDGEFLEET_TOKEN"
 DEFAULT_FLEET_URL = "http://127.0.0.1:8080"
+DEVICE_PAGE = 1000
+"""Devices per request when the CLI walks the whole list (the API's largest page)."""
 
 
 def default_fleet_url(environ: Mapping[str, str] | None = None) -> str:
@@ -75,9 +77,22 @@ class FleetClient:
         result: dict[str, Any] = self._request("POST", "/api/v1/deployments", json=body).json()
         return result
 
-    def devices(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._request("GET", "/api/v1/devices").json()
-        return result
+    def devices(
+        self, filters: Mapping[str, str | None] | None = None, most: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Every device matching ``filters`` (the list's query parameters), following the
+        X-Next-Cursor of each page; at most ``most`` when given."""
+        found: list[dict[str, Any]] = []
+        params: dict[str, str | int] = {k: v for k, v in (filters or {}).items() if v is not None}
+        while most is None or len(found) < most:
+            page_size = DEVICE_PAGE if most is None else min(DEVICE_PAGE, most - len(found))
+            response = self._request("GET", "/api/v1/devices", params={**params, "limit": page_size})
+            found += response.json()
+            cursor = response.headers.get("X-Next-Cursor")
+            if not cursor:
+                break
+            params["cursor"] = cursor
+        return found
 
     def delete_model(self, name: str, version: str) -> None:
         self._request("DELETE", f"/api/v1/models/{name}/{version}")

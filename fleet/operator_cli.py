@@ -79,9 +79,32 @@ def _fmt(value: Any, unit: str = "", digits: int = 1) -> str:
     return f"{value}{unit}"
 
 
+DEVICE_FILTERS = ("search", "group", "tag", "presence", "state", "model", "version", "sort")
+
+
+def add_device_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--search", metavar="TEXT", help="the device id contains TEXT (any case)")
+    parser.add_argument("--group", help="in this group")
+    parser.add_argument("--tag", help="with this tag")
+    parser.add_argument("--presence", choices=["online", "offline", "unknown"])
+    parser.add_argument("--state", choices=["provisioned", "active", "revoked"])
+    parser.add_argument("--model", metavar="NAME", help="serves a model of this name")
+    parser.add_argument("--version", metavar="VERSION", help="serves this model version")
+    parser.add_argument("--sort", choices=["device_id", "last_seen"], default="device_id")
+    parser.add_argument("--reverse", action="store_true", help="descending (last_seen: newest first)")
+    parser.add_argument("--limit", type=int, metavar="N", help="at most N devices (default: all)")
+
+
 def device_list(args: argparse.Namespace) -> int:
+    from fleet.errors import FleetError
+
+    if args.limit is not None and args.limit < 1:
+        raise FleetError(f"--limit must be at least 1, not {args.limit}")
+    filters = {("q" if name == "search" else name): getattr(args, name) for name in DEVICE_FILTERS}
+    if args.reverse:  # a flag, not "--sort -device_id": argparse would read that as an option
+        filters["sort"] = f"-{args.sort}"
     rows = []
-    for d in _client(args).devices():
+    for d in _client(args).devices(filters, most=args.limit):
         model = f"{d['model']['name']} {d['model']['version']}" if d.get("model") else "-"
         desired = f"{d['desired']['name']} {d['desired']['version']}" if d.get("desired") else "-"
         t = d.get("telemetry") or {}

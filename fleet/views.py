@@ -196,3 +196,8 @@ class FleetSummary(View):
     """``name version`` -> devices running it."""
     open_alerts: int
     active_rollouts: int
+
+
+class LabelsInUse(View):
+    groups: list[str] = Field(description="every group a device is in, sorted")
+    tags: list[str] = Field(description="every tag a device has, sorted")

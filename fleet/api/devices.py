@@ -5,18 +5,21 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from fleet.api.audit import Audit
 from fleet.api.context import FleetContext, get_context
+from fleet.api.device_pages import LIST_RESPONSES, page_response
 from fleet.api.grants import grant_store
 from fleet.api.security import Admin, DeviceOrViewer, Operator, Viewer
 from fleet.deploy import desired_state
+from fleet.device_list import DeviceListQuery
 from fleet.errors import ConflictError, NotFoundError
 from fleet.names import DeviceId
 from fleet.provision import DeviceAddRequest, DeviceLabels, Provisioned, provision
 from fleet.storage import repository
 from fleet.storage.capture import policy_for as capture_policy_for
+from fleet.storage.device_page import device_page
 from fleet.views import DeviceView, EventRow, TelemetryRow
 from protocol.messages import DesiredState
 
@@ -70,11 +73,15 @@ def label_device(
     return DeviceLabels(group=device.group, tags=device.tags)
 
 
-@router.get("", response_model=list[DeviceView])
-def list_devices(context: Context, _who: Viewer) -> list[DeviceView]:
-    """Every device that reported, and every provisioned one that never did (state provisioned)."""
+@router.get("", response_model=None, responses=LIST_RESPONSES)
+def list_devices(
+    request: Request, context: Context, _who: Viewer, query: Annotated[DeviceListQuery, Query()]
+) -> Response:
+    """One page of the devices (those that reported, and provisioned ones that never did, state
+    provisioned), filtered and sorted; X-Total-Count and X-Next-Cursor / Link say what is left."""
     with context.engine.begin() as conn:
-        return repository.list_devices(conn, unseen=True)
+        page = device_page(conn, query)
+    return page_response(request, page)
 
 
 @router.get("/{device_id}", response_model=DeviceView)

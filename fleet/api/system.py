@@ -13,9 +13,10 @@ from fleet.leader import ClusterView, LeaderElector, cluster_view
 from fleet.names import DB_INT_MAX
 from fleet.storage import repository
 from fleet.storage.alerts import AlertState
+from fleet.storage.labels import labels_in_use
 from fleet.storage.times import now
 from fleet.summary import summarize
-from fleet.views import AlertView, DeadLetterRow, FleetSummary, IngestStats
+from fleet.views import AlertView, DeadLetterRow, FleetSummary, IngestStats, LabelsInUse
 
 router = APIRouter(prefix="/api/v1", tags=["system"])
 Context = Annotated[FleetContext, Depends(get_context)]
@@ -65,3 +66,11 @@ def get_alerts(
 def get_summary(context: Context, _who: Viewer) -> FleetSummary:
     """The same document as the retained ``fleet/summary`` topic."""
     return summarize(context.engine)[0]
+
+
+@router.get("/labels", response_model=LabelsInUse)
+def get_labels(context: Context, _who: Viewer) -> LabelsInUse:
+    """The groups and tags given to devices: the choices of the device list's group and tag filters."""
+    with context.engine.begin() as conn:
+        groups, tags = labels_in_use(conn)
+    return LabelsInUse(groups=groups, tags=tags)

@@ -13,11 +13,13 @@ router = APIRouter(tags=["dashboard"], include_in_schema=False)
 
 JS = "text/javascript; charset=utf-8"
 STATIC = {
-    # Loaded in this order by index.html: helpers, charts, operator actions, pages and router.
+    # Loaded in this order by index.html: helpers, charts, operator actions, the device list,
+    # pages and router.
     "core.js": JS,
     "charts.js": JS,
     "actions.js": JS,
     "remote.js": JS,
+    "devices.js": JS,
     "app.js": JS,
     "style.css": "text/css; charset=utf-8",
 }

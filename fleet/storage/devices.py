@@ -121,14 +121,10 @@ def _unseen_view(row: Row[Any]) -> DeviceView:
     )
 
 
-def list_devices(conn: Connection, *, unseen: bool = False) -> list[DeviceView]:
-    """Devices that reported; with ``unseen`` also the provisioned ones that never did (the API's
-    list: alerts and the summary judge only devices that reported)."""
-    # Never seen first: a device whose first status is committed between the two reads (read
-    # committed) then shows up in both, and the second wins, instead of in neither.
-    found = {row.device_id: _unseen_view(row) for row in conn.execute(_unseen_query())} if unseen else {}
-    found.update((row.device_id, _device_view(row)) for row in conn.execute(_device_query()))
-    return [found[device_id] for device_id in sorted(found)]
+def list_devices(conn: Connection) -> list[DeviceView]:
+    """Every device that reported, as views (alerts and the summary judge only those; the API's
+    paged list is ``fleet.storage.device_page``)."""
+    return [_device_view(row) for row in conn.execute(_device_query().order_by(devices.c.device_id))]
 
 
 def get_device(conn: Connection, device_id: str) -> DeviceView | None:

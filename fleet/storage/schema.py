@@ -89,6 +89,8 @@ devices = Table(
     Column("committed_at", DateTime(timezone=True), nullable=True),
     # The device's report on the newest remote config it saw (protocol.remote.ConfigReport).
     Column("config_report", JSON, nullable=True),
+    # The device list's last_seen orders page along this index (keyset, see storage.device_page).
+    Index("ix_devices_last_seen", "last_seen", "device_id"),
 )
 
 desired = Table(

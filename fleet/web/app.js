@@ -111,78 +111,43 @@ function auditPage() {
   };
 }
 
-// Client-side: it narrows the full list GET /api/v1/devices returns (the API has no paging).
-function deviceFilter(onChange) {
-  const text = el("input", { id: "filter-id", type: "search", placeholder: "id contains", size: 14 });
-  const selects = {
-    group: el("select", { id: "filter-group" }),
-    tag: el("select", { id: "filter-tag" }),
-    model: el("select", { id: "filter-model" }),
-  };
-  const presence = el("select", { id: "filter-presence" },
-    el("option", { value: "", text: "online or offline" }), el("option", { value: "online", text: "online" }),
-    el("option", { value: "offline", text: "offline" }));
-  const known = { group: "", tag: "", model: "" };
-  for (const input of [text, presence, ...Object.values(selects)]) input.addEventListener("input", onChange);
-  const setOptions = (key, values, anyText) => {
-    const signature = JSON.stringify(values);
-    if (known[key] === signature) return;  // unchanged: leave an open <select> alone
-    known[key] = signature;
-    const chosen = selects[key].value;
-    selects[key].replaceChildren(el("option", { value: "", text: anyText }), ...values.map((v) => el("option", { value: v, text: v })));
-    selects[key].value = values.includes(chosen) ? chosen : "";
-  };
-  const sorted = (items) => [...new Set(items.filter((v) => v))].sort();
-  return {
-    node: el("div", { class: "form filter", id: "filter" }, field("device", text), field("group", selects.group),
-      field("tag", selects.tag), field("model", selects.model), field("presence", presence)),
-    learn(devices) {
-      setOptions("group", sorted(devices.map((d) => d.group)), "any group");
-      setOptions("tag", sorted(devices.flatMap((d) => d.tags)), "any tag");
-      setOptions("model", sorted(devices.map((d) => (d.model ? modelText(d.model) : ""))), "any model");
-    },
-    matches(d) {
-      const needle = text.value.trim().toLowerCase();
-      return (!needle || d.device_id.toLowerCase().includes(needle)) &&
-        (!selects.group.value || d.group === selects.group.value) &&
-        (!selects.tag.value || d.tags.includes(selects.tag.value)) &&
-        (!selects.model.value || (d.model && modelText(d.model) === selects.model.value)) &&
-        (!presence.value || (d.presence === presence.value && d.state === "active"));
-    },
-  };
-}
-
 function overviewPage() {
   const cards = el("div", { class: "cards" });
   const devicesBox = el("div", { id: "devices-box" });
   const shown = el("p", { class: "muted", id: "filter-count" });
   const live = { models: el("div"), rollouts: el("div"), alerts: el("div"), closed: el("div") };
-  let devices = [];
-  const drawDevices = () => {
-    const rows = devices.filter(filter.matches);
-    shown.textContent = `${rows.length} of ${devices.length} device(s) shown (filtered in the page).`;
-    devicesBox.replaceChildren(table("devices", ["Device", "State", "Model", "Desired", "Update", "Group", "p50 ms ", "p95 ms ", "p99 ms ", "CPU ", "RSS ", "Memory ", "Last seen"],
-      rows.map(deviceRow), devices.length ? "No device matches the filter." : "No device has reported yet."));
-  };
-  const filter = deviceFilter(drawDevices);
+  // A filter change starts again from the first page; paging keeps the filter.
+  const filter = deviceFilter(() => { pager.reset(); refreshSoon(); });
+  const pager = devicePager(refreshSoon);
   return {
     nodes: [cards, canAct() ? rolloutForm() : null, el("h2", { text: "Devices" }), filter.node, shown, devicesBox,
-      el("h2", { text: "Model versions in the fleet" }), live.models, el("h2", { text: "Rollouts" }), live.rollouts,
-      el("h2", { text: "Open alerts" }), live.alerts, el("h2", { text: "Recent alerts (resolved)" }), live.closed],
+      pager.node, el("h2", { text: "Model versions in the fleet" }), live.models, el("h2", { text: "Rollouts" }),
+      live.rollouts, el("h2", { text: "Open alerts" }), live.alerts, el("h2", { text: "Recent alerts (resolved)" }), live.closed],
     async load() {
-      const [summary, list, rollouts, alerts, closed] = await Promise.all([
-        api("/api/v1/summary"), api("/api/v1/devices"), api("/api/v1/rollouts"), api("/api/v1/alerts?state=open"),
-        api("/api/v1/alerts?state=closed&limit=10"),
+      const filtered = filter.params().toString() !== new URLSearchParams({ sort: "device_id" }).toString();
+      const devicesPage = apiPage(pager.path(filter.params())).catch((error) => {
+        if (!(error instanceof ApiError && error.status === 400)) throw error;
+        pager.restart();  // a cursor from before a change the fleet refuses: the first page again
+        return apiPage(pager.path(filter.params()));
+      });
+      const [summary, labels, page, rollouts, alerts, closed] = await Promise.all([
+        api("/api/v1/summary"), api("/api/v1/labels"), devicesPage, api("/api/v1/rollouts"),
+        api("/api/v1/alerts?state=open"), api("/api/v1/alerts?state=closed&limit=10"),
       ]);
       return () => {
-        summaryLine.textContent = `${list.length} device(s), ${summary.online} online`;
+        summaryLine.textContent = `${summary.devices} device(s), ${summary.online} online`;
         cards.replaceChildren(
           card("devices", summary.devices, "card-devices"), card("online", summary.online, "card-online"),
           card("offline", summary.offline, "card-offline"), card("open alerts", summary.open_alerts, "card-alerts"),
           card("active rollouts", summary.active_rollouts, "card-rollouts"));
-        devices = list;
-        filter.learn(list);
-        drawDevices();
+        filter.learn(labels, Object.keys(summary.models));
+        const first = pager.shown(page.next);
+        const last = first + page.rows.length - 1;
+        shown.textContent = page.rows.length
+          ? `Showing ${first} to ${last} of ${page.total} ${filtered ? "matching " : ""}device(s).`
+          : `Showing 0 of ${page.total} ${filtered ? "matching " : ""}device(s).`;
+        devicesBox.replaceChildren(table("devices", ["Device", "State", "Model", "Desired", "Update", "Group", "p50 ms ", "p95 ms ", "p99 ms ", "CPU ", "RSS ", "Memory ", "Last seen"],
+          page.rows.map(deviceRow), filtered ? "No device matches the filter." : "No device has reported yet."));
         const models = Object.entries(summary.models).map(([model, count]) => el("tr", {}, cell(model), cell(String(count), "num")));
         live.models.replaceChildren(table("models", ["Model", "Devices "], models, "No device runs a model yet."));
         live.rollouts.replaceChildren(table("rollouts", ["Rollout", "Model", "State", "Wave", "On / assigned / total ", "Why"], rollouts.map(rolloutRow), "No rollout yet."));
@@ -405,4 +370,4 @@ login.addEventListener("submit", (event) => {
   restart(true);
 });
 window.addEventListener("hashchange", () => restart(false));
-restart(false);  // polls /api/v1/devices and friends every REFRESH_MS (2000 ms)
+restart(false);  // polls one page of /api/v1/devices and friends every REFRESH_MS (2000 ms)

@@ -80,7 +80,7 @@ class ApiError extends Error {
 }
 
 // The API wants `Authorization: Bearer <token>` (fleet/api/security.py).
-async function request(method, path, body) {
+async function request(method, path, body, withHeaders) {
   const headers = { Accept: "application/json" };
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (token) headers.Authorization = `Bearer ${token}`;
@@ -90,7 +90,10 @@ async function request(method, path, body) {
     init.body = JSON.stringify(body);
   }
   const response = await fetch(path, init);
-  if (response.ok) return response.status === 204 ? null : response.json();
+  if (response.ok) {
+    const payload = response.status === 204 ? null : await response.json();
+    return withHeaders ? { body: payload, headers: response.headers } : payload;
+  }
   let detail = `HTTP ${response.status} on ${path}`;
   try {
     const payload = await response.json();
@@ -104,6 +107,12 @@ async function request(method, path, body) {
 
 function api(path) {
   return request("GET", path);
+}
+
+// A paged list: its rows, X-Total-Count and X-Next-Cursor (null on the last page).
+async function apiPage(path) {
+  const answer = await request("GET", path, undefined, true);
+  return { rows: answer.body, total: Number(answer.headers.get("X-Total-Count")), next: answer.headers.get("X-Next-Cursor") };
 }
 
 // Who the token belongs to; null until known. An open API (no tokens file) answers as admin.

@@ -57,7 +57,19 @@ QUERY_VALUES: dict[str, Any] = {
     "actor": "ada",
     "action": "deploy",
     "since": "2020-01-01T00:00:00Z",
+    "sort": "-last_seen",
+    "q": "pi",
+    "group": "g",
+    "tag": "t",
+    "presence": "online",
+    "model": "digits",
+    "version": "1.0.0",
+    # A cursor of the device list (sort -last_seen, after pi-0 seen at the epoch), base64url JSON.
+    "cursor": "eyJ2IjoxLCJzb3J0IjoiLWxhc3Rfc2VlbiIsImFmdGVyIjp7ImRldmljZV9pZCI6InBpLTAiLCJsYXN0X3NlZW4iOiIx"
+    "OTcwLTAxLTAxVDAwOjAwOjAwWiJ9fQ",
 }
+QUERY_OVERRIDES: dict[str, dict[str, Any]] = {"/api/v1/devices": {"state": "active"}}
+"""Where a parameter of a shared name takes other values (``state``: alerts open/closed; devices)."""
 VALID_BODIES: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("post", "/api/v1/deployments"): [{"name": "digits", "version": "1.0.0", "device_id": "pi-1"}],
     ("post", "/api/v1/devices"): [{"device_id": "pi-9", "group": "g", "tags": ["t"], "secret": "s" * 16}],
@@ -140,7 +152,8 @@ def _requests(path: str, method: str, operation: dict[str, Any]) -> Iterator[tup
     in_path = [p["name"] for p in params if p["in"] == "path"]
     in_query = [p["name"] for p in params if p["in"] == "query"]
     valid_path = path.format(**{name: PATH_VALUES[name] for name in in_path})
-    valid_query = {name: QUERY_VALUES[name] for name in in_query}
+    values = {**QUERY_VALUES, **QUERY_OVERRIDES.get(path, {})}
+    valid_query = {name: values[name] for name in in_query}
     bodies: list[Any] = VALID_BODIES.get((method, path), [None])
     for body in bodies:
         yield valid_path, valid_query, body

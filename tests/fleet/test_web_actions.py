@@ -231,6 +231,8 @@ def test_filter_narrows_the_device_list(
     seed(fleet, device, signing_keys)
     device.publish(TOPICS.status("gate-7"), status("gate-7", model=V2), retain=True)
     wait_for(lambda: len(fleet.json("/api/v1/devices")) == 4, 10)
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if "/api/v1/devices?" in r.url else None)
     page.goto(fleet.url + "/")
     page.wait_for_selector("#devices tbody tr[data-device-id='gate-7']")
 
@@ -240,30 +242,72 @@ def test_filter_narrows_the_device_list(
         )
         return sorted(ids)
 
-    assert shown() == ["cam-1", "cam-2", "cam-3", "gate-7"]
+    def shows(*expected: str) -> None:  # the fleet filters: the rows change when its answer is in
+        wait_for(lambda: shown() == list(expected), 5)
+
+    shows("cam-1", "cam-2", "cam-3", "gate-7")
     page.fill("#filter-id", "CAM")
-    assert shown() == ["cam-1", "cam-2", "cam-3"]
+    shows("cam-1", "cam-2", "cam-3")
     page.select_option("#filter-presence", "offline")
-    assert shown() == ["cam-3"]
+    shows("cam-3")
     page.select_option("#filter-presence", "")
     page.select_option("#filter-group", "lab")
-    assert shown() == ["cam-1", "cam-2"]
+    shows("cam-1", "cam-2")
     page.fill("#filter-id", "2")
-    assert shown() == ["cam-2"]
+    shows("cam-2")
     page.wait_for_timeout(2500)  # a refresh keeps the filter
     assert shown() == ["cam-2"]
-    assert page.inner_text("#filter-count").startswith("1 of 4 device(s) shown")
+    assert page.inner_text("#filter-count").startswith("Showing 1 to 1 of 1 matching device(s)")
+    # Filtered by the fleet, not in the page:
+    assert any("q=2" in url and "group=lab" in url and "limit=100" in url for url in asked)
     page.fill("#filter-id", "")
     page.select_option("#filter-group", "")
     page.select_option("#filter-tag", "indoor")
-    assert shown() == ["cam-1", "cam-2"]
+    shows("cam-1", "cam-2")
     page.select_option("#filter-tag", "")
     page.select_option("#filter-model", "digits 2.0.0")
-    assert shown() == ["gate-7"]
+    shows("gate-7")
     page.fill("#filter-id", "nothing-like-this")
-    assert "No device matches the filter." in page.inner_text("#devices")
+    wait_for(lambda: "No device matches the filter." in page.inner_text("#devices"), 5)
     page.fill("#filter-id", "")
+    page.select_option("#filter-model", "")
+    page.select_option("#filter-sort", "-device_id")
+    wait_for(lambda: page.eval_on_selector("#devices tbody tr", "r => r.dataset.deviceId") == "gate-7", 5)
     shoot(page, tmp_path, "overview-filtered")
+
+
+def test_the_overview_pages_through_the_fleets_cursors(
+    sqlite_fleet: RunningFleet, page: Any, tmp_path: Path
+) -> None:
+    """250 provisioned devices: the page shows 100 at a time and walks the fleet's cursors."""
+    fleet = sqlite_fleet
+    for n in range(250):
+        assert fleet.post("/api/v1/devices", json={"device_id": f"pi-{n:03d}"}).status_code == 201
+    page.goto(fleet.url + "/")
+    page.wait_for_selector("#devices tbody tr[data-device-id='pi-000']")
+
+    def first_and_count() -> tuple[str, int]:
+        ids: list[str] = page.eval_on_selector_all(
+            "#devices tbody tr[data-device-id]", "rows => rows.map(r => r.dataset.deviceId)"
+        )
+        return (ids[0] if ids else "", len(ids))
+
+    assert first_and_count() == ("pi-000", 100)
+    assert page.inner_text("#filter-count").startswith("Showing 1 to 100 of 250 device(s)")
+    assert page.is_disabled("#devices-prev")
+    page.click("#devices-next")
+    wait_for(lambda: first_and_count() == ("pi-100", 100), 5)
+    page.click("#devices-next")
+    wait_for(lambda: first_and_count() == ("pi-200", 50), 5)
+    assert page.is_disabled("#devices-next")
+    assert page.inner_text("#filter-count").startswith("Showing 201 to 250 of 250 device(s)")
+    page.wait_for_timeout(2500)  # a refresh stays on the page
+    assert first_and_count() == ("pi-200", 50)
+    page.click("#devices-prev")
+    wait_for(lambda: first_and_count() == ("pi-100", 100), 5)
+    page.fill("#filter-id", "pi-24")  # a filter starts again from the first page
+    wait_for(lambda: first_and_count() == ("pi-240", 10), 5)
+    shoot(page, tmp_path, "overview-paged")
 
 
 def test_chart_range_changes_the_request_and_a_commit_draws_a_marker(
