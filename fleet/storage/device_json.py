@@ -33,6 +33,7 @@ ROW_COLUMNS = (
     "committed_version",
     "committed_sha256",
     "update_state",
+    "config_report",
     "desired_name",
     "desired_version",
     "group_name",
@@ -63,6 +64,7 @@ def device_json(row: Sequence[Any]) -> dict[str, Any]:
         committed_version,
         committed_sha256,
         update_state,
+        config_report,
         desired_name,
         desired_version,
         group_name,
@@ -93,4 +95,5 @@ def device_json(row: Sequence[Any]) -> dict[str, Any]:
         "telemetry": telemetry,
         "group": group_name,
         "tags": list(tags or []),
+        "config": config_report,
     }

@@ -121,7 +121,8 @@ def _unseen_arm(conn: Connection, query: DeviceListQuery) -> Select[Any] | None:
         "desired_version": desired_version,
         **{name: device_meta.c[name] for name in ("device_id", "group_name", "tags", "revoked_at")},
         **{name: cast(null(), when).label(name) for name in ("last_seen", "first_seen", "window_end")},
-        **{name: cast(null(), String).label(name) for name in _DEVICE_COLUMNS[4:]},
+        **{name: cast(null(), String).label(name) for name in _DEVICE_COLUMNS[4:-1]},
+        "config_report": cast(null(), devices.c.config_report.type).label("config_report"),
         **{m.name: cast(null(), device_latest.c[m.name].type).label(m.name) for m in METRICS},
     }
     arm = (
@@ -150,6 +151,7 @@ _DEVICE_COLUMNS = (
     "committed_version",
     "committed_sha256",
     "update_state",
+    "config_report",
 )
 """The ``devices`` columns of a row; from ``agent_version`` on, NULL for a never-seen device."""
 

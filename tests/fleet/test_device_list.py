@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from sqlalchemy import Engine, event, insert
+from sqlalchemy import Engine, event, insert, update
 
 from fleet.__main__ import main as fleet_main
 from fleet.device_list import DeviceListQuery
@@ -197,13 +197,16 @@ def test_listed_rows_are_the_device_views(fleet: RunningFleet, engine: Engine) -
     provision(fleet, "pi-3", group="g", tags=["b", "a"])
     provision(fleet, "pi-4")
     metrics = {name: n * 1.5 for n, name in enumerate(METRIC_NAMES)}
-    metrics.update(requests=600, errors=2, process_rss_bytes=52_428_800)
+    metrics.update(requests=600, errors=2, process_rss_bytes=52_428_800, stuck_features=1)
     with engine.begin() as conn:
         window = {"device_id": "pi-1", "telemetry_id": 7, "window_end": NOW, **metrics}
         conn.execute(insert(device_latest).values(**window))
         repository.set_desired(conn, FLEET_DEFAULT, "digits", "1.0.0")
         repository.set_desired(conn, "pi-2", "digits", "2.0.0")
         repository.revoke_device(conn, "pi-4", NOW)
+        refused = {"revision": "a" * 64, "outcome": "refused", "reason": "telemetry.interval_s: too small",
+                   "applied_revision": "b" * 64, "ts": "2026-12-01T12:00:00Z"}  # fmt: skip
+        conn.execute(update(devices).where(devices.c.device_id == "pi-2").values(config_report=refused))
     listed = page(fleet).json()
     assert [d["device_id"] for d in listed] == ["pi-1", "pi-2", "pi-3", "pi-4"]
     for device in listed:
@@ -211,6 +214,7 @@ def test_listed_rows_are_the_device_views(fleet: RunningFleet, engine: Engine) -
     assert listed[0]["telemetry"]["requests"] == 600 and listed[0]["telemetry"]["window_end"].endswith("Z")
     assert [d["state"] for d in listed] == ["active", "active", "provisioned", "revoked"]
     assert [d["desired"]["version"] for d in listed] == ["1.0.0", "2.0.0", "1.0.0", "1.0.0"]
+    assert [d["config"] and d["config"]["outcome"] for d in listed] == [None, "refused", None, None]
 
 
 def test_the_cli_lists_every_page_and_passes_the_filters(
