@@ -58,6 +58,7 @@ QUERY_VALUES: dict[str, Any] = {
     "action": "deploy",
     "since": "2020-01-01T00:00:00Z",
     "sort": "-last_seen",
+    "format": "npz",
     "q": "pi",
     "group": "g",
     "tag": "t",
@@ -81,6 +82,9 @@ VALID_BODIES: dict[tuple[str, str], list[dict[str, Any]]] = {
         {"settings": {"telemetry": {"interval_s": 30}, "log": {"level": "debug"}}}
     ],
     ("put", "/api/v1/groups/{group}/config"): [{"settings": {"update": {"probation_s": 60}}}],
+    ("post", "/api/v1/capture"): [{"v": 1, "device_id": "pi-1", "stream": "c" * 32, "samples": []}],
+    ("put", "/api/v1/devices/{device_id}/capture"): [{"enabled": True, "rate": 0.5, "out_of_range": True}],
+    ("put", "/api/v1/groups/{group}/capture"): [{"enabled": False}],
     ("post", "/api/v1/rollouts"): [
         {"name": "digits", "version": "1.0.0", "target": {"devices": ["pi-1"]}, "waves": ["1"]},
         {"name": "digits", "version": "1.0.0", "target": {"group": "g"}, "gates": {"soak_s": 1}},
