@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -186,10 +187,19 @@ def convert_argv(example: str, folder: Path, key: Path, out: Path, mode: str, *e
     return argv
 
 
-def worked_example(example: str, argv: list[str] | None = None) -> int:
-    """Train an example (in a TensorFlow subprocess), then convert it here: the scripts in examples/."""
-    import subprocess
+ArgvMaker = Callable[..., list[str]]
+"""``(example, folder, key, out, mode, *extra)`` → the ``convert`` arguments (``convert_argv``)."""
 
+
+def convert_trained(
+    example: str,
+    argv: list[str] | None,
+    model_file: str,
+    train_into: Callable[[Path], None],
+    make_argv: ArgvMaker,
+) -> int:
+    """The scripts in examples/: train into OUT_DIR/model unless ``model_file`` is there already,
+    make an operator key unless one is given, then convert with the report beside the bundle."""
     parser = argparse.ArgumentParser(description=f"Train the {example} example and convert it.")
     parser.add_argument("out_dir", type=Path, nargs="?", default=Path(f"{example}-example"))
     parser.add_argument("--mode", default="auto", help="quantization mode (default auto: every mode)")
@@ -197,9 +207,8 @@ def worked_example(example: str, argv: list[str] | None = None) -> int:
     parser.add_argument("--max-drop", action="append", default=[], metavar="METRIC=AMOUNT")
     args = parser.parse_args(argv)
     folder = args.out_dir / "model"
-    if not (folder / "model.keras").is_file():
-        print(f"training {example} into {folder} (TensorFlow runs in a subprocess)...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "converter.examples", example, str(folder)], check=True)
+    if not (folder / model_file).is_file():
+        train_into(folder)
     from converter.cli import main as converter_main
 
     key = args.key
@@ -211,8 +220,19 @@ def worked_example(example: str, argv: list[str] | None = None) -> int:
     out = args.out_dir / f"{example}-{args.mode}.bundle"
     report = args.out_dir / f"{example}-{args.mode}.json"
     return converter_main(
-        convert_argv(example, folder, key, out, args.mode, "--force", "--report-json", str(report), *extra)
+        make_argv(example, folder, key, out, args.mode, "--force", "--report-json", str(report), *extra)
     )
+
+
+def worked_example(example: str, argv: list[str] | None = None) -> int:
+    """Train an example (in a TensorFlow subprocess), then convert it here: the scripts in examples/."""
+    import subprocess
+
+    def train_into(folder: Path) -> None:
+        print(f"training {example} into {folder} (TensorFlow runs in a subprocess)...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "converter.examples", example, str(folder)], check=True)
+
+    return convert_trained(example, argv, "model.keras", train_into, convert_argv)
 
 
 def main(argv: list[str] | None = None) -> int:

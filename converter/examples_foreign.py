@@ -95,28 +95,12 @@ def convert_argv(example: str, folder: Path, key: Path, out: Path, mode: str, *e
 
 def worked_example(example: str, argv: list[str] | None = None) -> int:
     """Train an example, then convert it: the scripts in examples/."""
-    parser = argparse.ArgumentParser(description=f"Train the {example} example and convert it.")
-    parser.add_argument("out_dir", type=Path, nargs="?", default=Path(f"{example}-example"))
-    parser.add_argument("--mode", default="auto", help="quantization mode (default auto: every mode)")
-    parser.add_argument("--key", type=Path, help="operator key (default: a new one in OUT_DIR/keys)")
-    parser.add_argument("--max-drop", action="append", default=[], metavar="METRIC=AMOUNT")
-    args = parser.parse_args(argv)
-    folder = args.out_dir / "model"
-    if not (folder / MODEL_FILES[example]).is_file():
-        print(f"training {example} into {folder}: {train(example, folder):.3f}", file=sys.stderr)
-    from converter.cli import main as converter_main
+    from converter.examples import convert_trained
 
-    key = args.key
-    if key is None:
-        key = args.out_dir / "keys" / "operator.key"
-        if not key.is_file():
-            converter_main(["keys", "generate", "--out", str(key.parent)])
-    extra = [f"--max-drop={budget}" for budget in args.max_drop]
-    out = args.out_dir / f"{example}-{args.mode}.bundle"
-    report = args.out_dir / f"{example}-{args.mode}.json"
-    return converter_main(
-        convert_argv(example, folder, key, out, args.mode, "--force", "--report-json", str(report), *extra)
-    )
+    def train_into(folder: Path) -> None:
+        print(f"training {example} into {folder}: {train(example, folder):.3f}", file=sys.stderr)
+
+    return convert_trained(example, argv, MODEL_FILES[example], train_into, convert_argv)
 
 
 def main(argv: list[str] | None = None) -> int:

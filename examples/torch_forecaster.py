@@ -4,46 +4,29 @@
 
 Needs the converter's PyTorch extra (`pip install 'edgefleet[converter-torch]'` and
 `pip install --no-deps tf-keras==2.21.0`). Writes the sunspot windows (calibration and evaluation
-data) into OUT_DIR, then runs ``edgefleet convert torch:converter.examples_torch:forecaster``, by
-default with ``--mode auto``, into OUT_DIR/sunspots-torch-MODE.bundle with the report printed and
+data) into OUT_DIR/model, then runs ``edgefleet convert torch:converter.examples_torch:forecaster``,
+by default with ``--mode auto``, into OUT_DIR/sunspots-torch-MODE.bundle with the report printed and
 written beside it. The factory trains the module (seconds) and returns it with an example input;
 the code is ``converter.examples_torch``.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
-from converter.cli import main as converter_main
+from converter.examples import convert_trained
 from converter.examples_torch import write_data
 
+FACTORY = "torch:converter.examples_torch:forecaster"
 
-def main(argv: list[str] | None = None) -> int:
-    raw = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
-    parser.add_argument("out_dir", type=Path, nargs="?", default=Path("sunspots-torch-example"))
-    parser.add_argument("--mode", default="auto", help="quantization mode (default auto: every mode)")
-    parser.add_argument("--key", type=Path, help="operator key (default: a new one in OUT_DIR/keys)")
-    parser.add_argument("--max-drop", action="append", default=[], metavar="METRIC=AMOUNT")
-    args = parser.parse_args(argv)
-    write_data(args.out_dir)
-    key = args.key or args.out_dir / "keys" / "operator.key"
-    if not key.is_file():
-        converter_main(["keys", "generate", "--out", str(key.parent)])
-    out = args.out_dir / f"sunspots-torch-{args.mode}.bundle"
-    return converter_main(
-        [
-            "convert", "torch:converter.examples_torch:forecaster",
-            "--calibration", str(args.out_dir / "calibration.npz"),
-            "--evaluation", str(args.out_dir / "evaluation.npz"),
-            "--task", "forecast", "--mode", args.mode,
-            "--name", "sunspots-torch", "--version", "1.0.0",
-            "--key", str(key), "--out", str(out), "--force",
-            "--report-json", str(out.with_suffix(".json")),
-            *[f"--max-drop={budget}" for budget in args.max_drop],
-        ]
-    )  # fmt: skip
+
+def convert_argv(example: str, folder: Path, key: Path, out: Path, mode: str, *extra: str) -> list[str]:
+    return [
+        "convert", FACTORY,
+        "--calibration", str(folder / "calibration.npz"), "--evaluation", str(folder / "evaluation.npz"),
+        "--task", "forecast", "--mode", mode, "--name", example, "--version", "1.0.0",
+        "--key", str(key), "--out", str(out), *extra,
+    ]  # fmt: skip
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(convert_trained("sunspots-torch", None, "evaluation.npz", write_data, convert_argv))
