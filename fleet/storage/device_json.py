@@ -18,8 +18,7 @@ def _ref(name: str | None, version: str | None, sha256: str | None = None) -> di
     return {"name": name, "version": version, "sha256": sha256}
 
 
-ROW_COLUMNS = (
-    "seen",
+DEVICE_COLUMNS = (
     "device_id",
     "presence",
     "last_seen",
@@ -34,6 +33,11 @@ ROW_COLUMNS = (
     "committed_sha256",
     "update_state",
     "config_report",
+)
+"""The ``devices`` columns of a row; from ``agent_version`` on, NULL for a never-seen device."""
+ROW_COLUMNS = (
+    "seen",
+    *DEVICE_COLUMNS,
     "desired_name",
     "desired_version",
     "group_name",

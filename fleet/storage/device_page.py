@@ -29,7 +29,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
 from fleet.device_list import DeviceListQuery, DeviceSort, SortKey, decode_cursor, encode_cursor
-from fleet.storage.device_json import ROW_COLUMNS, device_json
+from fleet.storage.device_json import DEVICE_COLUMNS, ROW_COLUMNS, device_json
 from fleet.storage.metrics import METRIC_NAMES, METRICS
 from fleet.storage.schema import FLEET_DEFAULT, desired, device_latest, device_meta, devices
 from fleet.views import NEVER_SEEN, DeviceState
@@ -86,7 +86,7 @@ def _seen_arm(conn: Connection, query: DeviceListQuery, counting: bool = False) 
             "seen": literal(1).label("seen"),
             "desired_name": desired_name,
             "desired_version": desired_version,
-            **{name: devices.c[name] for name in _DEVICE_COLUMNS},
+            **{name: devices.c[name] for name in DEVICE_COLUMNS},
             **{name: device_meta.c[name] for name in ("group_name", "tags", "revoked_at")},
             **{name: device_latest.c[name] for name in ("window_end", *METRIC_NAMES)},
         }
@@ -121,7 +121,7 @@ def _unseen_arm(conn: Connection, query: DeviceListQuery) -> Select[Any] | None:
         "desired_version": desired_version,
         **{name: device_meta.c[name] for name in ("device_id", "group_name", "tags", "revoked_at")},
         **{name: cast(null(), when).label(name) for name in ("last_seen", "first_seen", "window_end")},
-        **{name: cast(null(), String).label(name) for name in _DEVICE_COLUMNS[4:-1]},
+        **{name: cast(null(), String).label(name) for name in DEVICE_COLUMNS[4:-1]},
         "config_report": cast(null(), devices.c.config_report.type).label("config_report"),
         **{m.name: cast(null(), device_latest.c[m.name].type).label(m.name) for m in METRICS},
     }
@@ -135,25 +135,6 @@ def _unseen_arm(conn: Connection, query: DeviceListQuery) -> Select[Any] | None:
     elif query.state is DeviceState.REVOKED:
         arm = arm.where(device_meta.c.revoked_at.is_not(None))
     return _labelled(conn, arm, query, device_meta.c.device_id)
-
-
-_DEVICE_COLUMNS = (
-    "device_id",
-    "presence",
-    "last_seen",
-    "first_seen",
-    "agent_version",
-    "runtime",
-    "model_name",
-    "model_version",
-    "model_sha256",
-    "committed_name",
-    "committed_version",
-    "committed_sha256",
-    "update_state",
-    "config_report",
-)
-"""The ``devices`` columns of a row; from ``agent_version`` on, NULL for a never-seen device."""
 
 
 def _labelled(conn: Connection, arm: Select[Any], query: DeviceListQuery, device_id: Any) -> Select[Any]:
