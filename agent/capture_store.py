@@ -11,13 +11,11 @@ file), so the fleet can add drops up without counting a batch sent twice.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
-import time
 import uuid
 from pathlib import Path
 
-from agent.errors import StoreError
+from agent.durable_sqlite import open_store
 
 log = logging.getLogger(__name__)
 
@@ -39,37 +37,12 @@ class CaptureStore:
         self.path = path
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        try:
-            self._db = self._open(path)
-        except sqlite3.DatabaseError as exc:
-            # A damaged store must not keep the agent from serving: set it aside, start afresh.
-            aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
-            log.error("the capture store %s is unreadable (%s); moved it to %s", path, exc, aside)
-            try:
-                path.replace(aside)
-                for suffix in ("-wal", "-shm"):
-                    path.with_name(path.name + suffix).unlink(missing_ok=True)
-                self._db = self._open(path)
-            except (OSError, sqlite3.Error) as again:
-                raise StoreError(f"cannot open the capture store {path}: {again}") from again
+        self._db = open_store(path, _SCHEMA, "samples", "capture store")
         self.stream = self._meta("stream") or self._init_stream()
         (total,) = self._db.execute(
             "SELECT COALESCE(SUM(LENGTH(payload)), 0) + COUNT(*) * ? FROM samples", (ROW_OVERHEAD,)
         ).fetchone()
         self._bytes = int(total)
-
-    @staticmethod
-    def _open(path: Path) -> sqlite3.Connection:
-        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.executescript(_SCHEMA)
-            db.execute("SELECT COUNT(*) FROM samples").fetchone()
-        except sqlite3.Error:
-            db.close()
-            raise
-        return db
 
     def _meta(self, name: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()

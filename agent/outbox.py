@@ -13,13 +13,11 @@ a restart (telemetry carries ``seq``, events an ``update_id``, so the fleet can 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.errors import StoreError
+from agent.durable_sqlite import open_store
 
 log = logging.getLogger(__name__)
 
@@ -51,34 +49,7 @@ class Outbox:
         self.path = path
         self.limit = limit
         self._lock = threading.Lock()
-        try:
-            self._db = self._open(path)
-        except sqlite3.DatabaseError as exc:
-            # A damaged outbox must not keep the agent from serving: set it aside, start afresh.
-            aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
-            log.error(
-                "the outbox %s is unreadable (%s); moved it to %s and started a new one", path, exc, aside
-            )
-            try:
-                path.replace(aside)
-                for suffix in ("-wal", "-shm"):
-                    path.with_name(path.name + suffix).unlink(missing_ok=True)
-                self._db = self._open(path)
-            except (OSError, sqlite3.Error) as again:
-                raise StoreError(f"cannot open the telemetry outbox {path}: {again}") from again
-
-    @staticmethod
-    def _open(path: Path) -> sqlite3.Connection:
-        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.executescript(_SCHEMA)
-            db.execute("SELECT COUNT(*) FROM messages").fetchone()
-        except sqlite3.Error:
-            db.close()
-            raise
-        return db
+        self._db = open_store(path, _SCHEMA, "messages", "telemetry outbox")
 
     def put(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
         """Store a message (committed on return); drop the oldest beyond ``limit``. Returns its id."""
