@@ -16,7 +16,7 @@ import requests
 from protocol.bundle import read_bundle
 from protocol.signing import TrustedKeys
 from tests.support.foreign import convert_foreign, convert_torch, needs_foreign, needs_torch
-from tests.support.processes import AgentProcess, FleetProcess
+from tests.support.processes import AgentProcess, FleetProcess, push_and_deploy
 from tests.support.serving_requests import ask_and_compare
 
 pytestmark = [pytest.mark.slow, needs_foreign]
@@ -45,17 +45,7 @@ def test_sklearn_and_onnx_models_deployed_to_an_agent_answer_as_the_runtime_does
     for name, (folder, converted) in convert_foreign(tmp_path / "models", key).items():
         bundle = read_bundle(converted.bundle)
         manifest = bundle.verify(TrustedKeys.from_paths([public]))
-        pushed = requests.post(
-            f"{fleet.url}/api/v1/models", data=converted.bundle.read_bytes(),
-            headers={"Content-Type": "application/octet-stream"}, timeout=30,
-        )  # fmt: skip
-        assert pushed.status_code == 201, f"{name}: {pushed.text}"
-        deployed = requests.post(
-            f"{fleet.url}/api/v1/deployments",
-            json={"name": manifest.name, "version": manifest.version, "device_id": None},
-            timeout=10,
-        )
-        assert deployed.status_code == 200, f"{name}: {deployed.text}"
+        push_and_deploy(fleet.url, converted.bundle, manifest.name, manifest.version)
         wanted = (manifest.name, manifest.version)
         agent.wait_until(lambda: _serving(agent) == wanted, f"{name} to serve", 120)  # noqa: B023 - used at once
         x = np.load(folder / "evaluation.npz")["x"].astype(np.float32)
@@ -103,17 +93,7 @@ def test_a_pytorch_forecaster_deployed_to_an_agent_answers_as_the_runtime_does(
     bundle = read_bundle(converted.bundle)
     manifest = bundle.verify(TrustedKeys.from_paths([public]))
     assert manifest.conversion is not None and manifest.conversion.source == "torch"
-    pushed = requests.post(
-        f"{fleet.url}/api/v1/models", data=converted.bundle.read_bytes(),
-        headers={"Content-Type": "application/octet-stream"}, timeout=30,
-    )  # fmt: skip
-    assert pushed.status_code == 201, pushed.text
-    deployed = requests.post(
-        f"{fleet.url}/api/v1/deployments",
-        json={"name": manifest.name, "version": manifest.version, "device_id": None},
-        timeout=10,
-    )
-    assert deployed.status_code == 200, deployed.text
+    push_and_deploy(fleet.url, converted.bundle, manifest.name, manifest.version)
     agent.wait_until(lambda: _serving(agent) == (manifest.name, manifest.version), "the forecaster", 120)
     x = np.load(tmp_path / "torch" / "evaluation.npz")["x"].astype(np.float32)
     with requests.Session() as session:

@@ -15,7 +15,7 @@ import requests
 from protocol.bundle import read_bundle
 from protocol.signing import TrustedKeys
 from tests.support.chain_models import ChainModel
-from tests.support.processes import AgentProcess, FleetProcess
+from tests.support.processes import AgentProcess, FleetProcess, push_and_deploy
 from tests.support.published_models import raw_inputs
 from tests.support.serving_requests import ask_and_compare, survives_malformed
 
@@ -47,19 +47,7 @@ def test_models_deployed_through_the_fleet_serve_every_output_and_survive_malfor
             assert manifest.baseline is not None and manifest.labels, manifest
         if name == "gru_convert":  # batch fixed at 1: 3 instances are 3 invokes, never a resize
             assert manifest.inputs[0].fixed_batch == 1, manifest.inputs
-        pushed = requests.post(
-            f"{fleet.url}/api/v1/models",
-            data=model.bundle.read_bytes(),
-            headers={"Content-Type": "application/octet-stream"},
-            timeout=30,
-        )
-        assert pushed.status_code == 201, f"{name}: {pushed.text}"
-        deployed = requests.post(
-            f"{fleet.url}/api/v1/deployments",
-            json={"name": manifest.name, "version": manifest.version, "device_id": None},
-            timeout=10,
-        )
-        assert deployed.status_code == 200, f"{name}: {deployed.text}"
+        push_and_deploy(fleet.url, model.bundle, manifest.name, manifest.version)
         wanted = manifest.name
         agent.wait_until(lambda: _serving(agent) == wanted, f"{name} to serve", 120)  # noqa: B023 - used at once
         good = raw_inputs(manifest.inputs, 3, seed=11)

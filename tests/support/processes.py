@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from edgefleet.agent_toml import merged
 from edgefleet.mosquitto import MosquittoBroker, free_port
 from edgefleet.stack import (
@@ -36,6 +38,7 @@ __all__ = [
     "fleet_serve_args",
     "free_port",
     "http_ok",
+    "push_and_deploy",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,3 +70,20 @@ def agent_process(  # noqa: PLR0913 - one keyword-only parameter per agent setti
         module=module,
         log_name=log_name,
     )
+
+
+def push_and_deploy(fleet_url: str, bundle: Path, name: str, version: str) -> None:
+    """Upload a bundle to a running fleet and make it every device's model (the fleet default)."""
+    pushed = requests.post(
+        f"{fleet_url}/api/v1/models",
+        data=bundle.read_bytes(),
+        headers={"Content-Type": "application/octet-stream"},
+        timeout=30,
+    )
+    assert pushed.status_code == 201, f"{name} {version}: {pushed.text}"
+    deployed = requests.post(
+        f"{fleet_url}/api/v1/deployments",
+        json={"name": name, "version": version, "device_id": None},
+        timeout=10,
+    )
+    assert deployed.status_code == 200, f"{name} {version}: {deployed.text}"
