@@ -69,7 +69,8 @@ def _seen_arm(conn: Connection, query: DeviceListQuery, counting: bool = False) 
     cost most of a first page at 10,000 devices)."""
     if query.state is DeviceState.PROVISIONED:
         return None
-    labels = query.group is not None or query.tag is not None or query.state is not None
+    # (the tag filter reads ``device_tags`` by device id, not ``device_meta``)
+    labels = query.group is not None or query.state is not None
     if counting:
         base = (
             devices.outerjoin(device_meta, device_meta.c.device_id == devices.c.device_id)
