@@ -19,6 +19,7 @@ from fleet.device_list import MAX_LIMIT, DeviceListQuery
 from fleet.storage import create_engine_for_url
 from fleet.storage.device_json import device_json
 from fleet.storage.device_page import page_rows
+from fleet.storage.device_tags import device_tags
 from fleet.storage.schema import device_meta
 from fleet.storage.times import now
 
@@ -44,8 +45,10 @@ def label(engine: Engine, device_ids: list[str]) -> None:
         }
         for n, device_id in enumerate(device_ids)
     ]
+    tagged = [{"device_id": row["device_id"], "tag": tag} for row in rows for tag in row["tags"]]
     with engine.begin() as conn:
         conn.execute(insert(device_meta), rows)
+        conn.execute(insert(device_tags), tagged)
 
 
 def p99(samples: list[float]) -> float:

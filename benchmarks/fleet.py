@@ -935,6 +935,10 @@ def generate(engine: Engine, devices_n: int, days: float) -> int:
                     "drift_psi": 0.03,
                     "low_confidence_share": 0.04,
                     "out_of_range_share": 0.0,
+                    # Windows of a model without an input profile: no per-input drift figures.
+                    "input_drift": None,
+                    "stuck_features": None,
+                    "output_drift": None,
                     "payload": "{}",
                 }
                 if sqlite:  # the text format SQLAlchemy's SQLite DateTime stores

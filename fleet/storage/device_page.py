@@ -17,7 +17,6 @@ from sqlalchemy import (
     String,
     and_,
     cast,
-    exists,
     func,
     literal,
     null,
@@ -25,11 +24,11 @@ from sqlalchemy import (
     select,
     union_all,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
 from fleet.device_list import DeviceListQuery, DeviceSort, SortKey, decode_cursor, encode_cursor
 from fleet.storage.device_json import DEVICE_COLUMNS, ROW_COLUMNS, device_json
+from fleet.storage.device_tags import device_tags
 from fleet.storage.metrics import METRIC_NAMES, METRICS
 from fleet.storage.schema import FLEET_DEFAULT, desired, device_latest, device_meta, devices
 from fleet.views import NEVER_SEEN, DeviceState
@@ -45,11 +44,12 @@ class DevicePage:
     next_cursor: str | None
 
 
-def _has_tag(conn: Connection, tags: Any, tag: str) -> ColumnElement[bool]:
-    if conn.dialect.name == "postgresql":  # the column is JSON, not JSONB: cast to use ``@>``
-        return cast(tags, JSONB).contains([tag])
-    each = func.json_each(tags).table_valued("value")
-    return exists(select(1).select_from(each).where(each.c.value == tag))
+def _has_tag(device_id: Any, tag: str) -> ColumnElement[bool]:
+    # The ``device_tags`` rows of the device, by primary key; the planner may instead start from
+    # the tag's index range (a semi-join) when that is the cheaper way round.
+    tagged = select(device_tags.c.device_id).where(device_tags.c.tag == tag)
+    within: ColumnElement[bool] = device_id.in_(tagged)
+    return within
 
 
 def _desired_joins(base: Any, device_id: Any) -> tuple[Any, Any, Any]:
@@ -69,7 +69,8 @@ def _seen_arm(conn: Connection, query: DeviceListQuery, counting: bool = False) 
     cost most of a first page at 10,000 devices)."""
     if query.state is DeviceState.PROVISIONED:
         return None
-    labels = query.group is not None or query.tag is not None or query.state is not None
+    # (the tag filter reads ``device_tags`` by device id, not ``device_meta``)
+    labels = query.group is not None or query.state is not None
     if counting:
         base = (
             devices.outerjoin(device_meta, device_meta.c.device_id == devices.c.device_id)
@@ -101,7 +102,7 @@ def _seen_arm(conn: Connection, query: DeviceListQuery, counting: bool = False) 
         arm = arm.where(devices.c.model_name == query.model)
     if query.version is not None:
         arm = arm.where(devices.c.model_version == query.version)
-    return _labelled(conn, arm, query, devices.c.device_id)
+    return _labelled(arm, query, devices.c.device_id)
 
 
 def _unseen_arm(conn: Connection, query: DeviceListQuery) -> Select[Any] | None:
@@ -134,17 +135,17 @@ def _unseen_arm(conn: Connection, query: DeviceListQuery) -> Select[Any] | None:
         arm = arm.where(device_meta.c.revoked_at.is_(None))
     elif query.state is DeviceState.REVOKED:
         arm = arm.where(device_meta.c.revoked_at.is_not(None))
-    return _labelled(conn, arm, query, device_meta.c.device_id)
+    return _labelled(arm, query, device_meta.c.device_id)
 
 
-def _labelled(conn: Connection, arm: Select[Any], query: DeviceListQuery, device_id: Any) -> Select[Any]:
+def _labelled(arm: Select[Any], query: DeviceListQuery, device_id: Any) -> Select[Any]:
     """The filters both arms share: id search, group, tag."""
     if query.q is not None:
         arm = arm.where(device_id.icontains(query.q, autoescape=True))
     if query.group is not None:
         arm = arm.where(device_meta.c.group_name == query.group)
     if query.tag is not None:
-        arm = arm.where(_has_tag(conn, device_meta.c.tags, query.tag))
+        arm = arm.where(_has_tag(device_id, query.tag))
     return arm
 
 

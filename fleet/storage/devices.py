@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, func, insert, select, update
 
+from fleet.storage.device_tags import set_device_tags
 from fleet.storage.metrics import METRIC_NAMES
 from fleet.storage.schema import (
     FLEET_DEFAULT,
@@ -194,6 +195,8 @@ def upsert_device_meta(
         values["tags"] = sorted(set(tags))
     if secret_hash is not None:
         values["secret_hash"] = secret_hash
+    if tags is not None:
+        set_device_tags(conn, device_id, values["tags"])
     if values:
         changed = conn.execute(
             update(device_meta).where(device_meta.c.device_id == device_id).values(**values)

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, String, any_, bindparam, delete, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 
+from fleet.storage.device_tags import device_tags
 from fleet.storage.schema import (
     desired,
     device_latest,
@@ -72,6 +73,7 @@ def delete_device(conn: Connection, device_id: str) -> bool:
     found = 0
     for table, column in (
         (device_meta, device_meta.c.device_id),
+        (device_tags, device_tags.c.device_id),
         (devices, devices.c.device_id),
         (desired, desired.c.target),
         (telemetry, telemetry.c.device_id),

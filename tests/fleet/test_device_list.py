@@ -11,14 +11,17 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from sqlalchemy import Engine, event, insert, update
+from alembic import command
+from sqlalchemy import Engine, event, insert, select, update
 
 from fleet.__main__ import main as fleet_main
 from fleet.device_list import DeviceListQuery
 from fleet.storage import create_engine_for_url, repository
 from fleet.storage.device_page import page_rows
+from fleet.storage.device_tags import device_tags
 from fleet.storage.metrics import METRIC_NAMES
-from fleet.storage.schema import FLEET_DEFAULT, device_latest, devices
+from fleet.storage.migrate import alembic_config
+from fleet.storage.schema import FLEET_DEFAULT, device_latest, device_meta, devices
 from tests.support.fleet import RunningFleet
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -275,4 +278,101 @@ def test_a_page_reads_devices_along_an_index_without_sorting(
             # At most one sort: the last step, merging the two sources' pages (<= 2 x 51 rows).
             inner = plan.removesuffix(" | SCAN anon_1 | USE TEMP B-TREE FOR ORDER BY")
             assert "TEMP B-TREE" not in inner, plan
+    engine.dispose()
+
+
+def tag_rows(engine: Engine) -> set[tuple[str, str]]:
+    with engine.connect() as conn:
+        return {(row.device_id, row.tag) for row in conn.execute(select(device_tags))}
+
+
+def test_the_tag_filter_follows_every_change_of_tags(fleet: RunningFleet, engine: Engine) -> None:
+    """Provisioning, PATCH, re-tagging and deleting keep the tag rows the filter reads in step with
+    the tags a device shows."""
+    reported(engine, ["t-1", "t-2"])
+    provision(fleet, "t-3", tags=["cam", "north"])
+
+    def retag(device_id: str, **labels: Any) -> None:
+        answer = requests.patch(f"{fleet.url}/api/v1/devices/{device_id}", json=labels, timeout=10)
+        assert answer.ok, answer.text
+
+    def ids(tag: str) -> list[str]:
+        answer = page(fleet, tag=tag)
+        found = [d["device_id"] for d in answer.json()]
+        assert int(answer.headers["X-Total-Count"]) == len(found)
+        assert all(tag in d["tags"] for d in answer.json())
+        return found
+
+    retag("t-1", tags=["cam", "cam", "indoor"])  # a repeat is one tag
+    retag("t-2", tags=["indoor"])
+    assert ids("cam") == ["t-1", "t-3"] and ids("indoor") == ["t-1", "t-2"]
+    retag("t-1", tags=["north"])  # re-tagged: "cam" and "indoor" are gone
+    assert ids("cam") == ["t-3"] and ids("indoor") == ["t-2"] and ids("north") == ["t-1", "t-3"]
+    retag("t-2", group="lab")  # tags left as they are
+    assert ids("indoor") == ["t-2"]
+    retag("t-2", tags=[])
+    assert ids("indoor") == []
+    answer = requests.delete(f"{fleet.url}/api/v1/devices/t-3", timeout=10)
+    assert answer.ok, answer.text
+    assert ids("cam") == [] and ids("north") == ["t-1"]
+    assert tag_rows(engine) == {("t-1", "north")}
+    assert fleet.json("/api/v1/labels")["tags"] == ["north"]
+    provision(fleet, "t-3", tags=["cam"])  # added again: only its new tags
+    assert ids("cam") == ["t-3"] and ids("north") == ["t-1"]
+
+
+def test_the_migration_fills_the_tag_rows_of_an_existing_database(db_url: str) -> None:
+    """A fleet at 0015 with tagged devices: upgraded, each tag is a row and the filter finds it."""
+    engine = create_engine_for_url(db_url, create_schema=False)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "0015_device_list")
+            conn.execute(
+                insert(device_meta),
+                [
+                    {"device_id": "a", "tags": ["cam", "north"], "created_at": NOW},
+                    {"device_id": "b", "tags": ["cam"], "created_at": NOW},
+                    {"device_id": "c", "tags": [], "created_at": NOW},
+                ],
+            )
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "head")
+        assert tag_rows(engine) == {("a", "cam"), ("a", "north"), ("b", "cam")}
+        with engine.begin() as conn:
+            repository.set_secret(conn, "a", "x")  # provisioned: listed before any status
+            rows, total, _ = page_rows(conn, DeviceListQuery(tag="north"))
+        assert [row.device_id for row in rows] == ["a"] and total == 1
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("sort", ["device_id", "-last_seen"])
+def test_a_tag_page_reads_the_tag_index(tmp_path: Path, sort: str) -> None:
+    """SQLite's plan of a tag page and its count: the tag's range of ``ix_device_tags_tag``, never a
+    JSON scan of every device."""
+    engine = create_engine_for_url(f"sqlite:///{tmp_path / 'fleet.db'}")
+    ids = [f"d-{n:03d}" for n in range(300)]
+    reported(engine, ids)
+    with engine.begin() as conn:
+        for n, device_id in enumerate(ids):
+            repository.upsert_device_meta(conn, device_id, now=NOW, tags=["cam"] if n % 3 else ["gate"])
+    statements: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().startswith("SELECT"):
+            statements.append((statement, parameters))
+
+    with engine.begin() as conn:
+        event.listen(engine, "before_cursor_execute", record)
+        rows, total, _ = page_rows(conn, DeviceListQuery(limit=50, tag="gate", sort=sort))
+        event.remove(engine, "before_cursor_execute", record)
+        assert total == 100 and len(rows) == 50
+        assert all(int(row.device_id[2:]) % 3 == 0 for row in rows)  # the "gate" devices
+        assert statements
+        for statement, parameters in statements:
+            explained = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            plan = " | ".join(row[-1] for row in explained)
+            assert "json_each" not in plan, plan
+            assert "SEARCH device_tags USING COVERING INDEX ix_device_tags_tag (tag=?)" in plan, plan
+            assert "SCAN device_tags" not in plan, plan
     engine.dispose()
