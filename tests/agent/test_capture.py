@@ -115,6 +115,7 @@ def test_the_store_is_bounded_durable_and_counts_what_it_drops(tmp_path: Path) -
     assert list(tmp_path.glob("capture.sqlite.damaged-*"))
 
 
+@pytest.mark.slow  # a Mosquitto and a fleet: not in the device install the aarch64 stage tests
 def test_the_sender_keeps_to_its_budget_and_drops_only_a_refused_sample(
     model: ActiveModel, tmp_path: Path, broker: MosquittoBroker, signing_keys: tuple[Path, Path]
 ) -> None:
