@@ -81,6 +81,9 @@ class Capture:
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        """One flush at a time: stop()'s flush waits for the writer's, so what the writer took off
+        the queue is on disk (or counted) before stop() returns, however slow the device."""
         self.on_store: list[Callable[[CaptureStore], None]] = []
         """Called with the store once it is open (the sender starts there)."""
 
@@ -199,6 +202,10 @@ class Capture:
 
     def flush(self) -> None:
         """Encode what is queued and commit it to the store (with the drops so far)."""
+        with self._flush_lock:
+            self._flush()
+
+    def _flush(self) -> None:
         store = self.store
         if store is None:
             return
