@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import converter_foreign
+from benchmarks.conversion_run import convert_and_show
 from converter.errors import ConverterError
 from converter.examples import PREPROCESSING_FILE
-from converter.gates import parse_gates
 from converter.pipeline import ConversionRequest, ConversionResult, convert
-from converter.report import candidates_table
 from protocol.manifest import TaskKind
 from protocol.signing import generate_private_key, private_key_pem
 
@@ -83,6 +82,11 @@ def _request(
         preprocessing_file=folder / PREPROCESSING_FILE if (folder / PREPROCESSING_FILE).is_file() else None,
         **extra,
     )
+
+
+def _headline(name: str, result: ConversionResult) -> str:
+    recurrent = result.manifest.conversion.recurrent if result.manifest.conversion else None
+    return f"{name} ({result.manifest.task.value}){' - ' + recurrent if recurrent else ''}"
 
 
 def _figures(result: ConversionResult, task: TaskKind) -> dict[str, Any]:
@@ -162,18 +166,12 @@ def main(argv: list[str] | None = None) -> int:
                 _train(example, folder, extra, args.quick)
             print(f"converting {name} with --mode auto...", file=sys.stderr, flush=True)
             request = _request(name, folder, task, key, work / f"{name}.bundle", **options)
-            try:
-                result = convert(request, progress=_progress)
-            except ConverterError as exc:
-                crashed_cli.append(f"{name}: {exc}")
+
+            result = convert_and_show(name, request, _progress, _headline)
+            if isinstance(result, str):
+                crashed_cli.append(result)
                 continue
             figures[name] = _figures(result, task)
-            chosen = next(c for c in result.candidates if c.mode is result.manifest.quantization)
-            conversion = result.manifest.conversion
-            assert conversion is not None
-            gates = parse_gates([f"{k}={v}" for k, v in conversion.max_drop.items()], task)
-            print(f"\n{name} ({task.value}){' - ' + conversion.recurrent if conversion.recurrent else ''}")
-            print(candidates_table(task, result.candidates, result.float32_model_bytes, gates, chosen))
         # The sunspots LSTM kept as a loop: the modes that crash or fail must end as typed errors.
         print("converting sunspots-lstm with --rnn keep...", file=sys.stderr, flush=True)
         folder = work / "sunspots-lstm"

@@ -14,11 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from converter.errors import ConverterError
+from benchmarks.conversion_run import convert_and_show
 from converter.examples_foreign import MODEL_FILES, TASKS, train
-from converter.gates import parse_gates
-from converter.pipeline import ConversionRequest, ConversionResult, convert
-from converter.report import candidates_table
+from converter.pipeline import ConversionRequest, ConversionResult
 from protocol.manifest import TaskKind
 
 RUNS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -68,19 +66,19 @@ def run_foreign(work: Path, key: Path, progress: Any) -> tuple[dict[str, Any], l
             evaluation=folder / "evaluation.npz", mode="auto", name=example, version="1.0.0",
             task=task, key=key, out=work / f"{name}.bundle", force=True, **options,
         )  # fmt: skip
-        try:
-            result = convert(request, progress=progress)
-        except ConverterError as exc:
-            failures.append(f"{name}: {exc}")
+
+        result = convert_and_show(name, request, progress, _headline)
+        if isinstance(result, str):
+            failures.append(result)
             continue
         figures[name] = _figures(result, task)
-        chosen = next(c for c in result.candidates if c.mode is result.manifest.quantization)
-        conversion = result.manifest.conversion
-        assert conversion is not None
-        gates = parse_gates([f"{k}={v}" for k, v in conversion.max_drop.items()], task)
-        print(f"\n{name} ({task.value}, from {conversion.source}; convert {result.seconds['convert']} s)")
-        print(candidates_table(task, result.candidates, result.float32_model_bytes, gates, chosen))
     return figures, failures
+
+
+def _headline(name: str, result: ConversionResult) -> str:
+    conversion = result.manifest.conversion
+    source = conversion.source if conversion else "?"
+    return f"{name} ({result.manifest.task.value}, from {source}; convert {result.seconds['convert']} s)"
 
 
 def _figures(result: ConversionResult, task: TaskKind) -> dict[str, Any]:
