@@ -1,16 +1,20 @@
-"""deploy/compose.yaml, checked without a Docker engine: parsed with PyYAML, variables interpolated
-as Compose does, each fleet worker's command line parsed by the real ``edgefleet`` parser and
-turned into a FleetConfig.
+"""deploy/compose.yaml, checked without a Docker engine.
 
-No Compose-specification JSON schema is at hand offline (and the ``jsonschema`` package is not
-installed), so the structure this deployment relies on is checked instead: the services, their
-healthchecks, the start order on healthy dependencies, the shared artifacts volume, the shared
-subscription group and distinct client ids.
+- Linted against the Compose specification's JSON schema (``check-jsonschema``'s vendored
+  ``compose-spec`` schema, the one Compose itself follows): a misspelt key or a wrong value
+  fails, naming where.
+- Parsed with PyYAML, variables interpolated as Compose does, each fleet worker's command line
+  parsed by the real ``edgefleet`` parser and turned into a FleetConfig, and the structure this
+  deployment relies on checked: the services, their healthchecks, the start order on healthy
+  dependencies, the shared artifacts volume, the shared subscription group and distinct client ids.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +53,39 @@ def compose(env: dict[str, str] = ENV) -> dict[str, Any]:
     loaded = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     assert isinstance(loaded, dict)
     return interpolate({k: v for k, v in loaded.items() if not k.startswith("x-")}, env)
+
+
+def lint(path: Path) -> subprocess.CompletedProcess[str]:
+    checker = shutil.which("check-jsonschema", path=str(Path(sys.executable).parent))
+    assert checker is not None, "check-jsonschema is in the dev extra: run scripts/setup"
+    return subprocess.run(
+        [checker, "--builtin-schema", "vendor.compose-spec", str(path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    result = lint(DEPLOY / "compose.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("mistake", "named"),
+    [
+        (("healthcheck:", "helthcheck:"), "'helthcheck' was unexpected"),
+        (("condition: service_healthy", "condition: service_happy"), "'service_happy' is not one of"),
+    ],
+)
+def test_the_linter_names_a_mistake(tmp_path: Path, mistake: tuple[str, str], named: str) -> None:
+    """The lint above can fail: a copy with one mistake is refused, and the message says where."""
+    broken = tmp_path / "compose.yaml"
+    broken.write_text((DEPLOY / "compose.yaml").read_text().replace(*mistake))
+    result = lint(broken)
+    assert result.returncode == 1
+    assert named in result.stdout and "services" in result.stdout
 
 
 def workers(services: dict[str, Any]) -> dict[str, Any]:
