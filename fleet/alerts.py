@@ -2,9 +2,10 @@
 
 ``AlertEngine.evaluate()`` runs from the fleet's maintenance loop with an injected clock. Each run
 judges every telemetry window stored since the previous run, in order (not only each device's
-newest), then the conditions that depend on the time (silence, hold times) at ``now``. A rule must
-hold for its ``for_s`` before its alert opens, and an open alert resolves only once the value is at or
-below ``resolve_at`` for ``resolve_for_s`` (hysteresis). While a device installs a model or is on
+newest; where the previous run stopped is a row, ``alert_cursor``, as that run may have been another
+worker's), then the conditions that depend on the time (silence, hold times) at ``now``. A rule must
+hold for its ``for_s`` before its alert opens, and an open alert resolves only once the value is at
+or below ``resolve_at`` for ``resolve_for_s`` (hysteresis). While a device installs a model or is on
 probation its window rules and silence are not judged (an install restarts the serving process).
 Open alerts are rows, and so are the conditions whose hold time runs (``alert_pending``, read at
 the start of each run and written at its end), so a new leader continues a hold where the previous
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -25,10 +26,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from sqlalchemy import Connection, Engine
 
+from fleet.alert_findings import describe, window_values
 from fleet.alert_webhook import Job, Post, RetryPolicy, WebhookSender, post_json
 from fleet.deploy import Publisher, was_refused
 from fleet.errors import FleetError
-from fleet.storage import alert_pending
+from fleet.storage import alert_cursor, alert_pending
 from fleet.storage import alerts as store
 from fleet.storage.leases import Fence, check_fence
 from fleet.storage.records import FailedUpdate, Finding
@@ -183,36 +185,6 @@ def list_alerts(
         return store.list_alerts(conn, state, limit, before_id)
 
 
-def window_values(window: store.WindowObs) -> dict[str, float | None]:
-    rate = window.errors / window.requests if window.requests else 0.0
-    return {
-        "latency_p95": window.latency_p95,
-        "error_rate": rate,
-        "drift_psi": window.drift_psi,
-        "out_of_range_share": window.out_of_range_share,
-        "input_drift": window.input_drift,
-        "stuck_features": window.stuck_features,
-        "output_drift": window.output_drift,
-        "low_confidence_share": window.low_confidence_share,
-    }
-
-
-def describe(rule: str, device_id: str, value: float, threshold: float) -> Finding:
-    severity = "critical" if rule == "error_rate" else "warning"
-    text = {
-        "offline": f"{device_id} silent for {value:.0f} min (> {threshold:g} min)",
-        "latency_p95": f"{device_id} p95 latency {value:.1f} ms > {threshold:g} ms",
-        "error_rate": f"{device_id} error rate {value:.1%} > {threshold:.1%}",
-        "drift_psi": f"{device_id} drift PSI {value:.2f} > {threshold:g}",
-        "out_of_range_share": f"{device_id} inputs out of range {value:.1%} > {threshold:.1%}",
-        "input_drift": f"{device_id} input drift significance {value:.1f} > {threshold:g}",
-        "stuck_features": f"{device_id} {value:.0f} input features stuck (> {threshold:g})",
-        "output_drift": f"{device_id} output drift significance {value:.1f} > {threshold:g}",
-        "low_confidence_share": f"{device_id} low-confidence predictions {value:.1%} > {threshold:.1%}",
-    }[rule]
-    return Finding(rule, device_id, severity, text, value)
-
-
 @dataclass
 class Track:
     """One (rule, device) condition between runs."""
@@ -242,32 +214,30 @@ class AlertEngine:
         self.clock = clock
         self.webhooks = WebhookSender(engine, clock, post=post, sleep=sleep, background=webhook_in_background)
         self._published: str | None = None
-        self._cursor: int | None = None
         self._tracks: dict[tuple[str, str], Track] = {}
 
     def evaluate(self, fence: Fence | None = None) -> tuple[list[AlertView], list[AlertView]]:
         """Judge new windows and the time-bound rules; returns (opened, resolved). Publishes and posts.
         ``fence``: the elected worker's token; StaleLeaderError (nothing written) once it lost the lease."""
         now = self.clock()
-        cursor = self._cursor
-        try:
-            with self.engine.begin() as conn:
-                if fence is not None:
-                    check_fence(conn, fence)
-                held = alert_pending.load(conn)
-                self._restore(held)
-                run = _Run(self, store.open_alerts(conn), store.device_states(conn))
-                for window in self._new_windows(conn):
-                    run.window(window)
-                run.at_now(now)
-                since = now - timedelta(minutes=self.rules.rollback_hold_minutes)
-                run.rollbacks(store.rollbacks_since(conn, since) if self.rules.rollback else [], now)
-                run.close_orphans(now)
-                opened, resolved = run.apply(conn)
-                alert_pending.save(conn, held, self._holding())
-        except BaseException:
-            self._cursor = cursor  # nothing was written: judge the same windows next time
-            raise
+        with self.engine.begin() as conn:
+            if fence is not None:
+                check_fence(conn, fence)  # first: a stale leader reads nothing and moves no cursor
+            held = alert_pending.load(conn)
+            self._restore(held)
+            run = _Run(self, store.open_alerts(conn), store.device_states(conn))
+            start = alert_cursor.load(conn)
+            windows = alert_cursor.Windows(start, WINDOW_PAGE, MAX_WINDOWS_PER_RUN)
+            for window in windows.read(conn):
+                run.window(window)
+            run.at_now(now)
+            since = now - timedelta(minutes=self.rules.rollback_hold_minutes)
+            run.rollbacks(store.rollbacks_since(conn, since) if self.rules.rollback else [], now)
+            run.close_orphans(now)
+            opened, resolved = run.apply(conn)
+            alert_pending.save(conn, held, self._holding())
+            if start is None or windows.position != start.window_id:  # moves only if all lands
+                alert_cursor.save(conn, windows.position, now)
         for alert in opened:
             log.warning("alert opened: %s", alert.message)
         self._publish()
@@ -291,21 +261,6 @@ class AlertEngine:
             for key, track in self._tracks.items()
             if track.pending_since is not None or track.clearing_since is not None
         }
-
-    def _new_windows(self, conn: Connection) -> Iterable[store.WindowObs]:
-        if self._cursor is None:  # first run: each device's newest window, then follow the table
-            self._cursor = store.newest_window_id(conn)
-            yield from store.latest_windows(conn)
-            return
-        seen = 0
-        while seen < MAX_WINDOWS_PER_RUN:
-            page = store.windows_after(conn, self._cursor, WINDOW_PAGE)
-            for window in page:
-                self._cursor = window.id
-                yield window
-            seen += len(page)
-            if len(page) < WINDOW_PAGE:
-                return
 
     def _post(self, opened: list[AlertView], resolved: list[AlertView]) -> None:
         url = self.rules.webhook_url
