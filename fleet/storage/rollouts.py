@@ -6,7 +6,7 @@ import hashlib
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, Select, and_, func, insert, or_, select, update
 
 from fleet.rollout_spec import (
     ACTIVE_STATES,
@@ -18,6 +18,7 @@ from fleet.rollout_spec import (
     Target,
 )
 from fleet.storage.compat import skipped_devices
+from fleet.storage.device_tags import device_tags
 from fleet.storage.records import WindowFigures
 from fleet.storage.rollout_devices import state_counts
 from fleet.storage.schema import desired, device_meta, devices, rollout_devices, rollouts, telemetry
@@ -29,17 +30,30 @@ BASELINE_SPAN = timedelta(hours=2)
 
 def resolve_target(conn: Connection, target: Target) -> list[tuple[str, str]]:
     """(device id, presence) of every known device the target selects, sorted by id; revoked devices
-    are left out (they can download nothing)."""
-    query = select(devices.c.device_id, devices.c.presence, device_meta.c.group_name, device_meta.c.tags)
+    are left out (they can download nothing). One query: a group is an equality on ``device_meta``,
+    tags the devices that carry every one of them in ``device_tags`` (its tag index), so a tagged
+    rollout in a big fleet reads the tagged devices, not every device."""
+    query = select(devices.c.device_id, devices.c.presence)
     query = query.select_from(devices).outerjoin(device_meta, device_meta.c.device_id == devices.c.device_id)
     query = query.where(device_meta.c.revoked_at.is_(None))
     if target.devices:
         query = query.where(devices.c.device_id.in_(target.devices))
     elif target.group is not None:
         query = query.where(device_meta.c.group_name == target.group)
-    rows = conn.execute(query.order_by(devices.c.device_id)).all()
-    wanted = set(target.tags)
-    return [(row.device_id, row.presence) for row in rows if not wanted or wanted <= set(row.tags or [])]
+    elif target.tags:
+        query = query.where(devices.c.device_id.in_(devices_with_every_tag(set(target.tags))))
+    return [(row.device_id, row.presence) for row in conn.execute(query.order_by(devices.c.device_id))]
+
+
+def devices_with_every_tag(tags: set[str]) -> Select[tuple[str]]:
+    """Ids of the devices that carry every one of ``tags``: (device, tag) is the table's key, so a
+    device has all of them when it has as many of them as there are."""
+    return (
+        select(device_tags.c.device_id)
+        .where(device_tags.c.tag.in_(sorted(tags)))
+        .group_by(device_tags.c.device_id)
+        .having(func.count() == len(tags))
+    )
 
 
 def busy_devices(conn: Connection, device_ids: list[str]) -> dict[str, int]:
