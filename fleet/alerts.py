@@ -32,6 +32,7 @@ from fleet.deploy import Publisher, was_refused
 from fleet.errors import FleetError
 from fleet.storage import alert_cursor, alert_pending
 from fleet.storage import alerts as store
+from fleet.storage.alert_windows import Windows
 from fleet.storage.leases import Fence, check_fence
 from fleet.storage.records import FailedUpdate, Finding
 from fleet.views import AlertView
@@ -227,7 +228,7 @@ class AlertEngine:
             self._restore(held)
             run = _Run(self, store.open_alerts(conn), store.device_states(conn))
             start = alert_cursor.load(conn)
-            windows = alert_cursor.Windows(start, WINDOW_PAGE, MAX_WINDOWS_PER_RUN)
+            windows = Windows(start, WINDOW_PAGE, MAX_WINDOWS_PER_RUN)
             for window in windows.read(conn):
                 run.window(window)
             run.at_now(now)
