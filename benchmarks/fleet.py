@@ -231,13 +231,18 @@ def bare_drain(broker: MosquittoBroker, messages: list[tuple[str, bytes]]) -> fl
 
 
 def fleet_drain(
-    broker: MosquittoBroker, db_url: str, messages: list[tuple[str, bytes]], poison: int = 0
+    broker: MosquittoBroker,
+    db_url: str,
+    messages: list[tuple[str, bytes]],
+    poison: int = 0,
+    writer: str = "auto",
 ) -> dict[str, Any]:
     """Drain ``messages`` (``poison`` of them bad) through the ingester; every valid one must be stored
     and every bad one dead-lettered."""
     engine = create_engine_for_url(db_url)
-    settings = MqttSettings(
-        host=broker.host, port=broker.port, client_id=f"bench-fleet-{uuid.uuid4().hex[:6]}"
+    settings = MqttSettings.model_validate(
+        {"host": broker.host, "port": broker.port, "client_id": f"bench-fleet-{uuid.uuid4().hex[:6]}"}
+        | {"writer": writer}
     )
     ingester = Ingester(settings, engine)
     park_session(broker, settings.client_id, TOPICS.all_devices(DeviceChannel.TELEMETRY))
@@ -1065,6 +1070,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=3,
         help="runs of the bare subscriber (per database) and of each ingestion run; the best counts",
     )
+    parser.add_argument(
+        "--thread-writer-too",
+        action="store_true",
+        help="also run the ingester with its writer thread (the fallback), beside the default",
+    )
     parser.add_argument("--kill-messages", type=int, default=4000, help="messages in the kill/restart run")
     parser.add_argument("--agents", type=int, default=1000, help="simulated agents in the rollout run")
     parser.add_argument("--soak", type=float, default=6.0, help="soak seconds per wave in the rollout run")
@@ -1127,11 +1137,12 @@ def best_drain(
     backend: str,
     messages: list[tuple[str, bytes]],
     poison: int = 0,
+    writer: str = "auto",
 ) -> dict[str, Any]:
     """One ingester run on an empty database; ``best_of`` keeps the fastest."""
     url, drop = fresh_db(workdir, backend, "poison" if poison else "clean")
     try:
-        return fleet_drain(broker, url, messages, poison=poison)
+        return fleet_drain(broker, url, messages, poison=poison, writer=writer)
     finally:
         drop()
 
@@ -1154,6 +1165,7 @@ def ingest_figures(report: Report, broker: MosquittoBroker, workdir: Path, args:
     clean: dict[str, dict[str, Any]] = {}
     dirty: dict[str, dict[str, Any]] = {}
     shared: dict[str, float] = {}
+    threaded: dict[str, dict[str, Any]] = {}
     for name in backends:
         # The bare subscriber runs beside each backend's runs, so that a busy spell of the machine
         # does not favour one side; the best of all its runs is the reference (the harder bar).
@@ -1162,6 +1174,10 @@ def ingest_figures(report: Report, broker: MosquittoBroker, workdir: Path, args:
         dirty[name] = best_of(
             args.repeat, partial(best_drain, broker, workdir, name, poisoned, poison=bad), _rate
         )
+        if args.thread_writer_too:
+            threaded[name] = best_of(
+                args.repeat, partial(best_drain, broker, workdir, name, messages, writer="thread"), _rate
+            )
         url, drop = fresh_db(workdir, name, "shared")
         try:
             shared[name] = shared_drain(broker, url, messages, 2)
@@ -1210,6 +1226,17 @@ def ingest_figures(report: Report, broker: MosquittoBroker, workdir: Path, args:
         figures[name]["poisoned_time_us_per_msg"] = time_breakdown(
             report, f"{name}, poisoned", poison_run["per_message"]
         )
+        if name in threaded:
+            thread_rate = threaded[name]["rate"]
+            figures[name]["thread_writer_msg_s"] = round(thread_rate)
+            figures[name]["thread_writer_ratio_to_bare"] = round(thread_rate / bare, 3)
+            report.add(
+                f"  the same with the writer thread ({name}): stored msg/s; ratio",
+                f"{thread_rate:,.0f}; {thread_rate / bare:.2f}x",
+            )
+            figures[name]["thread_writer_time_us_per_msg"] = time_breakdown(
+                report, f"{name}, writer thread", threaded[name]["per_message"]
+            )
         figures[name]["two_workers_shared_msg_s"] = round(shared[name])
         figures[name]["two_workers_ratio_to_bare"] = round(shared[name] / bare, 3)
         report.add(

@@ -56,6 +56,9 @@ class ChildConfig(NamedTuple):
     dead_letter_cap: int
     log_level: int
 
+    def __repr__(self) -> str:  # the URL's password stays out of logs and tracebacks
+        return f"ChildConfig(db_url={self.safe_url!r}, topic_prefix={self.topic_prefix!r})"
+
 
 class Done(NamedTuple):
     batch_ids: list[int]

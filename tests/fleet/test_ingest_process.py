@@ -141,3 +141,13 @@ def test_the_writer_setting_can_ask_for_a_thread(broker: MosquittoBroker, db_url
         assert Ingester(_settings(broker, writer="process"), engine).writer == "process"
     finally:
         engine.dispose()
+
+
+def test_the_child_config_does_not_show_the_password(broker: MosquittoBroker) -> None:
+    from fleet.ingest.relay import child_config
+
+    engine = create_engine("postgresql+psycopg://fleet:s3cret@db.invalid/fleet")
+    config = child_config(engine, _settings(broker, writer="process"), 100)
+    assert not isinstance(config, str)
+    assert "s3cret" in config.db_url and "s3cret" not in config.safe_url
+    assert "s3cret" not in repr(config) and "s3cret" not in str(config)
