@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import pickle
+import queue
 import threading
 import time
 from datetime import UTC, datetime
@@ -28,7 +30,7 @@ from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
 from fleet.ingest.batch_store import BatchStore
-from fleet.ingest.decode import Received, decode
+from fleet.ingest.decode import DeadLetter, Decoded, Received, decode
 from fleet.ingest.timing import WriterTimes
 from protocol.topics import Topics
 
@@ -101,32 +103,68 @@ def child_main(conn: Connection, config: ChildConfig) -> None:
 
 
 def _serve(conn: Connection, config: ChildConfig, store: BatchStore) -> None:
+    """Decode here and store on a second thread: the database's own work (SQLite's C code, or the
+    PostgreSQL server's, waited for on a socket) runs without the interpreter lock, so the next
+    batch is decoded meanwhile. Batches are stored in the order they came, one at a time."""
     topics = Topics(config.topic_prefix)
-    times = WriterTimes()
-    cpu_start = time.thread_time()
-    while True:
-        waited = time.perf_counter()
-        taken = _take(conn, config.batch_size)
-        times.idle_s += time.perf_counter() - waited
-        if taken is None:
-            return
-        ids, wires, finish = taken
-        batch = [from_wire(wire) for wire in wires]
-        began, began_cpu = time.perf_counter(), time.thread_time()
-        items = [decode(item, topics, config.max_payload_bytes) for item in batch]
-        decoded, decoded_cpu = time.perf_counter(), time.thread_time()
-        stored, duplicates, letters = store.store(batch, items)
-        times.store_cpu_s += time.thread_time() - decoded_cpu
-        times.decode_cpu_s += decoded_cpu - began_cpu
-        times.decode_s += decoded - began
-        times.store_s += time.perf_counter() - decoded
-        times.batches += 1
-        times.messages += len(batch)
-        times.cpu_s = time.thread_time() - cpu_start
-        described = [(letter.topic, letter.reason.value, letter.detail) for letter in letters]
-        conn.send_bytes(pickle.dumps(Done(ids, stored, duplicates, described, vars(times).copy()), 5))
-        if finish:
-            return
+    times = WriterTimes(in_child=True)
+    decoded: queue.Queue[_Decoded | None] = queue.Queue(maxsize=1)
+    storer = threading.Thread(
+        target=_store_loop,
+        args=(conn, store, decoded, times, time.process_time()),
+        name="fleet-ingest-store",
+        daemon=True,
+    )
+    storer.start()
+    try:
+        while True:
+            waited = time.perf_counter()
+            taken = _take(conn, config.batch_size)
+            times.idle_s += time.perf_counter() - waited
+            if taken is None:
+                return
+            ids, wires, finish = taken
+            began, began_cpu = time.perf_counter(), time.thread_time()
+            batch = [from_wire(wire) for wire in wires]
+            items = [decode(item, topics, config.max_payload_bytes) for item in batch]
+            times.decode_cpu_s += time.thread_time() - began_cpu
+            times.decode_s += time.perf_counter() - began
+            decoded.put((ids, batch, items))
+            if finish:
+                return
+    finally:
+        decoded.put(None)  # what was decoded is stored first
+        storer.join()
+
+
+_Decoded = tuple[list[int], list[Received], list[Decoded | DeadLetter]]
+
+
+def _store_loop(
+    conn: Connection,
+    store: BatchStore,
+    decoded: queue.Queue[_Decoded | None],
+    times: WriterTimes,
+    cpu_start: float,
+) -> None:
+    try:
+        while (job := decoded.get()) is not None:
+            ids, batch, items = job
+            began, began_cpu = time.perf_counter(), time.thread_time()
+            stored, duplicates, letters = store.store(batch, items)
+            times.store_cpu_s += time.thread_time() - began_cpu
+            times.store_s += time.perf_counter() - began
+            times.batches += 1
+            times.messages += len(batch)
+            times.cpu_s = time.process_time() - cpu_start  # both threads, since serving began
+            described = [(letter.topic, letter.reason.value, letter.detail) for letter in letters]
+            conn.send_bytes(pickle.dumps(Done(ids, stored, duplicates, described, vars(times).copy()), 5))
+    except (EOFError, OSError):
+        log.warning("ingest writer process: the fleet process is gone; exiting")
+        os._exit(0)
+    except BaseException:
+        log.exception("ingest writer process: storing failed; exiting (the fleet starts another)")
+        os._exit(1)
 
 
 def _take(conn: Connection, batch_size: int) -> tuple[list[int], list[Wire], bool] | None:

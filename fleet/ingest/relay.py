@@ -35,8 +35,9 @@ from fleet.ingest.timing import WriterTimes
 
 log = logging.getLogger(__name__)
 
-IN_FLIGHT = 2
-"""Batches sent and not yet confirmed: one being stored, one waiting, so the child never idles."""
+IN_FLIGHT = 3
+"""Batches sent and not yet confirmed: one being stored, one being decoded, one waiting, so the
+child never idles."""
 RESTART_DELAY_MAX_S = 30.0
 READY_WAIT_S = 30.0
 
