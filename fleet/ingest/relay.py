@@ -40,6 +40,7 @@ IN_FLIGHT = 3
 child never idles."""
 RESTART_DELAY_MAX_S = 30.0
 READY_WAIT_S = 30.0
+STREAK_RESET_S = 60.0
 
 
 class ProcessWriter:
@@ -66,6 +67,8 @@ class ProcessWriter:
         self._finishing = False
         self._abandon = False
         self._restarts = 0
+        self._streak = 0
+        self._spawned_at = 0.0
         self._times = WriterTimes(in_child=True)
         """Summed over children that ended; the running child's latest report is added on read."""
         self._current = WriterTimes(in_child=True)
@@ -127,6 +130,7 @@ class ProcessWriter:
             target=child_main, args=(theirs, self._config), name="fleet-ingest-writer", daemon=True
         )
         process.start()
+        self._spawned_at = time.monotonic()
         theirs.close()  # only the child holds its end: its death ends the pipe for the receiver
         log.info("ingest writer process %s started for %s", process.pid, self._config.safe_url)
         return mine, process
@@ -155,7 +159,11 @@ class ProcessWriter:
                 len(self._inflight),
             )
             self._restarts += 1
-            time.sleep(min(0.1 * 2 ** min(self._restarts, 10), RESTART_DELAY_MAX_S))
+            # Children that keep dying young are restarted ever more slowly; one that lived a while
+            # starts the count again.
+            lived = time.monotonic() - self._spawned_at
+            self._streak = 1 if lived > STREAK_RESET_S else self._streak + 1
+            time.sleep(min(0.1 * 2 ** min(self._streak, 10), RESTART_DELAY_MAX_S))
             self._conn.close()
             self._times.add(self._current)
             self._current = WriterTimes(in_child=True)

@@ -8,7 +8,10 @@ from dataclasses import dataclass, fields
 
 @dataclass
 class WriterTimes:
-    """Seconds of wall time per stage of the writer (thread or child process), and its CPU time."""
+    """Seconds of wall time per stage of the writer (thread or child process), and its CPU time.
+
+    A child writer decodes on one thread and stores on another, so its ``decode_s`` and ``store_s``
+    overlap (their sum exceeds its lifetime when the database's work hides behind decoding)."""
 
     batches: int = 0
     messages: int = 0
