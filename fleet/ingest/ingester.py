@@ -134,15 +134,7 @@ class Ingester:
     def start(self) -> None:
         """Start the writer (process or thread) and the MQTT network thread (which connects and
         reconnects)."""
-        self._stop.clear()
-        if isinstance(self._child, ChildConfig):
-            self._relay = ProcessWriter(self._child, self._pending, self._arrived, self._stop, self._stored)
-            self._relay.start()
-            log.info("ingest writer: a child process (%s)", self._relay.pid)
-        else:
-            self._writer = threading.Thread(target=self._write_loop, name="fleet-ingest-writer", daemon=True)
-            self._writer.start()
-            log.info("ingest writer: a thread (%s)", self._child)
+        self.start_writer()
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self.settings.session_expiry_s
         properties.ReceiveMaximum = RECEIVE_MAXIMUM
@@ -154,12 +146,25 @@ class Ingester:
             properties=properties,
         )
         self._client.loop_start()
-        log.info(
-            "ingester connecting to mqtt://%s:%d as %s",
-            self.settings.host,
-            self.settings.port,
-            self.settings.client_id,
-        )
+        log.info("ingester connecting to mqtt://%s:%d as %s", *self._where(), self.settings.client_id)
+
+    def start_writer(self) -> None:
+        """Start the writer alone, ahead of ``start()`` (which then leaves it be): a child writer
+        takes a second or so to import, which a benchmark of the stream need not time."""
+        if self._relay is not None or self._writer is not None:
+            return
+        self._stop.clear()
+        if isinstance(self._child, ChildConfig):
+            self._relay = ProcessWriter(self._child, self._pending, self._arrived, self._stop, self._stored)
+            self._relay.start()
+            log.info("ingest writer: a child process (%s)", self._relay.pid)
+        else:
+            self._writer = threading.Thread(target=self._write_loop, name="fleet-ingest-writer", daemon=True)
+            self._writer.start()
+            log.info("ingest writer: a thread (%s)", self._child)
+
+    def _where(self) -> tuple[str, int]:
+        return self.settings.host, self.settings.port
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Store what is queued (acking it while still connected), then disconnect."""
@@ -222,12 +227,8 @@ class Ingester:
             [(self.subscription(channel), options) for channel in INGESTED_CHANNELS]
         )
         subscribe(client, self.routes)
-        log.info(
-            "ingester connected to mqtt://%s:%d (session %s)",
-            self.settings.host,
-            self.settings.port,
-            "resumed" if getattr(flags, "session_present", False) else "new",
-        )
+        resumed = "resumed" if getattr(flags, "session_present", False) else "new"
+        log.info("ingester connected to mqtt://%s:%d (session %s)", *self._where(), resumed)
 
     def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, mid: int, *_rest: Any) -> None:
         if mid == self._subscribe_mid:

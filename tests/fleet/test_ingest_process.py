@@ -53,10 +53,12 @@ def test_the_child_writer_stores_and_acknowledges(broker: MosquittoBroker, db_ur
     engine = create_engine_for_url(db_url)
     ingester = Ingester(_settings(broker), engine)
     assert ingester.writer == "process"
+    ingester.start_writer()  # ahead of start(), which then keeps this child
+    early = ingester.writer_pid
     publisher = TestClient(broker.host, broker.port)
     try:
         with _running(ingester):
-            assert ingester.writer_pid not in (None, os.getpid())
+            assert ingester.writer_pid == early and early not in (None, os.getpid())
             publisher.publish(TOPICS.status("c-1"), status("c-1"))
             for seq in range(20):
                 publisher.publish(TOPICS.telemetry("c-1"), telemetry_payload("c-1", seq=seq))
