@@ -389,7 +389,7 @@ class Ingester:
                 stored=self._counts["stored"],
                 duplicates=self._counts["duplicates"],
                 dead_lettered=dict(self._dead),
-                queue_depth=len(self._pending),
+                queue_depth=len(self._pending) + (relay.in_flight() if (relay := self._relay) else 0),
                 acked=self._counts["acked"],
                 manual_ack=self.settings.manual_ack,
             )

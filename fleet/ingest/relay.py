@@ -114,6 +114,13 @@ class ProcessWriter:
     def restarts(self) -> int:
         return self._restarts
 
+    def in_flight(self) -> int:
+        """Messages sent to the child and not yet reported stored (the queue goes on there).
+
+        Without the lock, which a send to a busy child may hold a while: ``list`` copies the
+        values in one step of the interpreter."""
+        return sum(len(batch) for batch in list(self._inflight.values()))
+
     def times(self) -> WriterTimes:
         total = self._times.copy()
         total.add(self._current)
