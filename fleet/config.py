@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -46,6 +46,12 @@ class MqttSettings(BaseModel):
         "the broker may send: it goes on sending while a batch is written)",
     )
     manual_ack: bool = Field(True, description="acknowledge QoS 1 messages only after they are committed")
+    writer: Literal["auto", "process", "thread"] = Field(
+        "auto",
+        description="where messages are decoded and stored: a child process beside the MQTT one (off its "
+        "interpreter lock, on another core), or a thread in it; auto: a process when the database is a "
+        "SQLite file or PostgreSQL and there are two cores or more",
+    )
     username: str | None = Field(None, description="broker user name (the ACL's fleet user)")
     password: str | None = Field(None, repr=False, description="broker password")
     ca_file: Path | None = Field(

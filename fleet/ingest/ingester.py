@@ -1,7 +1,11 @@
-"""The MQTT ingester: the network thread only enqueues; a writer thread validates and stores batches.
+"""The MQTT ingester: the network thread only enqueues; a writer validates and stores batches.
 
-Both threads share one interpreter lock, so what each message costs in either is what bounds the
-rate: the hand-over between them is a deque and an event set only when the writer waits.
+The writer is a child process (``fleet.ingest.child``, fed by ``fleet.ingest.relay``) when the
+database can be opened from another process and there is a second core: the MQTT thread and the
+writer then run side by side instead of taking turns on one interpreter lock. Otherwise (an
+in-memory SQLite database, one core, ``writer = "thread"``) it is a thread of this process, and
+what each message costs in either thread bounds the rate: the hand-over is a deque and an event
+set only when the writer waits.
 
 QoS 1 messages are acknowledged (``manual_ack``) only after the transaction holding them has
 committed, so a crash or a database outage loses nothing: the broker redelivers what was not
@@ -30,7 +34,9 @@ from fleet.config import MqttSettings
 from fleet.ingest.acks import ack_all
 from fleet.ingest.answers import PublishAnswers
 from fleet.ingest.batch_store import BatchStore
+from fleet.ingest.child import ChildConfig, Done
 from fleet.ingest.decode import Received, decode
+from fleet.ingest.relay import ProcessWriter, child_config
 from fleet.ingest.routes import Route, attach, subscribe
 from fleet.ingest.timing import WriterTimes
 from fleet.storage.ingest import DEAD_LETTER_CAP
@@ -78,12 +84,18 @@ class Ingester:
         self._writer: threading.Thread | None = None
         self._connected = threading.Event()
         self._generation = 0
+        self._subscribe_mid: int | None = None
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._dead: Counter[str] = Counter()
         self._answers = PublishAnswers(settings.username)
         self.routes: list[Route] = []
         self._batches = BatchStore(engine, dead_letter_cap, self._stop)
+        self._child: ChildConfig | str = child_config(engine, settings, dead_letter_cap)
+        """The child writer's configuration, or why the writer is a thread."""
+        self._relay: ProcessWriter | None = None
+        self._relayed = WriterTimes(in_child=True)
+        """What child writers of earlier start()s reported."""
         self._client = self._make_client()
 
     # ------------------------------------------------------------ lifecycle
@@ -109,6 +121,7 @@ class Ingester:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         client.on_publish = self._on_publish
         attach(client, self.routes, self.settings.manual_ack)
         return client
@@ -119,10 +132,9 @@ class Ingester:
         attach(self._client, [route], self.settings.manual_ack)
 
     def start(self) -> None:
-        """Start the writer thread and the MQTT network thread (which connects and reconnects)."""
-        self._stop.clear()
-        self._writer = threading.Thread(target=self._write_loop, name="fleet-ingest-writer", daemon=True)
-        self._writer.start()
+        """Start the writer (process or thread) and the MQTT network thread (which connects and
+        reconnects)."""
+        self.start_writer()
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self.settings.session_expiry_s
         properties.ReceiveMaximum = RECEIVE_MAXIMUM
@@ -134,17 +146,38 @@ class Ingester:
             properties=properties,
         )
         self._client.loop_start()
-        log.info(
-            "ingester connecting to mqtt://%s:%d as %s",
-            self.settings.host,
-            self.settings.port,
-            self.settings.client_id,
-        )
+        log.info("ingester connecting to mqtt://%s:%d as %s", *self._where(), self.settings.client_id)
+
+    def start_writer(self) -> None:
+        """Start the writer alone, ahead of ``start()`` (which then leaves it be): a child writer
+        takes a second or so to import, which a benchmark of the stream need not time."""
+        if self._relay is not None or self._writer is not None:
+            return
+        self._stop.clear()
+        if isinstance(self._child, ChildConfig):
+            self._relay = ProcessWriter(self._child, self._pending, self._arrived, self._stop, self._stored)
+            self._relay.start()
+            log.info("ingest writer: a child process (%s)", self._relay.pid)
+        else:
+            self._writer = threading.Thread(target=self._write_loop, name="fleet-ingest-writer", daemon=True)
+            self._writer.start()
+            log.info("ingest writer: a thread (%s)", self._child)
+
+    def _where(self) -> tuple[str, int]:
+        return self.settings.host, self.settings.port
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Store what is queued (acking it while still connected), then disconnect."""
         deadline = time.monotonic() + timeout_s
         self._stop.set()
+        if self._relay is not None:
+            if not self._relay.stop(deadline):
+                log.warning(
+                    "ingest writer process did not finish within %.0fs; unacked messages will be redelivered",
+                    timeout_s,
+                )
+            self._relayed.add(self._relay.times())
+            self._relay = None
         if self._writer is not None:
             self._writer.join(timeout=max(0.0, deadline - time.monotonic()))
             if self._writer.is_alive():
@@ -158,6 +191,16 @@ class Ingester:
         self._connected.clear()
         # A fresh client for a later start(): same id, so the broker resumes the session.
         self._client = self._make_client()
+
+    @property
+    def writer(self) -> str:
+        """``process`` when a child process decodes and stores, ``thread`` when a thread here does."""
+        return "process" if isinstance(self._child, ChildConfig) else "thread"
+
+    @property
+    def writer_pid(self) -> int | None:
+        """The child writer's process id while it runs (it changes when a dead one is replaced)."""
+        return self._relay.pid if self._relay is not None else None
 
     def wait_connected(self, timeout_s: float) -> bool:
         return self._connected.wait(timeout_s)
@@ -178,15 +221,18 @@ class Ingester:
         # Retain as published: a retained message keeps its flag even when delivered live, so its
         # dead letter is remembered as retained from the first sighting (and recorded once).
         options = SubscribeOptions(qos=1, retainAsPublished=True)
-        client.subscribe([(self.subscription(channel), options) for channel in INGESTED_CHANNELS])
-        subscribe(client, self.routes)
-        self._connected.set()
-        log.info(
-            "ingester connected to mqtt://%s:%d (session %s)",
-            self.settings.host,
-            self.settings.port,
-            "resumed" if getattr(flags, "session_present", False) else "new",
+        # Connected once the broker has the subscription (SUBACK): what is published after
+        # wait_connected() returns is delivered.
+        _, self._subscribe_mid = client.subscribe(
+            [(self.subscription(channel), options) for channel in INGESTED_CHANNELS]
         )
+        subscribe(client, self.routes)
+        resumed = "resumed" if getattr(flags, "session_present", False) else "new"
+        log.info("ingester connected to mqtt://%s:%d (session %s)", *self._where(), resumed)
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, mid: int, *_rest: Any) -> None:
+        if mid == self._subscribe_mid:
+            self._connected.set()
 
     def subscription(self, channel: DeviceChannel) -> str:
         """The filter for one channel; ``$share/<group>/...`` when ingest workers share the stream."""
@@ -262,17 +308,29 @@ class Ingester:
             log.warning(
                 "dead-lettered a message on %s (%s): %s", letter.topic, letter.reason.value, letter.detail
             )
-        with self._lock:
-            self._counts["stored"] += stored
-            self._counts["duplicates"] += duplicates
-            for letter in letters:
-                self._dead[letter.reason.value] += 1
+        self._count(stored, duplicates, [letter.reason.value for letter in letters])
         self._ack(batch)
         times.batches += 1
         times.messages += len(batch)
         times.decode_s += decoded - began
         times.store_s += committed - decoded
         times.ack_s += time.perf_counter() - committed
+
+    def _count(self, stored: int, duplicates: int, reasons: list[str]) -> None:
+        with self._lock:
+            self._counts["stored"] += stored
+            self._counts["duplicates"] += duplicates
+            for reason in reasons:
+                self._dead[reason] += 1
+
+    def _stored(self, batch: list[Received], done: Done) -> None:
+        """A child writer committed ``batch`` (receiver thread): count, log, acknowledge."""
+        for topic, reason, detail in done.letters:
+            log.warning("dead-lettered a message on %s (%s): %s", topic, reason, detail)
+        self._count(done.stored, done.duplicates, [reason for _, reason, _ in done.letters])
+        began = time.perf_counter()
+        self._ack(batch)
+        self._times.ack_s += time.perf_counter() - began
 
     def _ack(self, batch: list[Received]) -> None:
         if not self.settings.manual_ack:
@@ -293,8 +351,15 @@ class Ingester:
     # ------------------------------------------------------------ commands and stats
 
     def timings(self) -> WriterTimes:
-        """Where the writer thread's time went since the start (a snapshot)."""
-        return self._times.copy()
+        """Where the writer's time went since the start (a snapshot; a child writer's as it last
+        reported, summed over the children that ended)."""
+        if isinstance(self._child, str):
+            return self._times.copy()
+        times = self._relayed.copy()
+        if self._relay is not None:
+            times.add(self._relay.times())
+        times.ack_s = self._times.ack_s
+        return times
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
         """Queue a publish; False (and a log line) when the broker is not connected or refuses it.
@@ -324,7 +389,7 @@ class Ingester:
                 stored=self._counts["stored"],
                 duplicates=self._counts["duplicates"],
                 dead_lettered=dict(self._dead),
-                queue_depth=len(self._pending),
+                queue_depth=len(self._pending) + (relay.in_flight() if (relay := self._relay) else 0),
                 acked=self._counts["acked"],
                 manual_ack=self.settings.manual_ack,
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -22,7 +23,7 @@ from tests.fleet.mqtt_helpers import (
 from tests.fleet.mqtt_helpers import (
     telemetry as telemetry_payload,
 )
-from tests.support.fleet import RunningFleet
+from tests.support.fleet import RunningFleet, fleet_config, running_fleet
 
 TOPICS = Topics()
 V1 = ModelRef(name="digits", version="1.0.0")
@@ -166,7 +167,23 @@ def test_unacknowledged_messages_are_redelivered(
     assert (stats["stored"], stats["duplicates"]) == (4, 3)
 
 
-def test_database_outage_is_retried(fleet: RunningFleet, device: TestClient, monkeypatch: Any) -> None:
+def test_database_outage_is_retried(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    signing_keys: tuple[Path, Path],
+    db_url: str,
+    device: TestClient,
+    monkeypatch: Any,
+) -> None:
+    """The writer thread, so the patch reaches it (a child writer runs the same ``BatchStore``)."""
+    config = fleet_config(tmp_path, broker, signing_keys, db_url)
+    config = config.model_copy(update={"mqtt": config.mqtt.model_copy(update={"writer": "thread"})})
+    with running_fleet(config) as fleet:
+        _outage_is_retried(fleet, device, monkeypatch)
+
+
+def _outage_is_retried(fleet: RunningFleet, device: TestClient, monkeypatch: Any) -> None:
+    assert fleet.server.ingester.writer == "thread"
     real = repository.store_batch
     failures = iter([True, True])
 
