@@ -97,6 +97,14 @@ def _add_serve(commands: Any) -> None:
         help="MQTT v5 shared subscription group, so several `fleet serve` workers split the stream",
     )
     serve.add_argument(
+        "--ingest-writer",
+        choices=("auto", "process", "thread"),
+        default="auto",
+        help="where device messages are decoded and stored: a child process (off the MQTT thread's "
+        "interpreter lock, on a second core), or a thread; auto (default): a process for a SQLite "
+        "file or PostgreSQL on two cores or more",
+    )
+    serve.add_argument(
         "--tokens",
         type=Path,
         default=None,
@@ -345,6 +353,7 @@ def _serve(args: argparse.Namespace) -> int:
             username=args.mqtt_username,
             password=read_secret(args.mqtt_password_file),
             shared_group=args.shared_group,
+            writer=args.ingest_writer,
             ca_file=args.mqtt_ca,
             cert_file=args.mqtt_cert,
             key_file=args.mqtt_key,

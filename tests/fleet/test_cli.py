@@ -6,6 +6,7 @@ import argparse
 import signal
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
@@ -91,8 +92,15 @@ def test_fleet_url_from_environment(
     assert code == 2 and url in err
 
 
+@pytest.mark.parametrize(
+    ("writer", "logged"),
+    [
+        ("auto", "ingest writer: a child process"),
+        ("thread", "ingest writer: a thread (the writer setting asks for a thread)"),
+    ],
+)
 def test_serve_process_logs_ready_and_stops_on_sigterm(
-    tmp_path: Path, broker: MosquittoBroker, signing_keys: tuple[Path, Path]
+    tmp_path: Path, broker: MosquittoBroker, signing_keys: tuple[Path, Path], writer: str, logged: str
 ) -> None:
     fleet = FleetProcess(
         tmp_path,
@@ -100,6 +108,7 @@ def test_serve_process_logs_ready_and_stops_on_sigterm(
         signing_keys[1],
         mqtt_host=broker.host,
         client_id="fleet-serve-test",
+        extra=("--ingest-writer", writer),
         module="fleet",
     )
     port = fleet.port
@@ -112,12 +121,17 @@ def test_serve_process_logs_ready_and_stops_on_sigterm(
         script = requests.get(f"http://127.0.0.1:{port}/static/app.js", timeout=5).text
         assert "/api/v1/devices" in script and "2000" in script
         fleet.wait_ingesting(10)
+        fleet.wait_for_log(logged, 20)
+        helpers = psutil.Process(fleet.process.pid).children(recursive=True)
+        assert bool(helpers) == (writer == "auto")  # the writer and the fork server it came from
         fleet.send_signal(signal.SIGTERM)
         assert fleet.wait(20) == 0, fleet.log_text()
     finally:
         fleet.kill()
     text = fleet.log_text()
     assert "fleet stopped" in text and "Traceback" not in text, text
+    _, alive = psutil.wait_procs(helpers, timeout=10)
+    assert not alive, f"left running after the fleet stopped: {alive}"
 
 
 def test_serve_without_keys_fails_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
