@@ -984,10 +984,22 @@ def api_latency(
     workdir = Path(tempfile.mkdtemp(prefix="fleet-api-"))
     process = serve(workdir, broker, key, db_url)
     url = process.url
+    # The same fleet without gc.freeze, on the same database, answering in turn with the real one.
+    unfrozen = FleetProcess(
+        Path(tempfile.mkdtemp(prefix="fleet-api-unfrozen-")),
+        broker.port,
+        key,
+        mqtt_host=broker.host,
+        db_url=db_url,
+        client_id="bench-fleet-unfrozen",
+        module="benchmarks.fleet_unfrozen",
+    )
+    unfrozen.start_and_wait(60)
     session = requests.Session()
     try:
         out: dict[str, Any] = {"rows": rows, "generate_s": generated_s}
-        out["device_list"] = device_list.http_figures(session, url, devices_n, requests_n)
+        urls = {"served": url, "unfrozen": unfrozen.url}
+        out["device_list"] = device_list.http_figures(session, urls, devices_n, requests_n)
         out["device_list"]["breakdown"] = device_list.breakdown(db_url, requests_n)
         for name, path in (
             ("series_6h", lambda i: f"/api/v1/devices/dev-{i % devices_n:04d}/series?hours=6&points=360"),
@@ -1003,6 +1015,7 @@ def api_latency(
             out[name] = {"p50_ms": statistics.median(samples), "p99_ms": p99(samples), "n": requests_n}
         return out
     finally:
+        unfrozen.stop(30)
         process.stop(30)
 
 

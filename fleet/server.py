@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import socket
@@ -197,6 +198,7 @@ class FleetServer:
         self._watch.start()
         self._campaign.start()
         self._maintenance.start()
+        freeze_startup_heap()
         try:
             self._uvicorn.run()
         except SystemExit as exc:  # uvicorn exits when it cannot bind
@@ -215,6 +217,15 @@ class FleetServer:
 
     def stop(self) -> None:
         self._uvicorn.should_exit = True
+
+
+def freeze_startup_heap() -> None:
+    """Move what start-up built (modules, the app, SQLAlchemy's tables and compiled statements)
+    out of the cyclic garbage collector's reach: a full collection walked all of it, and at
+    10,000 devices one landed on about every 60th device-list request as a 90 ms pause (the
+    list's p99). Garbage is collected first, so none of it is kept for good."""
+    gc.collect()
+    gc.freeze()
 
 
 def serve(config: FleetConfig) -> int:
