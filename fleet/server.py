@@ -198,7 +198,6 @@ class FleetServer:
         self._watch.start()
         self._campaign.start()
         self._maintenance.start()
-        freeze_startup_heap()
         try:
             self._uvicorn.run()
         except SystemExit as exc:  # uvicorn exits when it cannot bind
@@ -239,6 +238,9 @@ def serve(config: FleetConfig) -> int:
         server.stop()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # Here, in the process's own entry, not in FleetServer.run: a test process starting many
+    # servers would freeze each test's leftovers for good.
+    freeze_startup_heap()
     try:
         server.run()
     finally:
