@@ -4,7 +4,12 @@ The updater samples the new model's usage (requests, inference errors, invoke ti
 ``check_interval_s``, runs the bundle's samples through the serving model as a health check,
 and asks ``judge`` whether to keep watching, commit, or roll back (with the reason in words).
 
-Speed is judged on the model's own invoke time per instance (``agent.usage.ModelUsage.invoke``),
+Speed is judged on two readings, either of which rolls back: the two models timed in turns at
+activation (``agent.update.side_by_side``: the lower 95% bound of the median pair ratio of CPU
+time above ``max_latency_factor``; immune to what else the machine runs, since both halves of a
+pair meet the same machine), and the requests, as follows.
+
+The requests' reading is the model's own invoke time per instance (``agent.usage.ModelUsage.invoke``),
 not on request latency: request latency includes the wait for the interpreter, which grows with
 load, so a good model met by twice the traffic used to fail. The rule, with ``n`` and ``m`` timed
 requests of the new and the previous model (each at least ``min_invokes``):
@@ -51,7 +56,7 @@ class ProbationPolicy:
     """Requests needed before the error rate is judged."""
     max_error_rate: float = 0.05
     max_latency_factor: float = 2.0
-    """Applied to the median invoke time (see the module's rule)."""
+    """The new model may cost up to this factor x the previous one's (both readings, see the module)."""
     min_invokes: int = 200
     """Timed requests needed on each side (new and previous model) before speed is judged."""
     check_interval_s: float = 5.0
