@@ -260,9 +260,10 @@ class UpdateConfig(_Section):
     max_latency_factor: float = Field(
         default=2.0,
         gt=0,
-        description="Roll back when the new model's invoke time per instance (the time inside the "
-        "runtime, without queueing; its 10th percentile, and likewise its CPU time) exceeds the "
-        "previous model's by more than this factor, beyond the 95% bounds of both. Request latency is "
+        description="Roll back when the new model costs more than this factor x the previous one's: "
+        "measured side by side at activation (CPU time of the two models in turns, lower 95% bound "
+        "of the median pair ratio), or on the requests (invoke time per instance without queueing, "
+        "10th percentile and likewise CPU time, beyond the 95% bounds of both). Request latency is "
         "not judged: it follows the load.",
     )
     health_check_interval_s: float = Field(

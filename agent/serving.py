@@ -245,6 +245,17 @@ class ActiveModel:
             actual = actual[:1]
         return compare_outputs(actual, [o[:count] for o in samples.outputs], atol)
 
+    def time_first_sample(self, samples: SmokeSamples) -> tuple[float, float]:
+        """Wall and CPU time (ms) of the first sample through the runtime, timed as ``predict``
+        times a request (probation's side-by-side reading, ``agent.update.side_by_side``)."""
+        inputs = [a[:1] for a in samples.inputs]
+        if samples.legacy:
+            inputs = [self._preprocessed(i, a) for i, a in enumerate(inputs)]
+        with self.turn:
+            wall, cpu = time.perf_counter(), time.thread_time()
+            run_samples(self.loaded, inputs, dynamic_batch=self.dynamic_batch, max_chunk=MAX_CHUNK)
+            return (time.perf_counter() - wall) * 1000, (time.thread_time() - cpu) * 1000
+
     def _preprocessed(self, position: int, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
         transform = self.preprocess[position] if position < len(self.preprocess) else None
         return array if transform is None else transform(array)

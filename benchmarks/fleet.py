@@ -1002,12 +1002,29 @@ def api_latency(
     generated_s = time.perf_counter() - t0
     engine.dispose()
     workdir = Path(tempfile.mkdtemp(prefix="fleet-api-"))
+    # A worker that is not measured starts first and takes the maintenance lease: rollouts,
+    # alerts and the summary run there (at 10,000 generated devices the first alert round opens
+    # 10,000 "silent" alerts), so the two measured workers below are alike followers.
+    leader = serve(Path(tempfile.mkdtemp(prefix="fleet-api-leader-")), broker, key, db_url)
+    wait_for_leader(leader.url)
     process = serve(workdir, broker, key, db_url)
     url = process.url
+    # The same fleet without gc.freeze, on the same database, answering in turn with the real one.
+    unfrozen = FleetProcess(
+        Path(tempfile.mkdtemp(prefix="fleet-api-unfrozen-")),
+        broker.port,
+        key,
+        mqtt_host=broker.host,
+        db_url=db_url,
+        client_id="bench-fleet-unfrozen",
+        module="benchmarks.fleet_unfrozen",
+    )
+    unfrozen.start_and_wait(60)
     session = requests.Session()
     try:
         out: dict[str, Any] = {"rows": rows, "generate_s": generated_s}
-        out["device_list"] = device_list.http_figures(session, url, devices_n, requests_n)
+        urls = {"served": url, "unfrozen": unfrozen.url}
+        out["device_list"] = device_list.http_figures(session, urls, devices_n, requests_n)
         out["device_list"]["breakdown"] = device_list.breakdown(db_url, requests_n)
         for name, path in (
             ("series_6h", lambda i: f"/api/v1/devices/dev-{i % devices_n:04d}/series?hours=6&points=360"),
@@ -1023,7 +1040,19 @@ def api_latency(
             out[name] = {"p50_ms": statistics.median(samples), "p99_ms": p99(samples), "n": requests_n}
         return out
     finally:
+        unfrozen.stop(30)
         process.stop(30)
+        leader.stop(30)
+
+
+def wait_for_leader(url: str, timeout_s: float = 60) -> None:
+    """Until the worker at ``url`` holds the maintenance lease."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if requests.get(f"{url}/api/v1/cluster", timeout=10).json().get("this_worker_leads"):
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"benchmark: the worker at {url} did not take the lease in {timeout_s:.0f} s")
 
 
 def fresh_pg_url() -> tuple[str, Callable[[], None]]:

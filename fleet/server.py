@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import socket
@@ -217,6 +218,15 @@ class FleetServer:
         self._uvicorn.should_exit = True
 
 
+def freeze_startup_heap() -> None:
+    """Move what start-up built (modules, the app, SQLAlchemy's tables and compiled statements)
+    out of the cyclic garbage collector's reach: a full collection walked all of it, and at
+    10,000 devices one landed on about every 60th device-list request as a 90 ms pause (the
+    list's p99). Garbage is collected first, so none of it is kept for good."""
+    gc.collect()
+    gc.freeze()
+
+
 def serve(config: FleetConfig) -> int:
     """Run in the main thread: SIGTERM and SIGINT stop the server cleanly and exit 0."""
     server = FleetServer(config)
@@ -228,6 +238,9 @@ def serve(config: FleetConfig) -> int:
         server.stop()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # Here, in the process's own entry, not in FleetServer.run: a test process starting many
+    # servers would freeze each test's leftovers for good.
+    freeze_startup_heap()
     try:
         server.run()
     finally:

@@ -17,8 +17,9 @@ from agent.store import ActivePointer, ModelStore
 from agent.update.machine import Handler, State
 from agent.update.policy import DownloadPolicy, UpdatePolicy
 from agent.update.probation import ProbationPolicy, judge, summarize
-from agent.update.record import UpdateRecord
+from agent.update.record import SideBySide, UpdateRecord
 from agent.update.runner import StepRunner
+from agent.update.side_by_side import measure
 from agent.usage import ModelUsage
 from protocol.bundle import SAMPLES
 from protocol.errors import BundleError, EdgefleetError
@@ -35,6 +36,8 @@ _Samples = tuple[SmokeSamples, float]
 """The bundle's recorded samples and the tolerance they are compared with."""
 
 HEALTH_CHECK_SAMPLES = 4
+SIDE_BY_SIDE_S = 1.0
+"""At most this long (and ``side_by_side.MAX_PAIRS`` pairs) for the side-by-side timing at activation."""
 
 
 def target_of(record: UpdateRecord) -> DesiredModel:
@@ -144,6 +147,8 @@ class Activate:
     loader: ServingLoader
     usage: Usage
     mark: ActivationMark
+    side_by_side_s: float = SIDE_BY_SIDE_S
+    """Time for the two models to take turns before the swap (0: not measured)."""
 
     def __call__(self, record: UpdateRecord) -> None:
         target = target_of(record)
@@ -161,12 +166,37 @@ class Activate:
             recent = before.recent_invoke.merged()
             cpu = before.cpu_per_instance_ms
             record.previous_invoke = summarize(recent, cpu, before.recent_cpu.merged())
+            record.side_by_side = self._side_by_side(prior.active, model)
         try:
             self.store.write_pointer(prior.switched_to(target.sha256))
         except OSError as exc:
             raise ActivateError(f"cannot write {self.store.pointer_path}: {exc}") from exc
         self.holder.swap(model)
         log.info("now serving %s %s", model.manifest.name, model.manifest.version)
+
+    def _side_by_side(self, previous_sha: str, model: ActiveModel) -> SideBySide | None:
+        """The previous model (still serving) and the new one in turns on their first samples;
+        None when it cannot be measured (the previous model is not the serving one, its samples
+        are gone): probation then judges the requests alone."""
+        previous = self.holder.current
+        if self.side_by_side_s <= 0 or previous is None or previous.sha256 != previous_sha:
+            return None
+        try:
+            old_samples = read_samples((self.store.read(previous_sha).path / SAMPLES).read_bytes())
+            new_samples = read_samples((self.store.read(model.sha256).path / SAMPLES).read_bytes())
+            result = measure(
+                lambda: previous.time_first_sample(old_samples),
+                lambda: model.time_first_sample(new_samples),
+                self.side_by_side_s,
+            )
+        except (EdgefleetError, OSError) as exc:
+            log.warning("side-by-side timing not measured: %s", exc)
+            return None
+        if result is not None:
+            log.info(
+                "side by side: CPU time %.3gx the previous model's (%d pairs)", result.cpu_ratio, result.pairs
+            )
+        return result
 
 
 @dataclass(frozen=True)
@@ -197,7 +227,7 @@ class Probation:
         while True:
             elapsed = self.monotonic() - started
             served = self.usage(target.sha256).minus(start)
-            verdict = judge(policy, served, record.previous_invoke, elapsed)
+            verdict = judge(policy, served, record.previous_invoke, elapsed, record.side_by_side)
             if verdict.failure is not None:
                 raise HealthCheckError(verdict.failure)
             if verdict.done:

@@ -4,7 +4,12 @@ The updater samples the new model's usage (requests, inference errors, invoke ti
 ``check_interval_s``, runs the bundle's samples through the serving model as a health check,
 and asks ``judge`` whether to keep watching, commit, or roll back (with the reason in words).
 
-Speed is judged on the model's own invoke time per instance (``agent.usage.ModelUsage.invoke``),
+Speed is judged on two readings, either of which rolls back: the two models timed in turns at
+activation (``agent.update.side_by_side``: the lower 95% bound of the median pair ratio of CPU
+time above ``max_latency_factor``; immune to what else the machine runs, since both halves of a
+pair meet the same machine), and the requests, as follows.
+
+The requests' reading is the model's own invoke time per instance (``agent.usage.ModelUsage.invoke``),
 not on request latency: request latency includes the wait for the interpreter, which grows with
 load, so a good model met by twice the traffic used to fail. The rule, with ``n`` and ``m`` timed
 requests of the new and the previous model (each at least ``min_invokes``):
@@ -32,7 +37,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from agent.update.record import InvokeSummary
+from agent.update.record import InvokeSummary, SideBySide
 from agent.usage import LatencyHistogram, ModelUsage
 
 BOUND_Z = 1.96
@@ -51,7 +56,7 @@ class ProbationPolicy:
     """Requests needed before the error rate is judged."""
     max_error_rate: float = 0.05
     max_latency_factor: float = 2.0
-    """Applied to the median invoke time (see the module's rule)."""
+    """The new model may cost up to this factor x the previous one's (both readings, see the module)."""
     min_invokes: int = 200
     """Timed requests needed on each side (new and previous model) before speed is judged."""
     check_interval_s: float = 5.0
@@ -159,29 +164,26 @@ def _measures(new: InvokeSummary, previous: InvokeSummary, wanted: int) -> list[
     return judged
 
 
-def judge(
-    policy: ProbationPolicy,
-    usage: ModelUsage,
-    previous: InvokeSummary | None,
-    elapsed_s: float,
-) -> Verdict:
-    """``usage`` counts what the new model served since it was activated; ``previous`` is the
-    previous model's recent invoke time (None: it served nothing timed in this process).
+CPU_SHARE = 0.5
+"""Below this share of the wall time seen as the thread's CPU time, the work happens elsewhere
+(an accelerator delegate, the interpreter's helper threads): the side-by-side wall time is judged too."""
 
-    Errors are judged as soon as ``min_requests`` were served; speed only when probation ends
-    (by time or by requests), over everything the new model served. Too few timed requests on
-    either side is not a failure: the model passes and the note says speed was not judged.
-    """
-    if usage.requests >= policy.min_requests:
-        rate = usage.errors / usage.requests
-        if rate > policy.max_error_rate:
-            return Verdict(
-                True,
-                f"probation failed: {usage.errors} of {usage.requests} requests failed in inference "
-                f"({rate:.1%}; allowed {policy.max_error_rate:.1%})",
-            )
-    if not (elapsed_s >= policy.duration_s or (policy.requests and usage.requests >= policy.requests)):
-        return WATCHING
+
+def _side_by_side(pairs: SideBySide, factor: float) -> tuple[str, list[str]]:
+    """The side-by-side reading in words, and the names of what it finds slower than ``factor``."""
+    judged = [("side-by-side CPU time", pairs.cpu_ratio, pairs.cpu_low, pairs.cpu_high)]
+    if pairs.cpu_share < CPU_SHARE:
+        judged.append(("side-by-side invoke time", pairs.wall_ratio, pairs.wall_low, pairs.wall_high))
+    words = "; ".join(
+        f"{name} {ratio:.3g}x the previous model's (95% bounds {low:.3g}x-{high:.3g}x, {pairs.pairs} pairs)"
+        for name, ratio, low, high in judged
+    )
+    return words, [name for name, _, low, _ in judged if low > factor]
+
+
+def _on_requests(policy: ProbationPolicy, usage: ModelUsage, previous: InvokeSummary | None) -> Verdict:
+    """The requests' reading: the new model's invoke times against the previous model's recent
+    ones (failure: slower; note: within the factor, or why not judged)."""
     new = summarize(usage.invoke, usage.cpu_per_instance_ms, usage.cpu)
     wanted = policy.min_invokes
     if previous is None or previous.count < wanted:
@@ -205,7 +207,46 @@ def judge(
     )
     slower = [m.name for m in judged if m.slower(factor)]
     if slower:
-        return Verdict(
-            True, f"probation failed: {figures}: {' and '.join(slower)} more than {factor:g}x slower"
-        )
+        return Verdict(True, f"{figures}: {' and '.join(slower)} more than {factor:g}x slower")
     return Verdict(True, note=f"{figures}: within {factor:g}x")
+
+
+def judge(
+    policy: ProbationPolicy,
+    usage: ModelUsage,
+    previous: InvokeSummary | None,
+    elapsed_s: float,
+    side_by_side: SideBySide | None = None,
+) -> Verdict:
+    """``usage`` counts what the new model served since it was activated; ``previous`` is the
+    previous model's recent invoke time (None: it served nothing timed in this process);
+    ``side_by_side`` the two models measured in turns at activation (None: not measured).
+
+    Errors are judged as soon as ``min_requests`` were served; speed only when probation ends
+    (by time or by requests). The model is rolled back when either reading finds it slower than
+    ``max_latency_factor``: the side-by-side one (the lower 95% bound of the median pair ratio of
+    CPU time above the factor), or the requests' (see the module). Too few timed requests on
+    either side is not a failure of the requests' reading: its note says speed was not judged.
+    """
+    if usage.requests >= policy.min_requests:
+        rate = usage.errors / usage.requests
+        if rate > policy.max_error_rate:
+            return Verdict(
+                True,
+                f"probation failed: {usage.errors} of {usage.requests} requests failed in inference "
+                f"({rate:.1%}; allowed {policy.max_error_rate:.1%})",
+            )
+    if not (elapsed_s >= policy.duration_s or (policy.requests and usage.requests >= policy.requests)):
+        return WATCHING
+    requests = _on_requests(policy, usage, previous)
+    factor = policy.max_latency_factor
+    readings: list[str] = []
+    slower: list[str] = []
+    if side_by_side is not None:
+        words, slower = _side_by_side(side_by_side, factor)
+        found = f"{' and '.join(slower)} more than {factor:g}x slower" if slower else f"within {factor:g}x"
+        readings.append(f"{words}: {found}")
+    readings.append(requests.failure or requests.note or "")
+    if slower or requests.failure is not None:
+        return Verdict(True, "probation failed: " + "; ".join(readings))
+    return Verdict(True, note="; ".join(readings))

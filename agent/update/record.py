@@ -42,6 +42,26 @@ class InvokeSummary(BaseModel):
     cpu_fast_high_ms: float | None = None
 
 
+class SideBySide(BaseModel):
+    """The new model's cost over the previous one's, measured in turns at activation
+    (``agent.update.side_by_side``): medians of the per-pair ratios and their 95% bounds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pairs: int
+    cpu_ratio: float
+    """New over previous CPU time of the timing thread (``time.thread_time``), per pair."""
+    cpu_low: float
+    cpu_high: float
+    wall_ratio: float
+    """New over previous wall time inside the runtime, per pair."""
+    wall_low: float
+    wall_high: float
+    cpu_share: float
+    """The median share of the wall time the thread's CPU time covers (the lower of the two
+    models'): well below 1, the work happens where thread CPU time does not see it."""
+
+
 class UpdateRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -60,6 +80,8 @@ class UpdateRecord(BaseModel):
     previous_invoke: InvokeSummary | None = None
     """The previous model's recent invoke time when the new one was activated: probation judges
     the new model's against it."""
+    side_by_side: SideBySide | None = None
+    """The two models measured in turns at activation, before the swap; None when not measured."""
     reason: str | None = None
     """Why the update is rolling back or failed."""
     failed_sha256: str | None = None

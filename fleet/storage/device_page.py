@@ -105,32 +105,34 @@ def _seen_arm(conn: Connection, query: DeviceListQuery, counting: bool = False) 
     return _labelled(arm, query, devices.c.device_id)
 
 
-def _unseen_arm(conn: Connection, query: DeviceListQuery) -> Select[Any] | None:
+def _unseen_arm(conn: Connection, query: DeviceListQuery, counting: bool = False) -> Select[Any] | None:
     """Provisioned devices (a secret was issued) with no ``devices`` row yet, or None when the
-    filters rule them out (they serve nothing and have no presence but ``unknown``)."""
+    filters rule them out (they serve nothing and have no presence but ``unknown``). ``counting``:
+    ``count(*)`` over ``device_meta`` alone (counting the full row's subquery paid for the desired
+    model's joins: half the filtered total's time at 10,000 devices)."""
     if query.state is DeviceState.ACTIVE or query.model is not None or query.version is not None:
         return None
     if query.presence not in (None, NEVER_SEEN):
         return None
     reported = select(devices.c.device_id).where(devices.c.device_id == device_meta.c.device_id)
-    joined, desired_name, desired_version = _desired_joins(device_meta, device_meta.c.device_id)
-    when = DateTime(timezone=True)
-    named = {
-        "seen": literal(0).label("seen"),
-        "presence": literal(NEVER_SEEN).label("presence"),
-        "desired_name": desired_name,
-        "desired_version": desired_version,
-        **{name: device_meta.c[name] for name in ("device_id", "group_name", "tags", "revoked_at")},
-        **{name: cast(null(), when).label(name) for name in ("last_seen", "first_seen", "window_end")},
-        **{name: cast(null(), String).label(name) for name in DEVICE_COLUMNS[4:-1]},
-        "config_report": cast(null(), devices.c.config_report.type).label("config_report"),
-        **{m.name: cast(null(), device_latest.c[m.name].type).label(m.name) for m in METRICS},
-    }
-    arm = (
-        select(*(named[name] for name in ROW_COLUMNS))
-        .select_from(joined)
-        .where(device_meta.c.secret_hash.is_not(None), ~reported.exists())
-    )
+    if counting:
+        arm = select(func.count()).select_from(device_meta)
+    else:
+        joined, desired_name, desired_version = _desired_joins(device_meta, device_meta.c.device_id)
+        when = DateTime(timezone=True)
+        named = {
+            "seen": literal(0).label("seen"),
+            "presence": literal(NEVER_SEEN).label("presence"),
+            "desired_name": desired_name,
+            "desired_version": desired_version,
+            **{name: device_meta.c[name] for name in ("device_id", "group_name", "tags", "revoked_at")},
+            **{name: cast(null(), when).label(name) for name in ("last_seen", "first_seen", "window_end")},
+            **{name: cast(null(), String).label(name) for name in DEVICE_COLUMNS[4:-1]},
+            "config_report": cast(null(), devices.c.config_report.type).label("config_report"),
+            **{m.name: cast(null(), device_latest.c[m.name].type).label(m.name) for m in METRICS},
+        }
+        arm = select(*(named[name] for name in ROW_COLUMNS)).select_from(joined)
+    arm = arm.where(device_meta.c.secret_hash.is_not(None), ~reported.exists())
     if query.state is DeviceState.PROVISIONED:
         arm = arm.where(device_meta.c.revoked_at.is_(None))
     elif query.state is DeviceState.REVOKED:
@@ -213,6 +215,16 @@ def _rows(conn: Connection, arms: list[Select[Any]], sort: DeviceSort, wanted: i
     return list(conn.execute(select(both).order_by(*_order(sort, both.c)).limit(wanted)))
 
 
+def filtered_total(conn: Connection, query: DeviceListQuery) -> int:
+    """How many devices match the filters (``X-Total-Count``): one statement adding each arm's
+    ``count(*)``, each over only the tables its filters read."""
+    found = (_seen_arm(conn, query, counting=True), _unseen_arm(conn, query, counting=True))
+    counts = [arm.scalar_subquery() for arm in found if arm is not None]
+    if not counts:
+        return 0
+    return int(conn.execute(select(sum(counts[1:], counts[0]))).scalar_one())
+
+
 def page_rows(conn: Connection, query: DeviceListQuery) -> tuple[list[Any], int, str | None]:
     """The page's rows, the filtered total and the next cursor: the SQL half of ``device_page``
     (apart so that the benchmark can time the query and the encoding each)."""
@@ -220,12 +232,7 @@ def page_rows(conn: Connection, query: DeviceListQuery) -> tuple[list[Any], int,
     arms = _arms(conn, query)
     if not arms:
         return [], 0, None
-    seen_count = _seen_arm(conn, query, counting=True)
-    counts = [] if seen_count is None else [seen_count.scalar_subquery()]
-    counts += [
-        select(func.count()).select_from(arm.subquery()).scalar_subquery() for arm, seen in arms if not seen
-    ]
-    total = int(conn.execute(select(sum(counts[1:], counts[0]))).scalar_one())
+    total = filtered_total(conn, query)
     paged = [arm if after is None else _after(arm, query.sort, after, seen) for arm, seen in arms]
     rows = _rows(conn, [arm for arm in paged if arm is not None], query.sort, query.limit + 1)
     if len(rows) <= query.limit:
