@@ -32,6 +32,20 @@ class RefusalAware(Protocol):
     def refused(self, topic: str) -> bool: ...
 
 
+@runtime_checkable
+class Reconnecting(Protocol):
+    """A publisher that counts its connections (``Ingester.generation``): after a reconnect the
+    broker may have restarted without its retained messages, so they must all be sent again."""
+
+    @property
+    def generation(self) -> int: ...
+
+
+def connection_generation(publisher: Publisher) -> int | None:
+    """The publisher's connection count, None when it does not tell (then nothing is resent)."""
+    return publisher.generation if isinstance(publisher, Reconnecting) else None
+
+
 def was_refused(publisher: Publisher, topic: str) -> bool:
     """True when the broker refused the last publish on ``topic`` (so it should be sent again)."""
     return isinstance(publisher, RefusalAware) and publisher.refused(topic)

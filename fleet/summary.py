@@ -2,19 +2,28 @@
 
 ``fleet/summary``: devices, online, model versions in the fleet, open alerts, active rollouts.
 ``fleet/devices/{id}/health``: one device's latest state. Optional Home Assistant MQTT discovery
-configs point sensors at the health topics. Only changed payloads are published.
+configs point sensors at the health topics. Only changed documents are published: the elected
+worker runs this inside the serving process every ``summary_interval_s``, so a round at rest must
+cost little. Each device's health columns are read as one plain row (a page at a time, yielding the
+GIL between pages) and compared with the row its last accepted publish was made from; only a
+changed device's document is built and encoded. Everything is sent again after a reconnect (the
+broker may have restarted without its retained messages) and whatever the broker refused.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Row
 
-from fleet.deploy import Publisher, was_refused
+from fleet.deploy import Publisher, RefusalAware, connection_generation, was_refused
 from fleet.storage import repository
 from fleet.storage.metrics import METRICS, Sensor
+from fleet.storage.summary import HEALTH_METRICS, fleet_summary, health_rows
+from fleet.storage.times import utc
 from fleet.views import DeviceView, FleetSummary
 from protocol.topics import HOMEASSISTANT_PREFIX, Topics
 
@@ -22,6 +31,12 @@ from protocol.topics import HOMEASSISTANT_PREFIX, Topics
 def summarize(engine: Engine) -> tuple[FleetSummary, list[DeviceView]]:
     with engine.begin() as conn:
         return repository.summarize(conn)
+
+
+def fleet_at_a_glance(engine: Engine) -> FleetSummary:
+    """The ``fleet/summary`` document, counted by the database (no device is read into Python)."""
+    with engine.begin() as conn:
+        return fleet_summary(conn)
 
 
 def device_health(device: DeviceView) -> dict[str, Any]:
@@ -37,6 +52,30 @@ def device_health(device: DeviceView) -> dict[str, Any]:
         "update_state": device.update_state,
         "error_rate": error_rate,
         **{metric.name: window.value(metric.name) if window else None for metric in METRICS if metric.health},
+    }
+
+
+def _name(name: str | None, version: str | None) -> str | None:
+    return None if name is None or version is None else f"{name} {version}"
+
+
+def health_from_row(row: Row[Any]) -> dict[str, Any]:
+    """``device_health``'s document straight from a ``health_rows`` row (no view is built)."""
+    device_id, presence, last_seen, model, version, want, want_version, update_state = row[:8]
+    window_end, requests, errors = row[8:11]
+    has_window = window_end is not None
+    return {
+        "device_id": device_id,
+        "presence": presence,
+        "last_seen": utc(last_seen).isoformat() if last_seen else None,
+        "model": _name(model, version),
+        "desired": _name(want, want_version),
+        "update_state": update_state,
+        "error_rate": errors / requests if has_window and requests else None,
+        **{
+            name: (None if value is None else float(value)) if has_window else None
+            for name, value in zip(HEALTH_METRICS, row[11:], strict=True)
+        },
     }
 
 
@@ -67,30 +106,91 @@ def homeassistant_configs(
     return configs
 
 
+HEALTH_PAGE = 500
+"""Devices read, compared and published per step; the round yields the GIL between steps."""
+
+
 class SummaryPublisher:
     def __init__(
-        self, engine: Engine, publisher: Publisher, topics: Topics, homeassistant: bool = False
+        self,
+        engine: Engine,
+        publisher: Publisher,
+        topics: Topics,
+        homeassistant: bool = False,
+        *,
+        page: int = HEALTH_PAGE,
+        pause: Callable[[float], object] = time.sleep,
     ) -> None:
         self.engine = engine
         self.publisher = publisher
         self.topics = topics
         self.homeassistant = homeassistant
+        self.page = page
+        self.pause = pause
         self._last: dict[str, bytes] = {}
+        self._rows: dict[str, tuple[Any, ...]] = {}
+        """Per device: the health row its last accepted publish was made from (its digest)."""
+        self._announced: dict[str, list[str]] = {}
+        """Per device: the discovery topics whose configs the broker took."""
+        self._generation: int | None = None
 
-    def _send(self, topic: str, document: dict[str, Any]) -> None:
+    def _send(self, topic: str, payload: bytes) -> bool:
+        return self.publisher.publish(topic, payload, qos=1, retain=True)
+
+    def _send_summary(self, document: dict[str, Any]) -> None:
+        topic = self.topics.fleet_summary
         payload = json.dumps(document, sort_keys=True).encode()
-        changed = self._last.get(topic) != payload or was_refused(self.publisher, topic)
-        if changed and self.publisher.publish(topic, payload, qos=1, retain=True):
+        if (self._last.get(topic) != payload or was_refused(self.publisher, topic)) and self._send(
+            topic, payload
+        ):
             self._last[topic] = payload
 
+    def _reconnected(self) -> None:
+        """Forget what was sent when the publisher connected again since the last round."""
+        generation = connection_generation(self.publisher)
+        if generation != self._generation:
+            self._last.clear()
+            self._rows.clear()
+            self._announced.clear()
+        self._generation = generation
+
     def publish(self) -> FleetSummary:
-        summary, devices = summarize(self.engine)
-        self._send(self.topics.fleet_summary, summary.model_dump(mode="json"))
-        for device in devices:
-            health_topic = self.topics.device_health(device.device_id)
-            self._send(health_topic, device_health(device))
-            if self.homeassistant:
-                configs = homeassistant_configs(device.device_id, health_topic, self.topics)
-                for topic, config in configs.items():
-                    self._send(topic, config)
-        return summary
+        self._reconnected()
+        summary = fleet_at_a_glance(self.engine)
+        self._send_summary(summary.model_dump(mode="json"))
+        refused = self.publisher.refused if isinstance(self.publisher, RefusalAware) else None
+        after: str | None = None
+        while True:
+            with self.engine.begin() as conn:
+                rows = health_rows(conn, after, self.page)
+            for row in rows:
+                self._device(row, refused)
+            if len(rows) < self.page:
+                return summary
+            after = rows[-1][0]
+            self.pause(0)  # lets the API's threads take the GIL between pages
+
+    def _device(self, row: Row[Any], refused: Callable[[str], bool] | None) -> None:
+        device_id: str = row[0]
+        key = tuple(row)
+        health_topic = self.topics.device_health(device_id)
+        if self._rows.get(device_id) != key or (refused is not None and refused(health_topic)):
+            payload = json.dumps(health_from_row(row), sort_keys=True).encode()
+            if self._send(health_topic, payload):
+                self._rows[device_id] = key
+        if self.homeassistant:
+            self._announce(device_id, health_topic, refused)
+
+    def _announce(self, device_id: str, health_topic: str, refused: Callable[[str], bool] | None) -> None:
+        """Discovery configs depend only on the device id: sent once per connection, again if refused."""
+        sent = self._announced.get(device_id)
+        if sent is not None and (refused is None or not any(refused(topic) for topic in sent)):
+            return
+        configs = homeassistant_configs(device_id, health_topic, self.topics)
+        accepted = [
+            topic
+            for topic, config in configs.items()
+            if self._send(topic, json.dumps(config, sort_keys=True).encode())
+        ]
+        if len(accepted) == len(configs):
+            self._announced[device_id] = accepted

@@ -15,7 +15,7 @@ from fleet.storage import repository
 from fleet.storage.alerts import AlertState
 from fleet.storage.labels import labels_in_use
 from fleet.storage.times import now
-from fleet.summary import summarize
+from fleet.summary import fleet_at_a_glance
 from fleet.views import AlertView, DeadLetterRow, FleetSummary, IngestStats, LabelsInUse
 
 router = APIRouter(prefix="/api/v1", tags=["system"])
@@ -65,7 +65,7 @@ def get_alerts(
 @router.get("/summary", response_model=FleetSummary)
 def get_summary(context: Context, _who: Viewer) -> FleetSummary:
     """The same document as the retained ``fleet/summary`` topic."""
-    return summarize(context.engine)[0]
+    return fleet_at_a_glance(context.engine)
 
 
 @router.get("/labels", response_model=LabelsInUse)

@@ -209,6 +209,11 @@ class Ingester:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def generation(self) -> int:
+        """Counts connections: a new value means the broker may have lost what was retained."""
+        return self._generation
+
     # ------------------------------------------------------------ MQTT callbacks (network thread)
 
     def _on_connect(
