@@ -59,10 +59,11 @@ def _name(name: str | None, version: str | None) -> str | None:
     return None if name is None or version is None else f"{name} {version}"
 
 
-def health_from_row(row: Row[Any]) -> dict[str, Any]:
+def health_from_row(row: Row[Any] | tuple[Any, ...]) -> dict[str, Any]:
     """``device_health``'s document straight from a ``health_rows`` row (no view is built)."""
-    device_id, presence, last_seen, model, version, want, want_version, update_state = row[:8]
-    window_end, requests, errors = row[8:11]
+    values: tuple[Any, ...] = tuple(row)
+    device_id, presence, last_seen, model, version, want, want_version, update_state = values[:8]
+    window_end, requests, errors = values[8:11]
     has_window = window_end is not None
     return {
         "device_id": device_id,
@@ -74,7 +75,7 @@ def health_from_row(row: Row[Any]) -> dict[str, Any]:
         "error_rate": errors / requests if has_window and requests else None,
         **{
             name: (None if value is None else float(value)) if has_window else None
-            for name, value in zip(HEALTH_METRICS, row[11:], strict=True)
+            for name, value in zip(HEALTH_METRICS, values[11:], strict=True)
         },
     }
 
@@ -175,7 +176,7 @@ class SummaryPublisher:
         key = tuple(row)
         health_topic = self.topics.device_health(device_id)
         if self._rows.get(device_id) != key or (refused is not None and refused(health_topic)):
-            payload = json.dumps(health_from_row(row), sort_keys=True).encode()
+            payload = json.dumps(health_from_row(key), sort_keys=True).encode()
             if self._send(health_topic, payload):
                 self._rows[device_id] = key
         if self.homeassistant:
