@@ -81,6 +81,12 @@ def open_alerts(conn: Connection) -> dict[tuple[str, str | None], AlertView]:
     return {(row.rule, row.device_id): _view(row) for row in rows}
 
 
+def open_alert_ids(conn: Connection) -> dict[tuple[str, str | None], int]:
+    """(rule, device) -> id of each open alert: all an alert round needs (no view per alert)."""
+    query = select(alerts.c.rule, alerts.c.device_id, alerts.c.id).where(alerts.c.resolved_at.is_(None))
+    return {(rule, device_id): alert_id for rule, device_id, alert_id in conn.execute(query)}
+
+
 def open_alert(conn: Connection, finding: Finding, at: datetime) -> AlertView:
     new_id = conn.execute(
         insert(alerts)
