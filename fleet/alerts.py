@@ -387,7 +387,7 @@ class _Run:
                 self.resolving[alert_id] = now
 
     def apply(self, conn: Connection) -> tuple[list[AlertView], list[AlertView]]:
-        opened = [store.open_alert(conn, finding, at) for finding, at in self.opening.values()]
+        opened = store.open_many(conn, list(self.opening.values()))
         resolved = [store.resolve_alert(conn, alert_id, at) for alert_id, at in self.resolving.items()]
         for finding, opened_at, resolved_at in self.opening_closed:
             alert = store.open_alert(conn, finding, opened_at)

@@ -103,6 +103,39 @@ def open_alert(conn: Connection, finding: Finding, at: datetime) -> AlertView:
     return _view(conn.execute(select(alerts).where(alerts.c.id == new_id)).one())
 
 
+def open_many(conn: Connection, opening: list[tuple[Finding, datetime]]) -> list[AlertView]:
+    """``open_alert`` for many at once: one multi-row INSERT ... RETURNING, no read back (a first
+    round on a big silent fleet opens thousands)."""
+    if not opening:
+        return []
+    rows = [
+        {
+            "rule": finding.rule,
+            "device_id": finding.device_id,
+            "severity": finding.severity,
+            "message": finding.message,
+            "value": finding.value,
+            "opened_at": at,
+        }
+        for finding, at in opening
+    ]
+    statement = insert(alerts).returning(alerts.c.id, sort_by_parameter_order=True)
+    ids = conn.execute(statement, rows).scalars().all()
+    return [
+        AlertView(
+            id=alert_id,
+            rule=finding.rule,
+            device_id=finding.device_id,
+            severity=finding.severity,
+            message=finding.message,
+            value=finding.value,
+            opened_at=utc(at),
+            resolved_at=None,
+        )
+        for alert_id, (finding, at) in zip(ids, opening, strict=True)
+    ]
+
+
 def resolve_alert(conn: Connection, alert_id: int, at: datetime) -> AlertView:
     conn.execute(update(alerts).where(alerts.c.id == alert_id).values(resolved_at=at))
     return _view(conn.execute(select(alerts).where(alerts.c.id == alert_id)).one())
