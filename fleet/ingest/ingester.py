@@ -36,6 +36,7 @@ from fleet.ingest.answers import PublishAnswers
 from fleet.ingest.batch_store import BatchStore
 from fleet.ingest.child import ChildConfig, Done
 from fleet.ingest.decode import Received, decode
+from fleet.ingest.handover import take_batch
 from fleet.ingest.relay import ProcessWriter, child_config
 from fleet.ingest.routes import Route, attach, subscribe
 from fleet.ingest.timing import WriterTimes
@@ -292,13 +293,7 @@ class Ingester:
             self._times.cpu_s = time.thread_time() - cpu_start
 
     def _take_batch(self) -> list[Received]:
-        pending = self._pending
-        if not pending:
-            self._arrived.clear()
-            if not pending:  # checked again after the clear: a message queued just before it counts
-                self._arrived.wait(0.2)
-        take = min(len(pending), self.settings.batch_size)
-        return [pending.popleft() for _ in range(take)]
+        return take_batch(self._pending, self._arrived, self.settings.batch_size)
 
     def _write(self, batch: list[Received]) -> None:
         times = self._times

@@ -31,6 +31,7 @@ from sqlalchemy import Engine
 from fleet.config import MqttSettings
 from fleet.ingest.child import ChildConfig, Done, child_main, to_wire
 from fleet.ingest.decode import Received
+from fleet.ingest.handover import take_batch
 from fleet.ingest.timing import WriterTimes
 
 log = logging.getLogger(__name__)
@@ -211,13 +212,7 @@ class ProcessWriter:
             self._send_finish()
 
     def _take_batch(self) -> list[Received]:
-        pending = self._pending
-        if not pending:
-            self._arrived.clear()
-            if not pending:  # checked again after the clear: a message queued just before it counts
-                self._arrived.wait(0.2)
-        take = min(len(pending), self._config.batch_size)
-        return [pending.popleft() for _ in range(take)]
+        return take_batch(self._pending, self._arrived, self._config.batch_size)
 
     def _receive_loop(self) -> None:
         cpu_start = time.thread_time()
