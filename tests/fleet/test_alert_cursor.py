@@ -20,7 +20,7 @@ from fleet.storage import alert_cursor, create_engine_for_url
 from fleet.storage.alerts import AlertState, newest_window_id
 from fleet.storage.retention import apply_retention
 from tests.fleet.test_alerts_hold import ERRORS_ONLY, T0, Clock, Fleet
-from tests.support.fleet import FakeLink
+from tests.support.fleet import FakeLink, another_pool
 
 LEASE_S = 15.0
 RENEW_S = 5.0
@@ -37,9 +37,8 @@ def fleet(db_url: str) -> Iterator[Fleet]:
 @pytest.fixture
 def second_engine(fleet: Fleet) -> Iterator[Engine]:
     """Another worker's connection pool on the same database."""
-    engine = create_engine_for_url(fleet.engine.url.render_as_string(hide_password=False))
-    yield engine
-    engine.dispose()
+    with another_pool(fleet.engine) as engine:
+        yield engine
 
 
 def worker(engine: Engine, fleet: Fleet) -> AlertEngine:

@@ -29,7 +29,7 @@ from tests.fleet.test_alerts_hold import Clock as AlertClock
 from tests.fleet.test_alerts_hold import Fleet as AlertFleet
 from tests.fleet.test_rollouts import TOPICS, Recorder, World, healthy_wave, start
 from tests.fleet.test_rollouts import world as world  # noqa: PLC0414 - the fixture, reused
-from tests.support.fleet import FakeLink
+from tests.support.fleet import FakeLink, another_pool
 
 LEASE_S = 15.0
 RENEW_S = 5.0
@@ -43,9 +43,8 @@ def elector(engine: Engine, world: World, name: str) -> LeaderElector:
 @pytest.fixture
 def second_engine(world: World) -> Iterator[Engine]:
     """Another worker's connection pool on the same database."""
-    engine = create_engine_for_url(world.engine.url.render_as_string(hide_password=False))
-    yield engine
-    engine.dispose()
+    with another_pool(world.engine) as engine:
+        yield engine
 
 
 def test_a_leader_that_lost_its_lease_writes_nothing(world: World, second_engine: Engine) -> None:

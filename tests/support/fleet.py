@@ -18,11 +18,13 @@ from typing import Any
 
 import pytest
 import requests
+from sqlalchemy import Engine
 
 from edgefleet.mosquitto import MosquittoBroker
 from fleet.api.context import FleetContext
 from fleet.config import FleetConfig, MqttSettings
 from fleet.server import FleetServer
+from fleet.storage import create_engine_for_url
 from fleet.views import IngestStats
 
 with warnings.catch_warnings():
@@ -140,6 +142,16 @@ def fleet_config(
         artifacts=tmp_path / "artifacts",
         mqtt=MqttSettings(host=broker.host, port=broker.port, client_id=f"fleet-test-{uuid.uuid4().hex[:8]}"),
     )
+
+
+@contextmanager
+def another_pool(engine: Engine) -> Iterator[Engine]:
+    """Another worker's connection pool on the same database (a second fleet worker's engine)."""
+    other = create_engine_for_url(engine.url.render_as_string(hide_password=False))
+    try:
+        yield other
+    finally:
+        other.dispose()
 
 
 @contextmanager
